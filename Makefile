@@ -1,0 +1,47 @@
+# clickrec: every target that needs the environment builds it first (setup is idempotent).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+CLICKREC := $(VENV)/bin/clickrec
+CONFIG ?= conf/local.yaml
+EVENTS ?= 200000
+
+.PHONY: help setup test test-unit test-fast demo lint services-up services-down services-status \
+        mlflow-ui bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+setup:  ## venv, pinned packages, JVM jars, MinIO binary (cached; a second run takes seconds)
+	@bash scripts/setup.sh
+
+test: setup  ## the whole suite: unit, integration, services (real Kafka/MinIO/MLflow), k8s
+	$(PY) -m pytest
+
+test-unit: setup  ## only the fast unit tests
+	$(PY) -m pytest -m unit
+
+demo: setup  ## the main job on the embedded default (local Spark, Delta, MLflow on SQLite)
+	bash scripts/demo.sh $(CONFIG) $(EVENTS)
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check libs jobs tests
+
+services-up: setup  ## start Kafka, MinIO and the MLflow server on 127.0.0.1
+	$(CLICKREC) services up
+
+services-down:  ## stop what services-up started
+	$(CLICKREC) services down
+
+services-status:
+	$(CLICKREC) services status
+
+mlflow-ui: setup  ## browse the local MLflow runs on http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///.lake/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: setup  ## benchmarks; results go to docs/benchmarks.md by hand with the machine and date
+	$(PY) -m benchmarks.run
+
+clean:  ## remove the local lake, MLflow store and service state (keeps the caches)
+	-$(CLICKREC) services down
+	rm -rf .lake .clickrec spark-warehouse

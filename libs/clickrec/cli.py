@@ -1,0 +1,128 @@
+"""The `clickrec` console script: one subcommand per job, all of the same shape.
+
+Every subcommand takes `--config FILE` and repeatable `--set dotted.key=value`, has `--help`,
+exits non-zero with a clear message on bad input, and prints one JSON summary object as its
+last line on stdout. Progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from clickrec.config import DEFAULT_CONFIG, ClickrecConfig, load_config
+from clickrec.errors import ClickrecError
+
+app = typer.Typer(
+    name="clickrec",
+    help="Clickstream -> Delta -> ALS -> MLflow -> serving table, batch and streaming.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+services_app = typer.Typer(help="Local Kafka, MinIO and MLflow server on 127.0.0.1.", no_args_is_help=True)
+app.add_typer(services_app, name="services")
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="Config file (YAML).", show_default=True),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
+]
+
+log = logging.getLogger("clickrec")
+
+
+def emit(summary: dict[str, Any]) -> None:
+    """Print the one-line JSON summary that ends every command's stdout."""
+    sys.stdout.flush()
+    print(json.dumps(summary, default=str, sort_keys=False), flush=True)
+
+
+def run(command: str, body: Callable[[], dict[str, Any]]) -> None:
+    """Run a command body, turning ClickrecError into a message, a JSON error line and an exit code."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        summary = body()
+    except ClickrecError as exc:
+        print(f"clickrec {command}: error: {exc}", file=sys.stderr, flush=True)
+        emit({"command": command, "ok": False, "error": str(exc), "error_type": type(exc).__name__})
+        raise typer.Exit(code=exc.exit_code) from None
+    emit({"command": command, "ok": True, **summary})
+
+
+def _config(path: Path, overrides: list[str] | None) -> ClickrecConfig:
+    return load_config(path, overrides or [])
+
+
+@app.command()
+def status(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Every table's path, Delta version and row count; champion/challenger versions."""
+    from clickrec.status import collect_status
+
+    run("status", lambda: collect_status(_config(config, set_)))
+
+
+@services_app.command("up")
+def services_up(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Start only these: kafka, minio, mlflow.")
+    ] = None,
+) -> None:
+    """Start Kafka (KRaft), MinIO and the MLflow server on free 127.0.0.1 ports."""
+    from clickrec import services
+
+    def body() -> dict[str, Any]:
+        _config(config, set_)
+        state = services.up(only=only)
+        print(
+            f"Point conf/stack.yaml at them with: source {services.env_file()}", file=sys.stderr
+        )
+        return services.public_state(state)
+
+    run("services up", body)
+
+
+@services_app.command("down")
+def services_down(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Stop only the services that `clickrec services up` started."""
+    from clickrec import services
+
+    def body() -> dict[str, Any]:
+        _config(config, set_)
+        return {"stopped": services.down()}
+
+    run("services down", body)
+
+
+@services_app.command("status")
+def services_status(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Report whether each local service is running and where."""
+    from clickrec import services
+
+    def body() -> dict[str, Any]:
+        _config(config, set_)
+        return services.status()
+
+    run("services status", body)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

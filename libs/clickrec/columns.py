@@ -1,0 +1,79 @@
+"""The one set of column and table names. Transformations take these as keyword defaults."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- raw clickstream (REES46 schema) -------------------------------------------------------
+EVENT_TIME: Final = "event_time"
+EVENT_TYPE: Final = "event_type"
+PRODUCT_ID: Final = "product_id"
+CATEGORY_ID: Final = "category_id"
+CATEGORY_CODE: Final = "category_code"
+BRAND: Final = "brand"
+PRICE: Final = "price"
+USER_ID: Final = "user_id"
+USER_SESSION: Final = "user_session"
+REES46_COLUMNS: Final = (
+    EVENT_TIME,
+    EVENT_TYPE,
+    PRODUCT_ID,
+    CATEGORY_ID,
+    CATEGORY_CODE,
+    BRAND,
+    PRICE,
+    USER_ID,
+    USER_SESSION,
+)
+EVENT_TYPES: Final = ("view", "cart", "remove_from_cart", "purchase")
+
+# --- bronze ----------------------------------------------------------------------------------
+EVENT_ID: Final = "event_id"
+EVENT_DATE: Final = "event_date"
+INGEST_RUN_ID: Final = "ingest_run_id"
+INGESTED_AT: Final = "ingested_at"
+SOURCE_FILE: Final = "source_file"
+RAW_LINE: Final = "raw_line"
+REASONS: Final = "reasons"
+
+# --- silver ----------------------------------------------------------------------------------
+ITEM_ID: Final = "item_id"
+VIEWS: Final = "views"
+DWELL_SECONDS: Final = "dwell_seconds"
+CARTS: Final = "carts"
+PURCHASES: Final = "purchases"
+FIRST_SEEN: Final = "first_seen"
+LAST_SEEN: Final = "last_seen"
+RATING: Final = "rating"
+USER_IDX: Final = "user_idx"
+ITEM_IDX: Final = "item_idx"
+SOURCE_ID: Final = "source_id"
+IDX: Final = "idx"
+
+# --- gold ------------------------------------------------------------------------------------
+VARIANT: Final = "variant"
+ITEMS: Final = "items"
+SCORE: Final = "score"
+RANK: Final = "rank"
+MODEL_NAME: Final = "model_name"
+MODEL_VERSION: Final = "model_version"
+SOURCE: Final = "source"
+UPDATED_AT: Final = "updated_at"
+
+# --- tables, relative to lake.root -------------------------------------------------------------
+BRONZE_EVENTS: Final = "bronze/events"
+BRONZE_QUARANTINE: Final = "bronze/quarantine"
+SILVER_INTERACTIONS: Final = "silver/interactions"
+SILVER_USER_INDEX: Final = "silver/user_index"
+SILVER_ITEM_INDEX: Final = "silver/item_index"
+GOLD_RECOMMENDATIONS: Final = "gold/recommendations"
+GOLD_POPULAR_ITEMS: Final = "gold/popular_items"
+ALL_TABLES: Final = (
+    BRONZE_EVENTS,
+    BRONZE_QUARANTINE,
+    SILVER_INTERACTIONS,
+    SILVER_USER_INDEX,
+    SILVER_ITEM_INDEX,
+    GOLD_RECOMMENDATIONS,
+    GOLD_POPULAR_ITEMS,
+)

@@ -1,0 +1,216 @@
+"""The one config loader: YAML file + `--set dotted.key=value` overrides -> frozen typed objects.
+
+Every section is a pydantic model that forbids unknown keys, so a typo is an error naming the
+key (`config key 'spark.mastr': unknown key`). Values may reference environment variables as
+`${NAME}` or `${NAME:-default}`; secrets are never read from the file, only from the
+environment (see `S3Config.credentials`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from clickrec.errors import ConfigError
+
+DEFAULT_CONFIG = Path("conf/local.yaml")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SparkConfig(_Section):
+    """How the one Spark session is built (see clickrec.spark)."""
+
+    # None leaves master and driver memory to spark-submit (the spark-operator sets them).
+    master: str | None = "local[*]"
+    app_name: str = "clickrec"
+    driver_memory: str | None = "4g"
+    shuffle_partitions: int = Field(default=8, ge=1)
+    ui_enabled: bool = False
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    # Folder of the jars `make setup` caches (Delta, Kafka source, S3A). None: the jars are
+    # already on the classpath, as in the Kubernetes image.
+    jars_dir: str | None = ".cache/jars/spark"
+    checkpoint_dir: str = ".lake/checkpoints"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class LakeConfig(_Section):
+    """Where the Delta tables live: a local folder or an s3a:// prefix."""
+
+    root: str = ".lake/lake"
+
+
+class S3Config(_Section):
+    """S3A settings. Credentials come only from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
+
+    endpoint: str | None = None
+    path_style_access: bool = True
+    ssl_enabled: bool = False
+    region: str = "us-east-1"
+
+    def credentials(self) -> tuple[str, str] | None:
+        """Return (access key, secret key) from the environment, or None when unset."""
+        key = os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if key and secret:
+            return key, secret
+        return None
+
+
+class KafkaConfig(_Section):
+    """Kafka endpoints and topics; bootstrap_servers None means no Kafka (embedded default)."""
+
+    bootstrap_servers: str | None = None
+    clickstream_topic: str = "clickstream"
+    models_topic: str = "models"
+
+
+class MlflowConfig(_Section):
+    """MLflow tracking and registry. SQLite locally, a server in stack and k8s modes."""
+
+    tracking_uri: str = "sqlite:///.lake/mlflow.db"
+    registry_uri: str | None = None
+    experiment: str = "clickrec"
+    model_name: str = "clickrec-als"
+    # Where runs of a new experiment keep artifacts when the tracking store is a file/SQLite.
+    artifact_location: str | None = ".lake/mlartifacts"
+
+
+class ClickrecConfig(_Section):
+    """The whole config. Sections for later jobs are added here, one model each."""
+
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    lake: LakeConfig = Field(default_factory=LakeConfig)
+    s3: S3Config = Field(default_factory=S3Config)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    @field_validator("lake")
+    @classmethod
+    def _lake_root_not_empty(cls, value: LakeConfig) -> LakeConfig:
+        if not value.root.strip():
+            raise ValueError("lake.root must not be empty")
+        return value
+
+
+def _expand_env(value: Any, key: str) -> Any:
+    """Replace ${NAME} and ${NAME:-default} in strings; an unset NAME without default is an error."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found is not None and found != "":
+            return found
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"config key '{key}': environment variable {name} is not set "
+            "(for conf/stack.yaml run `clickrec services up`, then "
+            "`source .clickrec/services/services.env`)"
+        )
+
+    expanded = _ENV_REF.sub(replace, value)
+    # A whole-value reference may stand for a non-string (port number, boolean, null).
+    if _ENV_REF.fullmatch(value):
+        return yaml.safe_load(expanded) if expanded != "" else None
+    return expanded
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into (["a", "b", "c"], parsed value); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}': expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"--set '{text}': the key must be dotted names like spark.master")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set '{text}': value is not valid YAML: {exc}") from exc
+    return parts, value
+
+
+# Free-form maps whose own keys contain dots (Spark options): `--set spark.conf.spark.x.y=1`.
+FREEFORM_MAPS: tuple[tuple[str, ...], ...] = (("spark", "conf"),)
+
+
+def _apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    for prefix in FREEFORM_MAPS:
+        if tuple(parts[: len(prefix)]) == prefix and len(parts) > len(prefix):
+            parts = [*prefix, ".".join(parts[len(prefix) :])]
+            if not isinstance(value, str):
+                value = str(value).lower() if isinstance(value, bool) else str(value)
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+            node[part] = child
+        elif not isinstance(child, dict):
+            dotted = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {'.'.join(parts)}: '{dotted}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"config key '{key}': unknown key")
+        else:
+            lines.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def build_config(data: Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> ClickrecConfig:
+    """Validate a raw mapping plus `--set` overrides into a ClickrecConfig."""
+    raw: dict[str, Any] = _deep_copy(dict(data or {}))
+    for text in overrides:
+        parts, value = parse_override(text)
+        _apply_override(raw, parts, value)
+    raw = _expand_env(raw, "")
+    try:
+        return ClickrecConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from exc
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ClickrecConfig:
+    """Read `path` (default conf/local.yaml), apply overrides and validate."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    if not file.is_file():
+        raise ConfigError(f"config file {file} not found (pass --config FILE)")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file}: the top level must be a mapping of sections")
+    return build_config(data, overrides)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value

@@ -1,0 +1,33 @@
+"""Exception classes. The CLI turns each into a clear message and a non-zero exit code."""
+
+from __future__ import annotations
+
+
+class ClickrecError(Exception):
+    """Base class for every error clickrec reports to its user."""
+
+    exit_code = 1
+
+
+class ConfigError(ClickrecError):
+    """A config file, key or value is wrong; the message names the key."""
+
+    exit_code = 2
+
+
+class SetupError(ClickrecError):
+    """Something `make setup` provides (venv, jars, service binaries) is missing."""
+
+    exit_code = 3
+
+
+class ServiceError(ClickrecError):
+    """A local service (Kafka, MinIO, MLflow) could not be started, reached or stopped."""
+
+    exit_code = 4
+
+
+class InputError(ClickrecError):
+    """Input data or a command-line argument cannot be used; the message names it."""
+
+    exit_code = 2

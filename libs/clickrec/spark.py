@@ -1,0 +1,144 @@
+"""The one Spark session factory: Delta, the jars cached by `make setup`, S3A from config.
+
+Nothing is fetched with `spark.jars.packages`: the jars must already be in `spark.jars_dir`
+(or on the classpath, as in the Kubernetes image), otherwise SetupError says to run setup.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clickrec import paths
+from clickrec.config import ClickrecConfig, S3Config
+from clickrec.errors import SetupError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+# Jars that must be in the cache for the session to have what the design promises.
+REQUIRED_JAR_PREFIXES: tuple[str, ...] = (
+    "delta-spark_",
+    "delta-storage-",
+    "spark-sql-kafka-0-10_",
+    "kafka-clients-",
+    "hadoop-aws-",
+    "bundle-",
+)
+
+
+def resolve_jars_dir(jars_dir: str | None) -> Path | None:
+    """Return the absolute jar folder for a config value (relative paths: the project root)."""
+    if jars_dir is None:
+        return None
+    path = Path(jars_dir)
+    if not path.is_absolute():
+        path = paths.project_root() / path
+    return path
+
+
+def cached_jars(jars_dir: Path) -> list[Path]:
+    """List the cached jars, failing with a clear message when setup has not run."""
+    jars = sorted(jars_dir.glob("*.jar")) if jars_dir.is_dir() else []
+    names = [j.name for j in jars]
+    missing = [p for p in REQUIRED_JAR_PREFIXES if not any(n.startswith(p) for n in names)]
+    if missing:
+        raise SetupError(
+            f"the JVM jars are not cached in {jars_dir} (missing {', '.join(missing)}): "
+            "run `make setup` once; jobs and tests never download them"
+        )
+    return jars
+
+
+def s3a_conf(s3: S3Config) -> dict[str, str]:
+    """Build the Hadoop S3A options for `s3`; credentials only from the environment."""
+    if s3.endpoint is None:
+        return {}
+    conf = {
+        "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.endpoint": s3.endpoint,
+        "spark.hadoop.fs.s3a.endpoint.region": s3.region,
+        "spark.hadoop.fs.s3a.path.style.access": str(s3.path_style_access).lower(),
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(s3.ssl_enabled).lower(),
+        # Delta on S3 from one writer: the default S3SingleDriverLogStore is right.
+        "spark.delta.logStore.s3a.impl": "io.delta.storage.S3SingleDriverLogStore",
+    }
+    creds = s3.credentials()
+    if creds is not None:
+        conf["spark.hadoop.fs.s3a.aws.credentials.provider"] = (
+            "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+        )
+        conf["spark.hadoop.fs.s3a.access.key"] = creds[0]
+        conf["spark.hadoop.fs.s3a.secret.key"] = creds[1]
+    return conf
+
+
+def apply_s3a(spark: SparkSession, s3: S3Config) -> None:
+    """Set the S3A options on a running session's Hadoop conf.
+
+    For sessions built before the endpoint was known (a notebook, the test suite, where MinIO
+    starts after Spark). Takes effect for buckets not touched yet.
+    """
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
+    for key, value in s3a_conf(s3).items():
+        if key.startswith("spark.hadoop."):
+            hadoop_conf.set(key[len("spark.hadoop.") :], value)
+        else:
+            spark.conf.set(key, value)
+
+
+def session_conf(config: ClickrecConfig) -> dict[str, str]:
+    """Every Spark option the factory sets, as a dict (testable without a JVM)."""
+    sc = config.spark
+    conf: dict[str, str] = {
+        "spark.app.name": sc.app_name,
+        "spark.ui.enabled": str(sc.ui_enabled).lower(),
+        "spark.sql.shuffle.partitions": str(sc.shuffle_partitions),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # Bronze is append-only with small batches; keep Delta's logs compact.
+        "spark.databricks.delta.optimizeWrite.enabled": "false",
+        "spark.sql.streaming.stopGracefullyOnShutdown": "true",
+    }
+    if sc.master is not None:
+        conf["spark.master"] = sc.master
+    if sc.driver_memory is not None:
+        conf["spark.driver.memory"] = sc.driver_memory
+    jars_dir = resolve_jars_dir(sc.jars_dir)
+    if jars_dir is not None:
+        conf["spark.jars"] = ",".join(str(j) for j in cached_jars(jars_dir))
+    conf.update(s3a_conf(config.s3))
+    conf.update(sc.conf)
+    return conf
+
+
+def checkpoint_dir(config: ClickrecConfig) -> str:
+    """Absolute checkpoint folder (local paths resolved against the working directory)."""
+    value = config.spark.checkpoint_dir
+    if "://" in value:
+        return value
+    return str(Path(value).resolve())
+
+
+def build_spark_session(config: ClickrecConfig) -> SparkSession:
+    """Return the Delta-enabled SparkSession described by `config` (getOrCreate)."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    for key, value in session_conf(config).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(config.spark.log_level)
+    cp = checkpoint_dir(config)
+    if "://" not in cp:
+        Path(cp).mkdir(parents=True, exist_ok=True)
+    spark.sparkContext.setCheckpointDir(cp)
+    return spark

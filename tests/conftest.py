@@ -1,0 +1,108 @@
+"""Shared fixtures: one Spark session per run, a fresh lake per test, real services per run.
+
+Services (Kafka, MinIO, MLflow server) start lazily, once per test run, on free 127.0.0.1
+ports, only when a test asks for them, and stop at the end of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clickrec.config import ClickrecConfig, build_config
+from clickrec.services import ServiceProcess, start_kafka, start_minio, start_mlflow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_config(tmp: Path, **sections: dict) -> ClickrecConfig:
+    """A config for tests: local[2], few partitions, lake and MLflow under `tmp`."""
+    data: dict = {
+        "spark": {
+            "master": "local[2]",
+            "app_name": "clickrec-tests",
+            "driver_memory": "3g",
+            "shuffle_partitions": 2,
+            "ui_enabled": False,
+            "log_level": "ERROR",
+            "checkpoint_dir": str(tmp / "checkpoints"),
+        },
+        "lake": {"root": str(tmp / "lake")},
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+            "artifact_location": str(tmp / "mlartifacts"),
+        },
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return build_config(data)
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="session")
+def spark(session_tmp: Path):  # type: ignore[no-untyped-def]
+    """The one Delta-enabled Spark session of the run, from the project's factory."""
+    from clickrec.spark import build_spark_session
+
+    session = build_spark_session(make_config(session_tmp))
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> ClickrecConfig:
+    """A fresh lake (and SQLite MLflow store) for one test."""
+    return make_config(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def services_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def kafka_service(services_base: Path) -> Iterator[ServiceProcess]:
+    svc = start_kafka(services_base)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def minio_service(services_base: Path) -> Iterator[ServiceProcess]:
+    svc = start_minio(services_base)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_service(services_base: Path, minio_service: ServiceProcess) -> Iterator[ServiceProcess]:
+    svc = start_mlflow(services_base, minio_service)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture()
+def minio_env(minio_service: ServiceProcess, monkeypatch: pytest.MonkeyPatch) -> ServiceProcess:
+    """Put the MinIO credentials in the environment, as a user's shell would have them."""
+    for key, value in minio_service.env.items():
+        monkeypatch.setenv(key, value)
+    return minio_service
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by folder, so `-m unit` etc. select them without a marker on every test."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO_ROOT / "tests").parts
+        if parts and parts[0] in {"unit", "integration", "services", "k8s"}:
+            item.add_marker(parts[0])
+
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+from pyspark.testing import assertDataFrameEqual
+
+from clickrec.config import ClickrecConfig
+from clickrec.io.delta import merge_upsert, table_path, table_version
+
+
+def _latest_metrics(spark: SparkSession, path: str) -> dict[str, str]:
+    from delta.tables import DeltaTable
+
+    row = DeltaTable.forPath(spark, path).history(1).select("operation", "operationMetrics").first()
+    assert row is not None
+    return {"operation": row["operation"], **row["operationMetrics"]}
+
+
+def test_write_read_merge_and_idempotent_rerun(spark: SparkSession, config: ClickrecConfig) -> None:
+    path = table_path(config, "test/kv")
+    first = spark.createDataFrame([(1, "a"), (2, "b")], "k INT, v STRING")
+    merge_upsert(spark, first, path, keys=["k"])
+    assert table_version(spark, path) == 0
+    assertDataFrameEqual(spark.read.format("delta").load(path), first)
+
+    update = spark.createDataFrame([(2, "B"), (3, "c")], "k INT, v STRING")
+    merge_upsert(spark, update, path, keys=["k"])
+    expected = spark.createDataFrame([(1, "a"), (2, "B"), (3, "c")], "k INT, v STRING")
+    assertDataFrameEqual(spark.read.format("delta").load(path), expected)
+    metrics = _latest_metrics(spark, path)
+    assert metrics["operation"] == "MERGE"
+    assert metrics["numTargetRowsUpdated"] == "1"
+    assert metrics["numTargetRowsInserted"] == "1"
+
+    # The same MERGE again changes nothing: no row updated or inserted, same content.
+    merge_upsert(spark, update, path, keys=["k"])
+    metrics = _latest_metrics(spark, path)
+    assert metrics["numTargetRowsUpdated"] == "0"
+    assert metrics["numTargetRowsInserted"] == "0"
+    assertDataFrameEqual(spark.read.format("delta").load(path), expected)
+
+
+def test_version_of_missing_table_is_none(spark: SparkSession, config: ClickrecConfig) -> None:
+    assert table_version(spark, table_path(config, "nope")) is None

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clickrec.config import build_config, load_config, parse_override
+from clickrec.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_unknown_key_is_reported_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"config key 'spark\.mastr': unknown key"):
+        build_config({"spark": {"mastr": "local[1]"}})
+
+
+def test_unknown_section_is_reported_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"config key 'sparks': unknown key"):
+        build_config({"sparks": {}})
+
+
+def test_bad_value_is_reported_by_key_and_value() -> None:
+    with pytest.raises(ConfigError, match=r"spark\.shuffle_partitions.*'many'"):
+        build_config({}, ["spark.shuffle_partitions=many"])
+
+
+def test_set_overrides_are_typed_and_nested() -> None:
+    cfg = build_config({"spark": {"master": "local[4]"}}, ["spark.shuffle_partitions=3", "spark.master=local[1]", "spark.conf.spark.foo=bar"])
+    assert cfg.spark.shuffle_partitions == 3
+    assert cfg.spark.master == "local[1]"
+    assert cfg.spark.conf == {"spark.foo": "bar"}
+
+
+def test_set_without_equals_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        parse_override("spark.master")
+
+
+def test_env_references(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("X_BOOT", "127.0.0.1:1234")
+    cfg = build_config({"kafka": {"bootstrap_servers": "${X_BOOT}"}, "lake": {"root": "${X_NOPE:-/tmp/l}"}})
+    assert cfg.kafka.bootstrap_servers == "127.0.0.1:1234"
+    assert cfg.lake.root == "/tmp/l"
+
+
+def test_missing_env_reference_names_key_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("X_MISSING", raising=False)
+    with pytest.raises(ConfigError, match=r"'s3\.endpoint'.*X_MISSING"):
+        build_config({"s3": {"endpoint": "${X_MISSING}"}})
+
+
+def test_config_is_frozen() -> None:
+    cfg = build_config({})
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
+        cfg.spark.master = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "stack.yaml", "k8s.yaml"])
+def test_shipped_configs_validate(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLICKREC_S3_ENDPOINT", "http://127.0.0.1:9000")
+    monkeypatch.setenv("CLICKREC_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    monkeypatch.setenv("CLICKREC_MLFLOW_URI", "http://127.0.0.1:5000")
+    cfg = load_config(REPO / "conf" / name)
+    assert cfg.lake.root
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("conf/nope.yaml")

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from clickrec import paths
+from clickrec.config import build_config
+from clickrec.errors import SetupError
+from clickrec.spark import cached_jars, s3a_conf, session_conf
+
+
+def test_session_conf_has_delta_and_cached_jars() -> None:
+    conf = session_conf(build_config({}))
+    assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    jars = conf["spark.jars"].split(",")
+    assert any("delta-spark_4.2_2.13" in j for j in jars)
+    assert any("spark-sql-kafka-0-10_2.13-4.2.0" in j for j in jars)
+    assert any("hadoop-aws-3.5.0" in j for j in jars)
+    assert "spark.jars.packages" not in conf  # nothing is downloaded at run time
+
+
+def test_missing_jar_cache_says_run_setup(tmp_path: Path) -> None:
+    with pytest.raises(SetupError, match="make setup"):
+        cached_jars(tmp_path / "nothing-here")
+
+
+def test_null_jars_dir_leaves_classpath_alone() -> None:
+    conf = session_conf(build_config({"spark": {"jars_dir": None, "master": None, "driver_memory": None}}))
+    assert "spark.jars" not in conf
+    assert "spark.master" not in conf
+
+
+def test_s3a_credentials_only_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    s3 = build_config({"s3": {"endpoint": "http://127.0.0.1:9"}}).s3
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    conf = s3a_conf(s3)
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert "spark.hadoop.fs.s3a.access.key" not in conf
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    conf = s3a_conf(s3)
+    assert conf["spark.hadoop.fs.s3a.access.key"] == "k"
+    assert conf["spark.hadoop.fs.s3a.secret.key"] == "s"
+
+
+def _artifact(name: str) -> str:
+    return re.sub(r"-\d[\w.]*(-[A-Za-z]+)?\.jar$", "", name)
+
+
+def test_no_artifact_is_on_the_classpath_twice() -> None:
+    """The cached jars must not shadow a jar of the pyspark wheel at another version."""
+    import pyspark
+
+    wheel = {_artifact(p.name) for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+    cached = {_artifact(p.name) for p in paths.jars_dir("spark").glob("*.jar")}
+    assert cached, "no cached jars: run make setup"
+    assert not (wheel & cached)
