@@ -119,9 +119,9 @@ def services_status(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> 
     run("services status", body)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point; jobs/*.py call it with their subcommand prepended."""
+    app(args=argv)
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def _wait_ready(
 
 def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=2) as resp:
             return 200 <= resp.status < 300
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
@@ -314,7 +314,7 @@ def start_kafka(base_dir: Path, port: int | None = None, timeout: float = READY_
 def _quiet(probe: Callable[[], bool]) -> bool:
     try:
         return probe()
-    except Exception:  # noqa: BLE001 - any client error just means "not ready yet"
+    except Exception:
         return False
 
 

@@ -81,7 +81,7 @@ def apply_s3a(spark: SparkSession, s3: S3Config) -> None:
     For sessions built before the endpoint was known (a notebook, the test suite, where MinIO
     starts after Spark). Takes effect for buckets not touched yet.
     """
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
     for key, value in s3a_conf(s3).items():
         if key.startswith("spark.hadoop."):
             hadoop_conf.set(key[len("spark.hadoop.") :], value)

@@ -33,7 +33,7 @@ def test_set_overrides_are_typed_and_nested() -> None:
 
 
 def test_set_without_equals_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"expected dotted\.key=value"):
         parse_override("spark.master")
 
 
