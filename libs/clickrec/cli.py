@@ -73,6 +73,31 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     run("status", lambda: collect_status(_config(config, set_)))
 
 
+@app.command()
+def train(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    promote: Annotated[
+        str | None,
+        typer.Option("--promote", help="auto (default: when it beats the champion), never, always."),
+    ] = None,
+) -> None:
+    """Split silver, tune ALS by cross-validation, evaluate vs popularity, log, register, promote."""
+
+    def body() -> dict[str, Any]:
+        from clickrec.errors import InputError
+
+        if promote not in (None, "auto", "never", "always"):
+            raise InputError(f"--promote {promote!r}: choose auto, never or always")
+        cfg = _config(config, set_)
+        from clickrec.spark import build_spark_session
+        from clickrec.train import run_train
+
+        return run_train(build_spark_session(cfg), cfg, promote=promote)  # type: ignore[arg-type]
+
+    run("train", body)
+
+
 @services_app.command("up")
 def services_up(
     config: ConfigOpt = DEFAULT_CONFIG,

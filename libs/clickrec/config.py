@@ -86,6 +86,53 @@ class MlflowConfig(_Section):
     artifact_location: str | None = ".lake/mlartifacts"
 
 
+class TrainGridConfig(_Section):
+    """Hyperparameter grid searched by cross-validation (every combination is tried)."""
+
+    rank: list[int] = Field(default_factory=lambda: [16, 48])
+    reg_param: list[float] = Field(default_factory=lambda: [0.01, 0.1])
+    alpha: list[float] = Field(default_factory=lambda: [5.0, 20.0])
+    max_iter: list[int] = Field(default_factory=lambda: [10])
+
+    @field_validator("rank", "alpha", "max_iter")
+    @classmethod
+    def _positive(cls, value: list[Any]) -> list[Any]:
+        if not value or any(v <= 0 for v in value):
+            raise ValueError("must list at least one value, all > 0")
+        return value
+
+    @field_validator("reg_param")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if not value or any(v < 0 for v in value):
+            raise ValueError("must list at least one value, all >= 0")
+        return value
+
+
+class TrainConfig(_Section):
+    """`clickrec train`: split, tuning, evaluation and promotion."""
+
+    split: Literal["stratified_random", "temporal"] = "stratified_random"
+    test_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+    seed: int = 42
+    k: int = Field(default=10, ge=1, le=1000)
+    tuning: Literal["cv", "train_validation"] = "cv"
+    num_folds: int = Field(default=3, ge=2, le=20)
+    train_ratio: float = Field(default=0.75, gt=0.0, lt=1.0)
+    metric: Literal["ndcg", "precision", "recall", "map"] = "ndcg"
+    parallelism: int = Field(default=1, ge=1)
+    implicit_prefs: bool = True
+    nonnegative: bool = False
+    checkpoint_interval: int = Field(default=5, ge=1)
+    # The rating column ALS reads: the implicit rating, or the explicit one of --format ratings.
+    rating_col: str = "rating"
+    grid: TrainGridConfig = Field(default_factory=TrainGridConfig)
+    promote: Literal["auto", "never", "always"] = "auto"
+    # A challenger replaces the champion when its metric on the same test split exceeds the
+    # champion's by more than this (absolute) margin.
+    promotion_margin: float = Field(default=0.0, ge=0.0)
+
+
 class ClickrecConfig(_Section):
     """The whole config. Sections for later jobs are added here, one model each."""
 
@@ -94,6 +141,7 @@ class ClickrecConfig(_Section):
     s3: S3Config = Field(default_factory=S3Config)
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("lake")
     @classmethod

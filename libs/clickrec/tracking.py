@@ -61,3 +61,120 @@ def alias_versions(config: ClickrecConfig) -> dict[str, Any]:
         except MlflowException:
             out[alias] = None
     return out
+
+
+# --- training runs --------------------------------------------------------------------------
+
+
+def start_parent_run(config: ClickrecConfig, run_name: str, tags: dict[str, str]) -> Any:
+    """Start the parent run of a training (a context manager, like mlflow.start_run)."""
+    import mlflow
+
+    exp_id = ensure_experiment(config)
+    return mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+
+
+def log_grid(
+    points: list[dict[str, Any]],
+    means: list[float],
+    stds: list[float],
+    metric: str,
+    fixed_params: dict[str, Any],
+) -> list[str]:
+    """One nested child run per grid point with its params and validation metric; run ids."""
+    import mlflow
+
+    ids = []
+    for i, (point, mean, std) in enumerate(zip(points, means, stds, strict=True)):
+        with mlflow.start_run(run_name=f"grid-{i:02d}", nested=True) as child:
+            mlflow.log_params({**fixed_params, **point})
+            mlflow.log_metrics({f"cv_{metric}": mean, f"cv_{metric}_std": std})
+            ids.append(child.info.run_id)
+    return ids
+
+
+def log_params(params: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_params(params)
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    import mlflow
+
+    mlflow.log_metrics(metrics)
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_figure(figure: Any, name: str) -> None:
+    """Log a matplotlib figure as a PNG artifact under plots/."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_figure(figure, f"plots/{name}")
+    plt.close(figure)
+
+
+def log_dict(data: dict[str, Any], name: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(data, name)
+
+
+def log_input_tables(tables: dict[str, tuple[str, int]]) -> None:
+    """Record each input table's path and Delta version (tags, plus mlflow inputs) for time travel."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    for name, (path, version) in tables.items():
+        mlflow.set_tag(f"input.{name}.path", path)
+        mlflow.set_tag(f"input.{name}.version", str(version))
+        source = LocalArtifactDatasetSource(path) if "://" not in path else None
+        if source is not None:
+            dataset = MetaDataset(source=source, name=f"{name}@v{version}", digest=f"v{version}")
+            mlflow.log_input(dataset, context="training", tags={"delta_version": str(version)})
+
+
+def log_spark_model(model: Any, config: ClickrecConfig, metadata: dict[str, Any]) -> int:
+    """Log the fitted ALSModel as an MLflow Spark model and register it; return the version."""
+    import mlflow.spark
+
+    info = mlflow.spark.log_model(
+        model,
+        artifact_path="model",
+        registered_model_name=config.mlflow.model_name,
+        metadata={k: str(v) for k, v in metadata.items()},
+    )
+    version = info.registered_model_version
+    if version is None:
+        raise RuntimeError("MLflow did not return a registered model version")
+    return int(version)
+
+
+def set_alias(config: ClickrecConfig, alias: str, version: int) -> None:
+    from mlflow import MlflowClient
+
+    configure(config)
+    MlflowClient().set_registered_model_alias(config.mlflow.model_name, alias, str(version))
+
+
+def load_alias_model(config: ClickrecConfig, alias: str) -> Any | None:
+    """The ALSModel behind `alias`, or None when the alias is unset."""
+    import mlflow.spark
+    from mlflow.exceptions import MlflowException
+
+    configure(config)
+    if alias_versions(config).get(alias) is None:
+        return None
+    try:
+        model = mlflow.spark.load_model(f"models:/{config.mlflow.model_name}@{alias}")
+    except MlflowException:
+        return None
+    stages = getattr(model, "stages", None)
+    return stages[-1] if stages else model

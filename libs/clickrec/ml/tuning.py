@@ -1,0 +1,104 @@
+"""Hyperparameter search: the config grid -> Spark ParamMaps -> CrossValidator or TVS."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.ml.evaluation import RankingEvaluator
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
+from pyspark.sql import DataFrame
+
+from clickrec.config import TrainConfig
+from clickrec.ml.estimator import RankingALS, RankingALSModel
+from clickrec.ml.evaluate import LABEL, PREDICTION, SPARK_METRICS
+from clickrec.ml.split import assign_folds
+
+FOLD_COL = "fold"
+# config grid key -> RankingALS param name
+GRID_PARAMS = {"rank": "rank", "reg_param": "regParam", "alpha": "alpha", "max_iter": "maxIter"}
+
+
+def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in a stable order (last key varies fastest)."""
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def build_estimator(train: TrainConfig) -> RankingALS:
+    """The unfitted estimator with everything but the grid's params fixed from config."""
+    return RankingALS(
+        implicitPrefs=train.implicit_prefs,
+        nonnegative=train.nonnegative,
+        checkpointInterval=train.checkpoint_interval,
+        seed=train.seed,
+        k=train.k,
+        ratingCol=train.rating_col,
+    )
+
+
+def param_maps(estimator: RankingALS, grid: dict[str, list[Any]]) -> list[dict[Any, Any]]:
+    """ParamGridBuilder maps for `grid` (config keys), same order as `expand_grid`."""
+    builder = ParamGridBuilder()
+    for key, values in grid.items():
+        builder = builder.addGrid(estimator.getParam(GRID_PARAMS[key]), values)
+    maps = builder.build()
+    # ParamGridBuilder's order differs from expand_grid's; sort maps to match it.
+    points = expand_grid(grid)
+    by_key = {tuple(m[estimator.getParam(GRID_PARAMS[k])] for k in grid): m for m in maps}
+    return [by_key[tuple(p[k] for k in grid)] for p in points]
+
+
+def build_evaluator(train: TrainConfig) -> RankingEvaluator:
+    """RankingEvaluator on the selection metric (nDCG@k by default)."""
+    return RankingEvaluator(
+        predictionCol=PREDICTION, labelCol=LABEL, metricName=SPARK_METRICS[train.metric], k=train.k
+    )
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """What the search found: one row per grid point, the best point and its refitted model."""
+
+    points: list[dict[str, Any]]
+    mean_metric: list[float]
+    std_metric: list[float]
+    best_index: int
+    best_model: RankingALSModel
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return self.points[self.best_index]
+
+
+def tune(train_df: DataFrame, train: TrainConfig) -> TuningResult:
+    """Search the grid on the training part only; refit the best point on all of it."""
+    grid = train.grid.model_dump()
+    estimator = build_estimator(train)
+    maps = param_maps(estimator, grid)
+    evaluator = build_evaluator(train)
+    if train.tuning == "cv":
+        data = assign_folds(train_df, num_folds=train.num_folds, seed=train.seed, fold_col=FOLD_COL)
+        search: CrossValidator | TrainValidationSplit = CrossValidator(
+            estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator,
+            numFolds=train.num_folds, foldCol=FOLD_COL, parallelism=train.parallelism,
+            seed=train.seed,
+        )
+        model = search.fit(data)
+        means = [float(m) for m in model.avgMetrics]
+        stds = [float(s) for s in model.stdMetrics]
+    else:
+        search = TrainValidationSplit(
+            estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator,
+            trainRatio=train.train_ratio, parallelism=train.parallelism, seed=train.seed,
+        )
+        model = search.fit(train_df)
+        means = [float(m) for m in model.validationMetrics]
+        stds = [0.0] * len(means)
+    best = max(range(len(means)), key=lambda i: (means[i], -i))
+    best_model = model.bestModel
+    if train.tuning == "cv":
+        # bestModel was refitted on `data` (with the fold column); forget the fold column.
+        best_model.seen_df = train_df.select(best_model.getOrDefault("userCol"), best_model.getOrDefault("itemCol"))
+    return TuningResult(expand_grid(grid), means, stds, best, best_model)

@@ -1,0 +1,218 @@
+"""`clickrec train`: silver at pinned versions -> split -> tune -> evaluate -> MLflow -> registry.
+
+Orchestration only: the split, the estimator, the metrics and the promotion rule are pure parts
+of clickrec.ml, Delta reads go through clickrec.io.delta and every MLflow call through
+clickrec.tracking.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from clickrec import columns as C
+from clickrec import tracking
+from clickrec.config import ClickrecConfig, TrainConfig
+from clickrec.errors import InputError
+from clickrec.io.delta import table_path, table_version
+from clickrec.ml.estimator import RankingALSModel
+from clickrec.ml.evaluate import catalogue_coverage, evaluate_ranking, metric_name, ranking_frame
+from clickrec.ml.plots import grid_heatmap, model_vs_baseline
+from clickrec.ml.promotion import PromoteMode, decide_promotion
+from clickrec.ml.recommend import popularity_factors, recommend_top_k
+from clickrec.ml.split import split_stratified_random, split_temporal
+from clickrec.ml.tuning import tune
+
+log = logging.getLogger(__name__)
+
+INPUT_TABLES = (C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX)
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """The ALS input (user_idx, item_idx, rating, last_seen) and the table versions it came from."""
+
+    ratings_df: DataFrame
+    tables: dict[str, tuple[str, int]]
+
+
+def read_inputs(spark: SparkSession, config: ClickrecConfig) -> TrainingInputs:
+    """Read silver at the versions current now, so the run can be reproduced by time travel."""
+    tables: dict[str, tuple[str, int]] = {}
+    frames: dict[str, DataFrame] = {}
+    for table in INPUT_TABLES:
+        path = table_path(config, table)
+        version = table_version(spark, path)
+        if version is None:
+            raise InputError(f"table {table} not found at {path}: run `clickrec ingest` first")
+        tables[table] = (path, version)
+        frames[table] = spark.read.format("delta").option("versionAsOf", version).load(path)
+    rating_col = config.train.rating_col
+    interactions = frames[C.SILVER_INTERACTIONS]
+    if rating_col not in interactions.columns:
+        raise InputError(
+            f"config key 'train.rating_col': column {rating_col!r} is not in silver/interactions "
+            f"(columns: {', '.join(interactions.columns)})"
+        )
+    ratings_df = to_als_input(
+        interactions, frames[C.SILVER_USER_INDEX], frames[C.SILVER_ITEM_INDEX], rating_col=rating_col
+    )
+    return TrainingInputs(ratings_df, tables)
+
+
+def to_als_input(
+    interactions_df: DataFrame,
+    user_index_df: DataFrame,
+    item_index_df: DataFrame,
+    *,
+    rating_col: str = C.RATING,
+) -> DataFrame:
+    """(user_idx, item_idx, rating, last_seen) from silver and the two index tables."""
+    return (
+        interactions_df.join(user_index_df.select(C.USER_ID, C.USER_IDX), C.USER_ID)
+        .join(item_index_df.select(C.ITEM_ID, C.ITEM_IDX), C.ITEM_ID)
+        .select(
+            F.col(C.USER_IDX).cast("int").alias(C.USER_IDX),
+            F.col(C.ITEM_IDX).cast("int").alias(C.ITEM_IDX),
+            F.col(rating_col).cast("float").alias(C.RATING),
+            F.col(C.LAST_SEEN),
+        )
+        .filter(F.col(C.RATING) > 0)
+    )
+
+
+def split(ratings_df: DataFrame, train: TrainConfig) -> tuple[DataFrame, DataFrame]:
+    """The configured split of the ALS input."""
+    if train.split == "temporal":
+        return split_temporal(ratings_df, test_fraction=train.test_fraction)
+    return split_stratified_random(ratings_df, test_fraction=train.test_fraction, seed=train.seed)
+
+
+def score_model(
+    model: RankingALSModel, train_df: DataFrame, test_df: DataFrame, *, k: int, catalogue: int
+) -> dict[str, float]:
+    """Test metrics of `model`: each test user's top-k with their train items excluded."""
+    test_users = test_df.select(C.USER_IDX).distinct()
+    model.seen_df = train_df.select(C.USER_IDX, C.ITEM_IDX)
+    recs = model.recommend(test_users).persist()
+    try:
+        metrics = evaluate_ranking(ranking_frame(recs, test_df), k=k)
+        metrics["coverage"] = catalogue_coverage(recs, catalogue)
+    finally:
+        recs.unpersist()
+    return metrics
+
+
+def score_popularity(train_df: DataFrame, test_df: DataFrame, *, k: int, catalogue: int) -> dict[str, float]:
+    """The popularity baseline's test metrics, with the same exclusion rule as the model."""
+    users, items = popularity_factors(train_df)
+    test_users = test_df.select(F.col(C.USER_IDX).alias("id")).distinct()
+    recs = recommend_top_k(
+        users.join(test_users, "id"), items, train_df.select(C.USER_IDX, C.ITEM_IDX), k=k
+    ).persist()
+    try:
+        metrics = evaluate_ranking(ranking_frame(recs, test_df), k=k)
+        metrics["coverage"] = catalogue_coverage(recs, catalogue)
+    finally:
+        recs.unpersist()
+    return metrics
+
+
+def run_train(
+    spark: SparkSession, config: ClickrecConfig, *, promote: PromoteMode | None = None
+) -> dict[str, Any]:
+    """Train, evaluate, log and register a model; promote it per the rule. Returns the summary."""
+    tc = config.train
+    mode: PromoteMode = promote or tc.promote
+    started = time.monotonic()
+    inputs = read_inputs(spark, config)
+    train_df, test_df = split(inputs.ratings_df, tc)
+    train_df, test_df = train_df.persist(), test_df.persist()
+    n_train, n_test = train_df.count(), test_df.count()
+    if n_train == 0 or n_test == 0:
+        raise InputError(
+            f"not enough interactions to train: {n_train} train and {n_test} test rows "
+            "(every user needs at least 2 interactions to be in the test split)"
+        )
+    catalogue = train_df.select(C.ITEM_IDX).distinct().count()
+    log.info("split %s: %d train rows, %d test rows, %d items", tc.split, n_train, n_test, catalogue)
+    fixed = {
+        "implicit_prefs": tc.implicit_prefs, "nonnegative": tc.nonnegative, "seed": tc.seed,
+        "k": tc.k, "rating_col": tc.rating_col,
+    }
+    with tracking.start_parent_run(config, "train", {"clickrec.job": "train"}) as run:
+        tracking.log_input_tables(inputs.tables)
+        tracking.log_params({
+            "split": tc.split, "test_fraction": tc.test_fraction, "tuning": tc.tuning,
+            "num_folds": tc.num_folds, "selection_metric": metric_name(tc.metric, tc.k),
+            "train_rows": n_train, "test_rows": n_test, "catalogue_items": catalogue,
+            "grid": tc.grid.model_dump(), **fixed,
+        })
+        log.info("tuning %s over %d grid points", tc.tuning, _grid_size(tc))
+        t0 = time.monotonic()
+        result = tune(train_df, tc)
+        tune_s = time.monotonic() - t0
+        selection = metric_name(tc.metric, tc.k)
+        tracking.log_grid(result.points, result.mean_metric, result.std_metric, selection, fixed)
+        tracking.log_params({f"best_{k}": v for k, v in result.best_params.items()})
+        log.info("best %s: %s (cv %s %.4f)", tc.tuning, result.best_params, selection,
+                 result.mean_metric[result.best_index])
+
+        metrics = score_model(result.best_model, train_df, test_df, k=tc.k, catalogue=catalogue)
+        baseline = score_popularity(train_df, test_df, k=tc.k, catalogue=catalogue)
+        tracking.log_metrics({**metrics, **{f"baseline_{k}": v for k, v in baseline.items()},
+                              "tuning_seconds": tune_s})
+        tracking.log_figure(grid_heatmap(result.points, result.mean_metric, selection), "grid_heatmap.png")
+        tracking.log_figure(model_vs_baseline(metrics, baseline, tc.k), "model_vs_baseline.png")
+
+        champion = tracking.load_alias_model(config, "champion")
+        champion_score = None
+        if champion is not None:
+            champ = RankingALSModel(champion, None)
+            champ._set(k=tc.k)
+            champion_score = score_model(champ, train_df, test_df, k=tc.k, catalogue=catalogue)[selection]
+            tracking.log_metrics({f"champion_{selection}": champion_score})
+
+        version = tracking.log_spark_model(
+            result.best_model.als_model, config,
+            metadata={
+                **{f"input.{t}.version": v for t, (_, v) in inputs.tables.items()},
+                **{f"input.{t}.path": p for t, (p, _) in inputs.tables.items()},
+                "run_id": run.info.run_id,
+            },
+        )
+        tracking.set_alias(config, "challenger", version)
+        decision = decide_promotion(mode, metrics[selection], champion_score, tc.promotion_margin)
+        if decision.promote:
+            tracking.set_alias(config, "champion", version)
+        tracking.set_tags({"promoted": decision.promote, "promotion_reason": decision.reason,
+                           "model_version": version})
+        log.info("registered %s v%d as challenger; promoted: %s (%s)",
+                 config.mlflow.model_name, version, decision.promote, decision.reason)
+    train_df.unpersist()
+    test_df.unpersist()
+    return {
+        "run_id": run.info.run_id,
+        "model_name": config.mlflow.model_name,
+        "model_version": version,
+        "best_params": result.best_params,
+        "metrics": metrics,
+        "baseline_metrics": baseline,
+        "champion_score": champion_score,
+        "promoted": decision.promote,
+        "promotion_reason": decision.reason,
+        "input_versions": {t: v for t, (_, v) in inputs.tables.items()},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _grid_size(tc: TrainConfig) -> int:
+    n = 1
+    for values in tc.grid.model_dump().values():
+        n *= len(values)
+    return n

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from clickrec.config import build_config
+from clickrec.ml.promotion import decide_promotion
+from clickrec.ml.tuning import build_estimator, expand_grid, param_maps
+
+
+def test_grid_expansion_every_combination_in_order() -> None:
+    grid = {"rank": [8, 16], "reg_param": [0.1], "alpha": [1.0, 10.0], "max_iter": [5]}
+    points = expand_grid(grid)
+    assert points == [
+        {"rank": 8, "reg_param": 0.1, "alpha": 1.0, "max_iter": 5},
+        {"rank": 8, "reg_param": 0.1, "alpha": 10.0, "max_iter": 5},
+        {"rank": 16, "reg_param": 0.1, "alpha": 1.0, "max_iter": 5},
+        {"rank": 16, "reg_param": 0.1, "alpha": 10.0, "max_iter": 5},
+    ]
+
+
+def test_param_maps_follow_the_grid_points() -> None:
+    train = build_config({"train": {"grid": {"rank": [4, 8], "reg_param": [0.01, 0.1], "alpha": [2.0], "max_iter": [3]}}}).train
+    est = build_estimator(train)
+    maps = param_maps(est, train.grid.model_dump())
+    points = expand_grid(train.grid.model_dump())
+    assert len(maps) == 4
+    for m, p in zip(maps, points, strict=True):
+        assert m[est.getParam("rank")] == p["rank"]
+        assert m[est.getParam("regParam")] == p["reg_param"]
+        assert est.copy(m).als_params()["rank"] == p["rank"]
+
+
+def test_promotion_rule() -> None:
+    assert decide_promotion("auto", 0.30, None).promote  # no champion yet
+    assert not decide_promotion("auto", 0.20, 0.30).promote  # worse challenger stays out
+    assert not decide_promotion("auto", 0.30, 0.30).promote  # a tie is not a win
+    assert decide_promotion("auto", 0.31, 0.30).promote
+    assert not decide_promotion("auto", 0.31, 0.30, margin=0.02).promote  # within the margin
+    assert decide_promotion("always", 0.10, 0.30).promote
+    assert not decide_promotion("never", 0.90, 0.30).promote
