@@ -35,6 +35,14 @@ INGESTED_AT: Final = "ingested_at"
 SOURCE_FILE: Final = "source_file"
 RAW_LINE: Final = "raw_line"
 REASONS: Final = "reasons"
+INPUT_FORMAT: Final = "input_format"
+
+# --- ingest working columns (parsing and validation; never stored in silver) ----------------
+VALUE: Final = "value"  # one raw text line, as spark.read.text names it
+COLUMN_COUNT: Final = "column_count"
+UTF8_VALID: Final = "utf8_valid"
+CORRUPT_RECORD: Final = "_corrupt_record"
+RATINGS_COLUMNS: Final = ("user", "item", "rating", "timestamp")
 
 # --- silver ----------------------------------------------------------------------------------
 ITEM_ID: Final = "item_id"
@@ -49,6 +57,7 @@ USER_IDX: Final = "user_idx"
 ITEM_IDX: Final = "item_idx"
 SOURCE_ID: Final = "source_id"
 IDX: Final = "idx"
+INTERACTION_KEYS: Final = (USER_ID, ITEM_ID)
 
 # --- gold ------------------------------------------------------------------------------------
 VARIANT: Final = "variant"

@@ -133,6 +133,84 @@ class TrainConfig(_Section):
     promotion_margin: float = Field(default=0.0, ge=0.0)
 
 
+class RatingConfig(_Section):
+    """Weights of the implicit rating; the formula is documented once, in
+    clickrec.transforms.clickstream.add_implicit_rating."""
+
+    view_weight: float = 1.0
+    dwell_weight: float = 1.0
+    dwell_unit_seconds: float = Field(default=60.0, gt=0)
+    cart_weight: float = 4.0
+    purchase_weight: float = 10.0
+    # None: no decay. Otherwise the rating halves for every half-life between the pair's last
+    # event and the user's latest event (per user, so incremental equals a full recompute).
+    decay_half_life_days: float | None = Field(default=None, gt=0)
+
+
+class IngestConfig(_Section):
+    """`clickrec ingest`: input parsing, column mapping, validation bounds, dwell and rating."""
+
+    format: Literal["rees46", "ratings"] = "rees46"
+    # csv or json lines; auto picks json for *.json, *.jsonl, *.ndjson (optionally .gz).
+    file_format: Literal["auto", "csv", "json"] = "auto"
+    header: bool = True  # csv: a line equal to the joined source_columns is a header, not a row
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    # Column names of the source, in file order (csv) or as keys (json).
+    source_columns: tuple[str, ...] = (
+        "event_time", "event_type", "product_id", "category_id", "category_code",
+        "brand", "price", "user_id", "user_session",
+    )
+    # canonical REES46 name (or event_id) -> source column. Unmapped canonical columns are taken
+    # by their own name when the source has them, else null. A session-only log can map
+    # user_id and user_session to the same source column.
+    column_mapping: dict[str, str] = Field(default_factory=dict)
+    event_time_formats: tuple[str, ...] = (
+        "yyyy-MM-dd HH:mm:ss 'UTC'",
+        "yyyy-MM-dd HH:mm:ss",
+        "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX",
+    )
+    event_time_min: str = "2000-01-01 00:00:00"
+    event_time_max: str = "2100-01-01 00:00:00"
+    dwell_cap_seconds: float = Field(default=1800.0, gt=0)
+    last_view_dwell_seconds: float = Field(default=30.0, ge=0)
+    rating: RatingConfig = Field(default_factory=RatingConfig)
+    # `user item rating timestamp` files: fields split by this regex (tab, comma or ::).
+    ratings_delimiter: str = "\\t|,|::"
+    events_suite: str = "conf/expectations/clickstream_events.json"
+    ratings_suite: str = "conf/expectations/ratings.json"
+    # Quality gate: above this fraction of rejected rows the batch fails and nothing is written.
+    max_rejected_fraction: float = Field(default=0.5, ge=0, le=1)
+    data_docs: bool = True
+
+    @field_validator("column_mapping")
+    @classmethod
+    def _mapping_keys_known(cls, value: dict[str, str]) -> dict[str, str]:
+        known = {
+            "event_time", "event_type", "product_id", "category_id", "category_code",
+            "brand", "price", "user_id", "user_session", "event_id",
+        }
+        for key, source in value.items():
+            if key not in known:
+                raise ValueError(f"column_mapping.{key}: not a clickstream column ({sorted(known)})")
+            if not str(source).strip():
+                raise ValueError(f"column_mapping.{key}: the source column name is empty")
+        return value
+
+
+class GenerateConfig(_Section):
+    """`clickrec generate`: the shape of the synthetic shop (sizes scale with --events)."""
+
+    seed: int = 42
+    start: str = "2019-10-01"
+    days: int = Field(default=30, ge=1)
+    events_per_user: float = Field(default=40.0, gt=0)
+    events_per_item: float = Field(default=80.0, gt=0)
+    categories: int = Field(default=40, ge=2)
+    mean_session_events: float = Field(default=6.0, ge=1)
+    taste_concentration: float = Field(default=0.15, gt=0)  # Dirichlet alpha; small = focused
+    noise: float = Field(default=0.1, ge=0, le=1)  # share of views on globally popular items
+
+
 class ClickrecConfig(_Section):
     """The whole config. Sections for later jobs are added here, one model each."""
 
@@ -142,6 +220,8 @@ class ClickrecConfig(_Section):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
 
     @field_validator("lake")
     @classmethod
