@@ -7,7 +7,7 @@ CONFIG ?= conf/local.yaml
 EVENTS ?= 200000
 
 .PHONY: help setup test test-unit test-fast demo lint services-up services-down services-status \
-        mlflow-ui bench clean
+        mlflow-ui bench clean image manifests
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ mlflow-ui: setup  ## browse the local MLflow runs on http://127.0.0.1:5000
 
 bench: setup  ## benchmarks; results go to docs/benchmarks.md by hand with the machine and date
 	$(PY) -m benchmarks.run
+
+image:  ## the Kubernetes image clickrec:<version> (k8s/image/Dockerfile); needs a Docker engine
+	@bash k8s/image/build.sh
+
+manifests: setup  ## print the rendered k8s manifests (OVERLAY=prod|dev, default prod); docs/deploy.md
+	.cache/bin/kustomize build k8s/spark-operator/overlays/$(or $(OVERLAY),prod)
 
 clean:  ## remove the local lake, MLflow store and service state (keeps the caches)
 	-$(CLICKREC) services down
