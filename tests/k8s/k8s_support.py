@@ -233,18 +233,22 @@ def core_errors(obj: dict[str, Any]) -> list[str]:
 SECRET_NAME = re.compile(
     r"(?i)(secret|passw(or)?d|token|credential|api[_.-]?key|access[_.-]?key|private[_.-]?key)"
 )
-# Keys whose values name a mechanism, not a secret.
-SECRET_NAME_ALLOWED = re.compile(r"(?i)(provider|secretref|secretkeyref|secretname|tokenfile)$")
+# Keys whose values name a mechanism or a Secret object, not a secret.
+SECRET_NAME_ALLOWED = re.compile(
+    r"(?i)(provider|secretref|secretkeyref|secret[_-]?name|existing[_-]?secret|tokenfile)$"
+)
 TEXT_PATTERNS = {
     "AWS access key id": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
     "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     "GitHub token": re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36}\b"),
     "JSON web token": re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\."),
-    "secret assignment": re.compile(
-        r"(?i)\b[A-Z0-9_.-]*(secret|password|passwd|token|access[_.-]?key)[A-Z0-9_.-]*"
-        r"\s*[=:]\s*[\"']?(?!\$\{|<|\$\()[A-Za-z0-9/+=_.-]{12,}"
-    ),
 }
+# KEY=value / KEY: value with a secret-looking KEY and a long literal value (not a
+# placeholder like <secret-key>, ${VAR} or $(command)).
+SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b(?P<key>[A-Z0-9_.-]*(secret|password|passwd|token|access[_.-]?key)[A-Z0-9_.-]*)"
+    r"\s*[=:]\s*[\"']?(?!\$\{|<|\$\()[A-Za-z0-9/+=_.-]{12,}"
+)
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,9 @@ def find_literal_secrets(root: Path) -> list[Finding]:
             for why, pattern in TEXT_PATTERNS.items():
                 if pattern.search(line):
                     findings.append(Finding(path, f"line {lineno}", why))
+            for match in SECRET_ASSIGNMENT.finditer(line):
+                if not SECRET_NAME_ALLOWED.search(match["key"]):
+                    findings.append(Finding(path, f"line {lineno}", "secret assignment"))
         if path.suffix in {".yaml", ".yml"}:
             try:
                 docs = list(yaml.safe_load_all(text))

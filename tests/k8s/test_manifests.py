@@ -347,3 +347,20 @@ def test_overlays_differ_from_the_base_only_where_they_say(
         specs = app_specs(objects)
         assert not by_kind(objects, "ScheduledSparkApplication")[SCHEDULE]["spec"].get("suspend")
         assert all(s["image"].startswith("registry.example.com/clickrec:") for s in specs.values())
+
+
+def test_only_applications_are_started_on_demand(
+    rendering: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """docs/deploy.md applies `-l 'clickrec.dev/launch!=on-demand'` first, then each job."""
+    name, objects = rendering
+    for obj in objects:
+        launch = obj["metadata"].get("labels", {}).get("clickrec.dev/launch")
+        expected = "on-demand" if obj["kind"] == "SparkApplication" else None
+        assert launch == expected, f"{name} {obj['kind']}/{obj['metadata']['name']}"
+    components = {
+        o["metadata"]["labels"]["app.kubernetes.io/component"]
+        for o in objects
+        if o["kind"] == "SparkApplication"
+    }
+    assert components == {"ingest", "train", "publish", "pipeline", "stream"}
