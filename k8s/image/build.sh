@@ -27,7 +27,9 @@ ls .cache/jars/spark/delta-spark_*.jar >/dev/null 2>&1 || die "the JVM jars are 
 # The JMX exporter agent (pinned in k8s/image/pom.xml) and the exact Python pins of .venv.
 mvn -B -q -f k8s/image/pom.xml package
 mkdir -p .cache/image
-.venv/bin/python -m pip freeze --exclude-editable | grep -v -i '^clickrec' > .cache/image/constraints.txt
+# `pip list --format=freeze` always prints name==version (pip freeze may print local file URLs).
+.venv/bin/python -m pip list --format=freeze --exclude-editable | grep -v -i '^clickrec=' \
+  > .cache/image/constraints.txt
 
 "$DOCKER" build -f k8s/image/Dockerfile -t "$IMAGE:$VERSION" .
 printf 'make image: built %s:%s\n' "$IMAGE" "$VERSION" >&2
