@@ -166,6 +166,7 @@ def _keys_in_sources(key: str, root: Path = OPERATOR_DIR) -> list[Path]:
         ("sparkVersion", 1),
         ("image", 1),
         ("monitoring", 1),
+        ("sparkConf", 1),
         ("env", 1),
         ("envFrom", 1),
         ("configMaps", 1),
@@ -204,6 +205,7 @@ def test_every_application_carries_the_shared_fields(
         assert spec["sparkVersion"] == DEFAULTS["sparkVersion"], where
         assert (spec["type"], spec["mode"]) == ("Python", "cluster"), where
         assert spec["monitoring"] == DEFAULTS["monitoring"], where
+        assert spec["sparkConf"] == DEFAULTS["sparkConf"], where
         assert (
             spec["monitoring"]["exposeDriverMetrics"]
             and spec["monitoring"]["exposeExecutorMetrics"]
