@@ -74,6 +74,57 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
 
 
 @app.command()
+def generate(
+    events: Annotated[int, typer.Option("--events", "-n", help="How many events to write.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output file: *.csv, *.csv.gz, *.jsonl or *.jsonl.gz.")
+    ],
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default generate.seed).")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """A synthetic clickstream (REES46 schema) with planted user tastes, sessions and dwell."""
+
+    def body() -> dict[str, Any]:
+        from clickrec.generate import generate_clickstream
+
+        cfg = _config(config, set_)
+        return generate_clickstream(out, events=events, seed=seed, settings=cfg.generate)
+
+    run("generate", body)
+
+
+@app.command()
+def ingest(
+    input_path: Annotated[
+        str, typer.Option("--input", "-i", help="File, folder, glob or s3a:// path of the raw input.")
+    ],
+    input_format: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="rees46 (clickstream) or ratings (default ingest.format)."),
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Raw files -> bronze/events + bronze/quarantine -> silver interactions and id indexes."""
+
+    def body() -> dict[str, Any]:
+        from clickrec.errors import InputError
+
+        if input_format not in (None, "rees46", "ratings"):
+            raise InputError(f"--format {input_format!r}: choose rees46 or ratings")
+        cfg = _config(config, set_)
+        from clickrec.ingest import ingest as run_ingest
+        from clickrec.spark import build_spark_session
+
+        return run_ingest(
+            build_spark_session(cfg), cfg, input_path=input_path, input_format=input_format
+        )
+
+    run("ingest", body)
+
+
+@app.command()
 def train(
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,

@@ -41,6 +41,7 @@ INPUT_FORMAT: Final = "input_format"
 VALUE: Final = "value"  # one raw text line, as spark.read.text names it
 COLUMN_COUNT: Final = "column_count"
 UTF8_VALID: Final = "utf8_valid"
+PRICE_VALID: Final = "price_valid"  # false when a price is given but is not a number
 CORRUPT_RECORD: Final = "_corrupt_record"
 RATINGS_COLUMNS: Final = ("user", "item", "rating", "timestamp")
 

@@ -124,6 +124,8 @@ class TrainConfig(_Section):
     implicit_prefs: bool = True
     nonnegative: bool = False
     checkpoint_interval: int = Field(default=5, ge=1)
+    # ALS user and item blocks (Spark's default is 10; fewer suits small data on few cores).
+    num_blocks: int = Field(default=10, ge=1)
     # The rating column ALS reads: the implicit rating, or the explicit one of --format ratings.
     rating_col: str = "rating"
     grid: TrainGridConfig = Field(default_factory=TrainGridConfig)
@@ -169,7 +171,7 @@ class IngestConfig(_Section):
         "yyyy-MM-dd HH:mm:ss",
         "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX",
     )
-    event_time_min: str = "2000-01-01 00:00:00"
+    event_time_min: str = "1995-01-01 00:00:00"
     event_time_max: str = "2100-01-01 00:00:00"
     dwell_cap_seconds: float = Field(default=1800.0, gt=0)
     last_view_dwell_seconds: float = Field(default=30.0, ge=0)

@@ -70,3 +70,48 @@ def merge_upsert(
         .whenNotMatchedInsertAll()
         .execute()
     )
+
+
+def append_once(
+    df: DataFrame,
+    path: str,
+    *,
+    app_id: str,
+    version: int = 1,
+    partition_by: Sequence[str] = (),
+) -> None:
+    """Append `df` to the Delta table at `path` at most once per (app_id, version).
+
+    Delta's idempotent writes (txnAppId/txnVersion) make a retried or rerun write with the same
+    key a no-op, so a job killed after this commit and run again adds nothing twice. Creates
+    the table on first write.
+    """
+    writer = (
+        df.write.format("delta")
+        .mode("append")
+        .option("txnAppId", app_id)
+        .option("txnVersion", str(version))
+    )
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.save(path)
+
+
+def append(df: DataFrame, path: str, *, partition_by: Sequence[str] = ()) -> None:
+    """Append `df` to the Delta table at `path` (created on first write)."""
+    writer = df.write.format("delta").mode("append")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.save(path)
+
+
+def read_table(spark: SparkSession, path: str) -> DataFrame:
+    """The Delta table at `path` as a DataFrame (latest version)."""
+    return spark.read.format("delta").load(path)
+
+
+def count_rows(spark: SparkSession, path: str) -> int:
+    """Rows in the Delta table at `path`, 0 when it does not exist."""
+    if not table_exists(spark, path):
+        return 0
+    return int(read_table(spark, path).count())

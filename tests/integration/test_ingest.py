@@ -1,0 +1,131 @@
+"""`clickrec ingest` end to end on a local Delta lake: reconcile, rerun, second batch, incremental.
+
+One lake for the module: 200k generated events, the same input again, then a second batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from clickrec import columns as C
+from clickrec.config import ClickrecConfig, GenerateConfig
+from clickrec.generate import generate_clickstream
+from clickrec.ingest import SUMMARY_TABLES, ingest, recompute_interactions
+from clickrec.io.delta import table_path
+from tests.conftest import make_config
+
+
+def at_version(spark: SparkSession, config: ClickrecConfig, table: str, version: int) -> DataFrame:
+    return spark.read.format("delta").option("versionAsOf", version).load(table_path(config, table))
+
+
+def latest(spark: SparkSession, config: ClickrecConfig, table: str) -> DataFrame:
+    return spark.read.format("delta").load(table_path(config, table))
+
+
+@pytest.fixture(scope="module")
+def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """First ingest of 200k events, a rerun of the same file, then a second batch."""
+    tmp = tmp_path_factory.mktemp("ingest")
+    config = make_config(tmp)
+    first_file = tmp / "in" / "day1.csv.gz"
+    gen1 = generate_clickstream(first_file, events=200_000, seed=11)
+    first = ingest(spark, config, input_path=str(first_file))
+    snapshot = {t: first["tables"][t] for t in SUMMARY_TABLES if first["tables"][t] is not None}
+    users_before = latest(spark, config, C.SILVER_USER_INDEX).collect()
+    items_before = latest(spark, config, C.SILVER_ITEM_INDEX).collect()
+    rerun = ingest(spark, config, input_path=str(first_file))
+    # second batch: another seed over the same id ranges (returning users and items) + new ones
+    second_file = tmp / "in2" / "day2.csv"
+    # more users and items per event than the first batch: returning ids and new ones
+    generate_clickstream(second_file, events=30_000, seed=12,
+                         settings=GenerateConfig(events_per_user=4, events_per_item=8))
+    second = ingest(spark, config, input_path=str(second_file))
+    return {"config": config, "gen1": gen1, "first": first, "rerun": rerun, "second": second,
+            "snapshot": snapshot, "users_before": users_before, "items_before": items_before}
+
+
+def test_counts_reconcile(spark: SparkSession, lake: dict[str, Any]) -> None:
+    first, config = lake["first"], lake["config"]
+    assert first["rows_read"] == 200_000 == lake["gen1"]["events"]
+    assert first["rows_read"] == first["accepted"] + first["duplicates"] + first["quarantined"]
+    assert first["quarantined"] == 0 and first["quarantined_by_reason"] == {}
+    assert 0 < first["duplicates"] <= lake["gen1"]["repeated_rows"]
+    bronze = at_version(spark, config, C.BRONZE_EVENTS, first["tables"][C.BRONZE_EVENTS])
+    assert bronze.count() == first["accepted"]
+    assert bronze.select(C.EVENT_ID).distinct().count() == first["accepted"]
+    silver = at_version(spark, config, C.SILVER_INTERACTIONS, first["tables"][C.SILVER_INTERACTIONS])
+    assert silver.count() == first["interactions"] > 0
+    assert first["users"] == bronze.select(C.USER_ID).distinct().count()
+    assert silver.where(F.col(C.USER_IDX).isNull() | F.col(C.ITEM_IDX).isNull()).count() == 0
+    assert silver.where(F.col(C.RATING) <= 0).count() == 0
+    # views in silver add up to the accepted views in bronze
+    views = bronze.where(F.col(C.EVENT_TYPE) == "view").count()
+    assert silver.agg(F.sum(C.VIEWS)).first()[0] == views
+    assert first["quality"]["success"] is True
+    assert Path(first["data_docs"]).is_file()
+
+
+def test_bronze_is_partitioned_by_event_date(spark: SparkSession, lake: dict[str, Any]) -> None:
+    from delta.tables import DeltaTable
+
+    detail = DeltaTable.forPath(spark, table_path(lake["config"], C.BRONZE_EVENTS)).detail().first()
+    assert detail["partitionColumns"] == [C.EVENT_DATE]
+
+
+def test_rerun_of_the_same_input_changes_no_table(spark: SparkSession, lake: dict[str, Any]) -> None:
+    rerun, first, config = lake["rerun"], lake["first"], lake["config"]
+    assert rerun["rows_read"] == first["rows_read"]
+    assert rerun["accepted"] == 0 and rerun["duplicates"] == first["rows_read"]
+    assert rerun["interactions_changed"] == 0 and rerun["new_users"] == 0 and rerun["new_items"] == 0
+    for table, version in lake["snapshot"].items():
+        assert rerun["tables"][table] == version, f"{table} got a new version on rerun"
+        assertDataFrameEqual(at_version(spark, config, table, version),
+                             at_version(spark, config, table, rerun["tables"][table]))
+
+
+def test_second_batch_keeps_every_existing_id(spark: SparkSession, lake: dict[str, Any]) -> None:
+    second, config = lake["second"], lake["config"]
+    assert second["accepted"] > 0 and second["new_users"] > 0 and second["new_items"] > 0
+    for table, before in ((C.SILVER_USER_INDEX, lake["users_before"]),
+                          (C.SILVER_ITEM_INDEX, lake["items_before"])):
+        after = {r[C.SOURCE_ID]: r[C.IDX] for r in latest(spark, config, table).collect()}
+        assert all(after[r[C.SOURCE_ID]] == r[C.IDX] for r in before), f"an id changed in {table}"
+        assert sorted(after.values()) == list(range(len(after))), f"{table} ids not dense/unique"
+        assert len(after) > len(before)
+
+
+def test_incremental_silver_equals_a_full_recompute(spark: SparkSession, lake: dict[str, Any]) -> None:
+    config = lake["config"]
+    assert 0 < lake["second"]["interactions_changed"] < lake["second"]["interactions"]  # incremental
+    assertDataFrameEqual(
+        latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config)
+    )
+
+
+def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
+    spark: SparkSession, config: ClickrecConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clickrec import ingest as ingest_module
+
+    data = tmp_path / "in.csv"
+    generate_clickstream(data, events=3000, seed=5)
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ingest_module, "_update_silver", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ingest(spark, config, input_path=str(data))
+    assert latest(spark, config, C.BRONZE_EVENTS).count() > 0
+    assert not (Path(table_path(config, C.SILVER_INTERACTIONS)) / "_delta_log").exists()
+    again = ingest(spark, config, input_path=str(data))
+    assert again["accepted"] == 0 and again["duplicates"] == 3000 and again["interactions"] > 0
+    assertDataFrameEqual(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
