@@ -96,6 +96,8 @@ def session_conf(config: ClickrecConfig) -> dict[str, str]:
         "spark.app.name": sc.app_name,
         "spark.ui.enabled": str(sc.ui_enabled).lower(),
         "spark.sql.shuffle.partitions": str(sc.shuffle_partitions),
+        # Delta reads its log with 50 tasks by default; tie it to the cluster's parallelism.
+        "spark.databricks.delta.snapshotPartitions": str(sc.shuffle_partitions),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",

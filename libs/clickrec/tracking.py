@@ -84,9 +84,14 @@ def log_grid(
     """One nested child run per grid point with its params and validation metric; run ids."""
     import mlflow
 
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError("log_grid needs an active parent run")
     ids = []
     for i, (point, mean, std) in enumerate(zip(points, means, stds, strict=True)):
-        with mlflow.start_run(run_name=f"grid-{i:02d}", nested=True) as child:
+        # The child must name the parent's experiment: nested runs otherwise land in the default one.
+        with mlflow.start_run(run_name=f"grid-{i:02d}", nested=True,
+                              experiment_id=parent.info.experiment_id) as child:
             mlflow.log_params({**fixed_params, **point})
             mlflow.log_metrics({f"cv_{metric}": mean, f"cv_{metric}_std": std})
             ids.append(child.info.run_id)

@@ -59,31 +59,22 @@ def read_inputs(spark: SparkSession, config: ClickrecConfig) -> TrainingInputs:
             f"config key 'train.rating_col': column {rating_col!r} is not in silver/interactions "
             f"(columns: {', '.join(interactions.columns)})"
         )
-    ratings_df = to_als_input(
-        interactions, frames[C.SILVER_USER_INDEX], frames[C.SILVER_ITEM_INDEX], rating_col=rating_col
-    )
+    ratings_df = to_als_input(interactions, rating_col=rating_col)
     return TrainingInputs(ratings_df, tables)
 
 
-def to_als_input(
-    interactions_df: DataFrame,
-    user_index_df: DataFrame,
-    item_index_df: DataFrame,
-    *,
-    rating_col: str = C.RATING,
-) -> DataFrame:
-    """(user_idx, item_idx, rating, last_seen) from silver and the two index tables."""
-    return (
-        interactions_df.join(user_index_df.select(C.USER_ID, C.USER_IDX), C.USER_ID)
-        .join(item_index_df.select(C.ITEM_ID, C.ITEM_IDX), C.ITEM_ID)
-        .select(
-            F.col(C.USER_IDX).cast("int").alias(C.USER_IDX),
-            F.col(C.ITEM_IDX).cast("int").alias(C.ITEM_IDX),
-            F.col(rating_col).cast("float").alias(C.RATING),
-            F.col(C.LAST_SEEN),
-        )
-        .filter(F.col(C.RATING) > 0)
-    )
+def to_als_input(interactions_df: DataFrame, *, rating_col: str = C.RATING) -> DataFrame:
+    """(user_idx, item_idx, rating, last_seen) from silver; pairs with no positive rating dropped.
+
+    silver/interactions carries the int ids of silver/user_index and silver/item_index, whose
+    versions are recorded with the run so that the ids can be mapped back.
+    """
+    return interactions_df.select(
+        F.col(C.USER_IDX).cast("int").alias(C.USER_IDX),
+        F.col(C.ITEM_IDX).cast("int").alias(C.ITEM_IDX),
+        F.col(rating_col).cast("float").alias(C.RATING),
+        F.col(C.LAST_SEEN),
+    ).filter(F.col(C.RATING) > 0)
 
 
 def split(ratings_df: DataFrame, train: TrainConfig) -> tuple[DataFrame, DataFrame]:

@@ -33,6 +33,7 @@ class _RankingALSParams(Params):
     nonnegative = Param(Params._dummy(), "nonnegative", "non-negative factors", TypeConverters.toBoolean)
     checkpointInterval = Param(Params._dummy(), "checkpointInterval", "checkpoint every n iterations", TypeConverters.toInt)
     seed = Param(Params._dummy(), "seed", "random seed", TypeConverters.toInt)
+    numBlocks = Param(Params._dummy(), "numBlocks", "user and item blocks", TypeConverters.toInt)
     k = Param(Params._dummy(), "k", "list length scored", TypeConverters.toInt)
     userCol = Param(Params._dummy(), "userCol", "user id column", TypeConverters.toString)
     itemCol = Param(Params._dummy(), "itemCol", "item id column", TypeConverters.toString)
@@ -42,7 +43,7 @@ class _RankingALSParams(Params):
         super().__init__()
         self._setDefault(
             rank=10, regParam=0.1, alpha=1.0, maxIter=10, implicitPrefs=True, nonnegative=False,
-            checkpointInterval=5, seed=42, k=10, userCol=C.USER_IDX, itemCol=C.ITEM_IDX,
+            checkpointInterval=5, seed=42, numBlocks=10, k=10, userCol=C.USER_IDX, itemCol=C.ITEM_IDX,
             ratingCol=C.RATING,
         )
 
@@ -50,7 +51,9 @@ class _RankingALSParams(Params):
         """The values handed to pyspark's ALS."""
         names = ["rank", "regParam", "alpha", "maxIter", "implicitPrefs", "nonnegative",
                  "checkpointInterval", "seed", "userCol", "itemCol", "ratingCol"]
-        return {n: self.getOrDefault(n) for n in names}
+        params = {n: self.getOrDefault(n) for n in names}
+        params["numUserBlocks"] = params["numItemBlocks"] = self.getOrDefault("numBlocks")
+        return params
 
 
 class RankingALS(Estimator, _RankingALSParams):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 
 def grid_heatmap(points: list[dict[str, Any]], scores: list[float], metric: str) -> Figure:
@@ -18,7 +19,7 @@ def grid_heatmap(points: list[dict[str, Any]], scores: list[float], metric: str)
     cells = [[float("nan")] * len(ranks) for _ in regs]
     for p, s in zip(points, scores, strict=True):
         r, c = regs.index(p["reg_param"]), ranks.index(p["rank"])
-        if not cells[r][c] == cells[r][c] or s > cells[r][c]:  # nan check
+        if math.isnan(cells[r][c]) or s > cells[r][c]:
             cells[r][c] = s
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(ranks), 1.4 + 0.8 * len(regs)))
     im = ax.imshow(cells, cmap="viridis", aspect="auto", origin="lower")
@@ -30,7 +31,7 @@ def grid_heatmap(points: list[dict[str, Any]], scores: list[float], metric: str)
     for r in range(len(regs)):
         for c in range(len(ranks)):
             v = cells[r][c]
-            if v == v:
+            if not math.isnan(v):
                 ax.text(c, r, f"{v:.3f}", ha="center", va="center", color="white", fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()

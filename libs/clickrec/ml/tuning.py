@@ -33,6 +33,7 @@ def build_estimator(train: TrainConfig) -> RankingALS:
         nonnegative=train.nonnegative,
         checkpointInterval=train.checkpoint_interval,
         seed=train.seed,
+        numBlocks=train.num_blocks,
         k=train.k,
         ratingCol=train.rating_col,
     )

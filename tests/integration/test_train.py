@@ -1,0 +1,62 @@
+"""`clickrec train` end to end on planted data with the local SQLite MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from pyspark.sql import SparkSession
+
+from clickrec.config import ClickrecConfig
+from clickrec.train import run_train
+from tests.conftest import make_config
+from tests.train_data import write_planted_silver
+
+SMALL_GRID = {"rank": [4, 8], "reg_param": [0.05], "alpha": [10.0], "max_iter": [6]}
+MARGIN = 0.10  # the model must beat popularity's nDCG@10 by at least this much on planted data
+
+
+@pytest.fixture()
+def trained_config(spark: SparkSession, tmp_path: Path) -> ClickrecConfig:
+    config = make_config(tmp_path, train={"grid": SMALL_GRID, "num_folds": 2, "k": 10, "num_blocks": 2})
+    write_planted_silver(spark, config, users=200, items=80)
+    return config
+
+
+def test_model_beats_popularity_and_is_reproducible(spark: SparkSession, trained_config: ClickrecConfig) -> None:
+    first = run_train(spark, trained_config)
+    m, b = first["metrics"], first["baseline_metrics"]
+    assert m["ndcg_at_10"] > b["ndcg_at_10"] + MARGIN, (m, b)
+    assert m["precision_at_10"] > b["precision_at_10"]
+    assert 0 < m["coverage"] <= 1 and m["coverage"] > b["coverage"]
+    assert first["promoted"] is True and first["model_version"] == 1  # no champion yet
+    assert first["best_params"]["rank"] in (4, 8)
+
+    # Same seed and input versions: same metrics. The champion now exists and ties, so no promotion.
+    second = run_train(spark, trained_config)
+    assert second["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
+    assert second["input_versions"] == first["input_versions"]
+    assert second["model_version"] == 2
+    assert second["champion_score"] == pytest.approx(first["metrics"]["ndcg_at_10"], abs=1e-6)
+    assert second["promoted"] is False
+
+    client = MlflowClient(tracking_uri=trained_config.mlflow.tracking_uri)
+    name = trained_config.mlflow.model_name
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
+
+
+    # A worse challenger (rank 1, one iteration) leaves the champion where it is ...
+    worse = trained_config.model_copy(update={"train": trained_config.train.model_copy(
+        update={"tuning": "train_validation",
+                "grid": trained_config.train.grid.model_copy(update={"rank": [1], "max_iter": [1]})})})
+    third = run_train(spark, worse)
+    assert third["metrics"]["ndcg_at_10"] < third["champion_score"]
+    assert third["promoted"] is False
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 3
+    # ... unless promotion is forced.
+    forced = run_train(spark, worse, promote="always")
+    assert forced["promoted"] is True
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 4
