@@ -200,8 +200,8 @@ def generate_clickstream(
     summary = _write(out, kind, gz, rng=rng, n_sessions=n_sessions, cat=cat, etime=etime,
                      etype=etype, item=item, user=user, session=session)
     summary.update({
-        "events": int(len(src)), "users": int(len(np.unique(user))), "items": int(len(np.unique(item))),
-        "categories": n_cats, "sessions": int(len(np.unique(session))), "repeated_rows": n_dup,
+        "events": len(src), "users": len(np.unique(user)), "items": len(np.unique(item)),
+        "categories": n_cats, "sessions": len(np.unique(session)), "repeated_rows": n_dup,
         "seed": seed, "seconds": round(time.monotonic() - started, 3),
     })
     log.info("generated %d events into %s", summary["events"], out)

@@ -57,5 +57,5 @@ def test_json_lines(tmp_path: Path) -> None:
 
 
 def test_bad_output_name(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="out.txt"):
+    with pytest.raises(InputError, match=r"out\.txt"):
         generate_clickstream(tmp_path / "out.txt", events=10)

@@ -29,7 +29,7 @@ def test_unsupported_expectation_is_a_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "suite.json"
     bad.write_text(json.dumps({"name": "s", "expectations": [
         {"type": "expect_table_row_count_to_equal", "kwargs": {"value": 1}, "meta": {"reason": "r"}}]}))
-    with pytest.raises(ConfigError, match="expectations\\[0\\].*expect_table_row_count_to_equal"):
+    with pytest.raises(ConfigError, match=r"expectations\[0\].*expect_table_row_count_to_equal"):
         load_suite(bad, {})
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of clickrec jobs; `make bench` runs them all through benchmarks.run."""

@@ -1,0 +1,48 @@
+"""`make bench`: run every benchmark and write its results section into docs/benchmarks.md.
+
+A benchmark is a module with `run(argv) -> str` returning a Markdown section; add it to
+BENCHES. Each bench keeps its scratch data under .bench/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+# (module, default arguments); `make bench BENCH_ARGS="..."` is not needed: edit here.
+BENCHES: list[tuple[str, list[str]]] = [
+    ("benchmarks.ingest_bench", ["--events", "1000000", "--events", "10000000"]),
+]
+DOCS = Path("docs/benchmarks.md")
+
+
+def write_section(doc: Path, name: str, section: str) -> None:
+    """Replace (or add) the section between the markers of benchmark `name` in `doc`."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n\n"
+    block = f"{start}\n{section.rstrip()}\n{end}\n"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", help="run only the benchmark module whose name contains this")
+    args = parser.parse_args(argv)
+    for module_name, bench_args in BENCHES:
+        if args.only and args.only not in module_name:
+            continue
+        module = importlib.import_module(module_name)
+        section = module.run(bench_args)
+        write_section(DOCS, module_name.rsplit(".", 1)[-1], section)
+        print(f"wrote {module_name} results to {DOCS}")
+
+
+if __name__ == "__main__":
+    main()
