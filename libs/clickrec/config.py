@@ -90,8 +90,9 @@ class TrainGridConfig(_Section):
     """Hyperparameter grid searched by cross-validation (every combination is tried)."""
 
     rank: list[int] = Field(default_factory=lambda: [16, 48])
-    reg_param: list[float] = Field(default_factory=lambda: [0.01, 0.1])
-    alpha: list[float] = Field(default_factory=lambda: [5.0, 20.0])
+    reg_param: list[float] = Field(default_factory=lambda: [0.1, 1.0])
+    # The implicit rating is about 1-20 (see ingest.rating): small alphas keep confidence sane.
+    alpha: list[float] = Field(default_factory=lambda: [0.5, 2.0])
     max_iter: list[int] = Field(default_factory=lambda: [10])
 
     @field_validator("rank", "alpha", "max_iter")
@@ -213,6 +214,34 @@ class GenerateConfig(_Section):
     noise: float = Field(default=0.1, ge=0, le=1)  # share of views on globally popular items
 
 
+class PublishConfig(_Section):
+    """`clickrec publish`: top-N lists of a registered model -> gold/recommendations."""
+
+    # List length written per user (what the service can return at most).
+    n: int = Field(default=10, ge=1, le=1000)
+    # What a user is never recommended again: items bought (purchases > 0) or every item seen.
+    exclude: Literal["bought", "seen"] = "bought"
+    # Length of gold/popular_items, the list unknown users get.
+    popular_n: int = Field(default=100, ge=1, le=10000)
+    # Variants `clickrec pipeline` publishes after training (the seed's default and alternative).
+    pipeline_aliases: tuple[Literal["champion", "challenger"], ...] = ("champion", "challenger")
+    # Seconds to wait for the broker to acknowledge the `models` announcement.
+    announce_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class ServeConfig(_Section):
+    """`clickrec serve` and the clickrec.serving reader."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # How often the service (and a long-lived reader) checks for a new Delta version.
+    poll_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Largest `n` a request may ask for (422 above it).
+    max_n: int = Field(default=100, ge=1, le=1000)
+    # Longest user id accepted (422 above it).
+    max_user_id_length: int = Field(default=128, ge=1, le=1024)
+
+
 class ClickrecConfig(_Section):
     """The whole config. Sections for later jobs are added here, one model each."""
 
@@ -224,6 +253,8 @@ class ClickrecConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("lake")
     @classmethod

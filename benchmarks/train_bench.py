@@ -1,0 +1,255 @@
+"""Training quality on MovieLens 100k, and ALS seconds per iteration against `implicit`.
+
+    .venv/bin/python -m benchmarks.train_bench [--quality] [--speed] [--events 10000000]
+
+Quality (the Microsoft Recommenders protocol): MovieLens 100k through `clickrec ingest --format
+ratings`, `stratified_random` 75/25 per user (seed 42), k=10, every test item relevant, items
+seen in train excluded; hyperparameters chosen by 3-fold cross-validation on the training part
+only (nDCG@10), then one evaluation on the test part. Reports the CV-selected model, the
+popularity baseline and the training wall time (`clickrec train` end to end).
+
+Speed: seconds per ALS iteration at rank 64, as (time of 15 iterations - time of 5) / 10 so
+that job start-up cancels, on the MovieLens matrix and on the (user, product) view-count matrix
+of a generated clickstream; Spark MLlib ALS (Java BLAS, and native BLAS when libblas.so.3 is
+installed, e.g. Debian's libopenblas0-pthread) side by side with `implicit`'s CPU ALS on the
+same matrix in the same run. Each Spark measurement runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+WORK = Path(".bench/train")
+RANK = 64
+QUALITY_GRID = {"rank": [64, 128], "reg_param": [0.05, 0.2], "alpha": [1.0, 4.0], "max_iter": [15]}
+# Microsoft Recommenders, MovieLens 100k, k=10 (their benchmark table).
+REFERENCE = [("BiVAE", 0.475, 0.412), ("Spark ALS (their row)", 0.044, 0.051)]
+
+
+def movielens_dir() -> Path:
+    env = os.environ.get("CLICKREC_MOVIELENS_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/movielens-100k"
+    if not (path / "u.data").is_file():
+        raise SystemExit(f"MovieLens 100k not found at {path}/u.data (set CLICKREC_MOVIELENS_DIR)")
+    return path
+
+
+def _config(lake: Path, *extra: str) -> Any:
+    from clickrec.config import load_config
+
+    return load_config("conf/local.yaml", [
+        f"lake.root={lake / 'lake'}", f"mlflow.tracking_uri=sqlite:///{lake / 'mlflow.db'}",
+        f"mlflow.artifact_location={lake / 'mlartifacts'}", f"spark.checkpoint_dir={lake / 'ckpt'}",
+        "spark.log_level=ERROR", "spark.conf.spark.ui.showConsoleProgress=false", *extra,
+    ])
+
+
+def quality() -> dict[str, Any]:
+    """Ingest MovieLens, run `train` with the CV grid, return its summary."""
+    from clickrec.ingest import ingest
+    from clickrec.spark import build_spark_session
+    from clickrec.train import run_train
+
+    lake = WORK / "movielens"
+    shutil.rmtree(lake, ignore_errors=True)
+    grid = [f"train.grid.{k}={json.dumps(v)}" for k, v in QUALITY_GRID.items()]
+    config = _config(lake, "train.num_folds=3", "train.num_blocks=4", "train.seed=42",
+                     "train.test_fraction=0.25", "train.k=10", "train.parallelism=1", *grid)
+    spark = build_spark_session(config)
+    ingest(spark, config, input_path=str(movielens_dir() / "u.data"), input_format="ratings")
+    t0 = time.monotonic()
+    summary = run_train(spark, config)
+    summary["train_wall_seconds"] = round(time.monotonic() - t0, 1)
+    spark.stop()
+    return summary
+
+
+def _matrix_rows(source: str, events: int) -> list[tuple[int, int, float]] | Path:
+    if source == "movielens":
+        rows = []
+        for line in (movielens_dir() / "u.data").read_text().splitlines():
+            u, i, r, _ = line.split("\t")
+            rows.append((int(u), int(i), float(r)))
+        return rows
+    from clickrec.generate import generate_clickstream
+
+    path = WORK / f"events_{events}.csv"
+    if not path.is_file():
+        WORK.mkdir(parents=True, exist_ok=True)
+        generate_clickstream(path, events=events, seed=42)
+    return path
+
+
+def spark_worker(source: str, events: int, native: bool) -> None:
+    """Time Spark ALS at 5 and 15 iterations in this process; print JSON."""
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import functions as F
+
+    from clickrec.spark import build_spark_session
+
+    blas = [] if native else ["spark.conf.spark.driver.extraJavaOptions="
+                              "-Duser.timezone=UTC -Ddev.ludovic.netlib.blas.nativeLib=libnone.so"]
+    config = _config(WORK / f"spark_{source}", *blas)
+    spark = build_spark_session(config)
+    data = _matrix_rows(source, events)
+    if isinstance(data, Path):
+        df = (spark.read.csv(str(data), header=True)
+              .groupBy(F.hash("user_id").alias("u"), F.hash("product_id").alias("i"))
+              .agg(F.count("*").cast("float").alias("r")))
+    else:
+        df = spark.createDataFrame(data, "u INT, i INT, r FLOAT")
+    df = df.persist()
+    shape = (df.select("u").distinct().count(), df.select("i").distinct().count(), df.count())
+    times = {}
+    for iters in (5, 15):
+        als = ALS(rank=RANK, maxIter=iters, regParam=0.1, alpha=1.0, implicitPrefs=True, userCol="u",
+                  itemCol="i", ratingCol="r", seed=1, numUserBlocks=4, numItemBlocks=4)
+        t0 = time.monotonic()
+        model = als.fit(df)
+        model.userFactors.count()
+        times[iters] = time.monotonic() - t0
+    jvm = spark.sparkContext._jvm  # noqa: SLF001
+    impl = jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getName()
+    print(json.dumps({"engine": "spark", "source": source, "native": native, "blas": impl,
+                      "users": shape[0], "items": shape[1], "nnz": shape[2],
+                      "s_per_iter": (times[15] - times[5]) / 10}), flush=True)
+    spark.stop()
+
+
+def implicit_timing(source: str, events: int) -> dict[str, Any]:
+    """`implicit` CPU ALS on the same matrix, (15 - 5 iterations) / 10, in this process."""
+    import numpy as np
+    import pandas as pd
+    from implicit.cpu.als import AlternatingLeastSquares
+    from scipy.sparse import csr_matrix
+
+    data = _matrix_rows(source, events)
+    if isinstance(data, Path):
+        pdf = pd.read_csv(data, usecols=["user_id", "product_id"])
+        pdf = pdf.groupby(["user_id", "product_id"]).size().reset_index(name="r")
+        users, items = pdf["user_id"].astype("category"), pdf["product_id"].astype("category")
+        rows, cols, vals = users.cat.codes.to_numpy(), items.cat.codes.to_numpy(), pdf["r"].to_numpy(np.float32)
+    else:
+        arr = np.array(data)
+        rows, cols, vals = arr[:, 0].astype(int), arr[:, 1].astype(int), arr[:, 2].astype(np.float32)
+    mat = csr_matrix((vals, (rows, cols)))
+    times = {}
+    for iters in (5, 15):
+        model = AlternatingLeastSquares(factors=RANK, iterations=iters, regularization=0.1,
+                                        random_state=1, calculate_training_loss=False)
+        t0 = time.monotonic()
+        model.fit(mat, show_progress=False)
+        times[iters] = time.monotonic() - t0
+    return {"engine": "implicit", "source": source, "users": mat.shape[0], "items": mat.shape[1],
+            "nnz": int(mat.nnz), "s_per_iter": (times[15] - times[5]) / 10}
+
+
+def _machine() -> str:
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
+    return f"{os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def _native_blas_available() -> bool:
+    return any(Path(d, "libblas.so.3").exists() for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib"))
+
+
+def run(argv: list[str]) -> str:
+    """Run the selected parts; return the Markdown section."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quality", action="store_true")
+    parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--events", type=int, default=10_000_000)
+    args = parser.parse_args(argv)
+    do_quality, do_speed = args.quality or not args.speed, args.speed or not args.quality
+    WORK.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(UTC)
+    lines = ["## Training: MovieLens 100k quality and ALS speed", "",
+             f"- date: {started:%Y-%m-%d %H:%M} UTC; machine: {_machine()}",
+             f"- command: `.venv/bin/python -m benchmarks.train_bench {' '.join(argv)}` (also `make bench`)",
+             f"- load average (1 min) at start: {os.getloadavg()[0]:.1f}", ""]
+    if do_quality:
+        s = quality()
+        m, b = s["metrics"], s["baseline_metrics"]
+        lines += [
+            "### Quality on MovieLens 100k (stratified 75/25 per user, seed 42, k=10, all test items relevant)",
+            "",
+            f"CV grid (3 folds, nDCG@10, training part only): `{json.dumps(QUALITY_GRID)}`; "
+            f"selected: `{json.dumps(s['best_params'])}`; `clickrec train` wall time "
+            f"{s['train_wall_seconds']:.0f} s (grid of {_grid_points()} points x 3 folds, refit, test).",
+            "",
+            "| model | precision@10 | recall@10 | ndcg@10 | map@10 | coverage |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| clickrec ALS (CV-selected) | {m['precision_at_10']:.3f} | {m['recall_at_10']:.3f} | "
+            f"{m['ndcg_at_10']:.3f} | {m['map_at_10']:.3f} | {m['coverage']:.3f} |",
+            f"| popularity baseline (same split) | {b['precision_at_10']:.3f} | {b['recall_at_10']:.3f} | "
+            f"{b['ndcg_at_10']:.3f} | {b['map_at_10']:.3f} | {b['coverage']:.3f} |",
+        ]
+        lines += [f"| MS Recommenders: {n} | {p:.3f} | | {g:.3f} | | |" for n, g, p in REFERENCE]
+        lines.append("")
+        print(json.dumps(s, default=str), flush=True)
+    if do_speed:
+        results = []
+        for source in ("movielens", "generated"):
+            for native in ([False, True] if _native_blas_available() else [False]):
+                cmd = [sys.executable, "-m", "benchmarks.train_bench", "--spark-worker", source,
+                       "--events", str(args.events)] + (["--native"] if native else [])
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                results.append(json.loads(out.strip().splitlines()[-1]))
+                print(json.dumps(results[-1]), flush=True)
+            results.append(implicit_timing(source, args.events))
+            print(json.dumps(results[-1]), flush=True)
+        lines += [f"### Seconds per ALS iteration at rank {RANK} (implicit feedback)", "",
+                  "| matrix | users x items, nnz | engine | BLAS | s / iteration | vs implicit |",
+                  "|---|---|---|---|---:|---:|"]
+        for r in results:
+            ref = next(x for x in results if x["engine"] == "implicit" and x["source"] == r["source"])
+            label = "MovieLens 100k" if r["source"] == "movielens" else f"generated, {args.events:,} events"
+            blas = r.get("blas", "implicit's own (OpenBLAS via scipy/threadpool)").rsplit(".", 1)[-1]
+            lines.append(f"| {label} | {r['users']:,} x {r['items']:,}, {r['nnz']:,} | {r['engine']} | "
+                         f"{blas} | {r['s_per_iter']:.3f} | {r['s_per_iter'] / ref['s_per_iter']:.1f}x |")
+        if not _native_blas_available():
+            lines.append("\nNo system libblas.so.3 here, so Spark ran with its Java BLAS only "
+                         "(`apt-get install libopenblas0-pthread` adds the native row).")
+    return "\n".join(lines) + "\n"
+
+
+def _grid_points() -> int:
+    n = 1
+    for v in QUALITY_GRID.values():
+        n *= len(v)
+    return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quality", action="store_true", help="only the MovieLens quality run")
+    parser.add_argument("--speed", action="store_true", help="only the seconds-per-iteration runs")
+    parser.add_argument("--events", type=int, default=10_000_000, help="generated events for the speed run")
+    parser.add_argument("--spark-worker", choices=("movielens", "generated"), help=argparse.SUPPRESS)
+    parser.add_argument("--native", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--markdown", type=Path, help="write the section into this file (e.g. docs/benchmarks.md)")
+    args = parser.parse_args()
+    if args.spark_worker:
+        spark_worker(args.spark_worker, args.events, args.native)
+        return
+    argv = (["--quality"] if args.quality else []) + (["--speed"] if args.speed else []) + ["--events", str(args.events)]
+    section = run(argv)
+    print(section)
+    if args.markdown:
+        from benchmarks.run import write_section
+
+        write_section(args.markdown, "train_bench", section)
+
+
+if __name__ == "__main__":
+    main()
