@@ -149,6 +149,105 @@ def train(
     run("train", body)
 
 
+AliasOpt = Annotated[
+    str,
+    typer.Option("--alias", "-a", help="Model alias to publish, also the variant served: champion or challenger."),
+]
+
+
+@app.command()
+def publish(
+    alias: AliasOpt = "champion",
+    model_version: Annotated[
+        int | None,
+        typer.Option("--model-version", help="Republish this registered version under --alias (rollback).", min=1),
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Top-N for every user of a registered model -> gold/recommendations (MERGE); announce on Kafka."""
+
+    def body() -> dict[str, Any]:
+        from clickrec.errors import InputError
+        from clickrec.tracking import ALIASES
+
+        if alias not in ALIASES:
+            raise InputError(f"--alias {alias!r}: choose one of {', '.join(ALIASES)}")
+        cfg = _config(config, set_)
+        from clickrec.publish import publish as run_publish
+        from clickrec.spark import build_spark_session
+
+        return run_publish(build_spark_session(cfg), cfg, alias=alias, model_version=model_version)
+
+    run("publish", body)
+
+
+@app.command()
+def pipeline(
+    input_path: Annotated[
+        str, typer.Option("--input", "-i", help="File, folder, glob or s3a:// path of the raw input.")
+    ],
+    input_format: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="rees46 (clickstream) or ratings (default ingest.format)."),
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Ingest, train and publish (publish.pipeline_aliases) in one process and one Spark session."""
+
+    def body() -> dict[str, Any]:
+        from clickrec.errors import InputError
+
+        if input_format not in (None, "rees46", "ratings"):
+            raise InputError(f"--format {input_format!r}: choose rees46 or ratings")
+        cfg = _config(config, set_)
+        from clickrec.pipeline import run_pipeline
+        from clickrec.spark import build_spark_session
+
+        return run_pipeline(build_spark_session(cfg), cfg, input_path=input_path, input_format=input_format)
+
+    run("pipeline", body)
+
+
+@app.command()
+def recommend(
+    user: Annotated[str, typer.Option("--user", "-u", help="The user's id, as in the source data.")],
+    n: Annotated[int, typer.Option("--n", "-n", help="How many items (1 to serve.max_n).")] = 10,
+    variant: Annotated[str, typer.Option("--variant", help="champion or challenger.")] = "champion",
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Print a user's list from the serving table (the popular list for an unknown user). No JVM."""
+
+    def body() -> dict[str, Any]:
+        from clickrec.serving.reader import RecommendationReader
+
+        cfg = _config(config, set_)
+        return RecommendationReader(cfg).recommendations(user, n=n, variant=variant)
+
+    run("recommend", body)
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option("--port", "-p", help="TCP port (default serve.port).", min=1, max=65535)] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to bind (default serve.host, 127.0.0.1).")
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """HTTP: GET /v1/recommendations/{user_id}?n=&variant=, /healthz, /metrics. Read-only, no JVM."""
+
+    def body() -> dict[str, Any]:
+        from clickrec.serving.api import serve as run_serve
+
+        return run_serve(_config(config, set_), host=host, port=port)
+
+    run("serve", body)
+
+
 @services_app.command("up")
 def services_up(
     config: ConfigOpt = DEFAULT_CONFIG,

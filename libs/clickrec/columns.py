@@ -69,6 +69,10 @@ MODEL_NAME: Final = "model_name"
 MODEL_VERSION: Final = "model_version"
 SOURCE: Final = "source"
 UPDATED_AT: Final = "updated_at"
+# values of `source`: who wrote a list
+SOURCE_BATCH: Final = "batch"
+SOURCE_STREAM: Final = "stream"
+SOURCE_POPULAR: Final = "popular"
 
 # --- tables, relative to lake.root -------------------------------------------------------------
 BRONZE_EVENTS: Final = "bronze/events"

@@ -27,6 +27,12 @@ class ServiceError(ClickrecError):
     exit_code = 4
 
 
+class NotFoundError(ClickrecError):
+    """A model alias or version, a table or a variant asked for does not exist; the message names it."""
+
+    exit_code = 5
+
+
 class InputError(ClickrecError):
     """Input data or a command-line argument cannot be used; the message names it."""
 

@@ -183,3 +183,80 @@ def load_alias_model(config: ClickrecConfig, alias: str) -> Any | None:
         return None
     stages = getattr(model, "stages", None)
     return stages[-1] if stages else model
+
+# --- publishing -----------------------------------------------------------------------------
+
+
+def resolve_model_version(config: ClickrecConfig, *, alias: str | None = None,
+                          version: int | None = None) -> dict[str, Any]:
+    """Name, version, run id and recorded input table versions of a registered model version.
+
+    Give `version` (a rollback) or `alias`; the input versions come from the training run's
+    `input.<table>.version` tags, else from the model's metadata, else are absent. Raises
+    NotFoundError naming the alias or version when the registry has none.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from clickrec.errors import NotFoundError
+
+    configure(config)
+    client = MlflowClient()
+    name = config.mlflow.model_name
+    try:
+        if version is not None:
+            mv = client.get_model_version(name, str(version))
+        else:
+            mv = client.get_model_version_by_alias(name, alias or "champion")
+    except MlflowException as exc:
+        what = f"version {version}" if version is not None else f"alias '{alias or 'champion'}'"
+        raise NotFoundError(
+            f"registered model '{name}' has no {what} in {config.mlflow.tracking_uri} "
+            "(run `clickrec train` first, or pick --model-version from the registry)"
+        ) from exc
+    inputs: dict[str, int] = {}
+    if mv.run_id:
+        try:
+            tags = client.get_run(mv.run_id).data.tags
+        except MlflowException:
+            tags = {}
+        inputs = _input_versions(tags)
+    if not inputs:
+        try:
+            import mlflow.models
+
+            meta = mlflow.models.get_model_info(f"models:/{name}/{mv.version}").metadata or {}
+        except (MlflowException, OSError):
+            meta = {}
+        inputs = _input_versions({k: str(v) for k, v in meta.items()})
+    return {"model_name": name, "model_version": int(mv.version), "run_id": mv.run_id,
+            "input_versions": inputs}
+
+
+def _input_versions(tags: dict[str, str]) -> dict[str, int]:
+    """{table: version} from `input.<table>.version` keys."""
+    out = {}
+    for key, value in tags.items():
+        if key.startswith("input.") and key.endswith(".version"):
+            try:
+                out[key[len("input.") : -len(".version")]] = int(value)
+            except ValueError:
+                continue
+    return out
+
+
+def load_model_version(config: ClickrecConfig, version: int) -> Any:
+    """The ALSModel of registered version `version` (NotFoundError when it cannot be loaded)."""
+    import mlflow.spark
+    from mlflow.exceptions import MlflowException
+
+    from clickrec.errors import NotFoundError
+
+    configure(config)
+    uri = f"models:/{config.mlflow.model_name}/{version}"
+    try:
+        model = mlflow.spark.load_model(uri)
+    except (MlflowException, OSError) as exc:
+        raise NotFoundError(f"cannot load {uri}: {exc}") from exc
+    stages = getattr(model, "stages", None)
+    return stages[-1] if stages else model

@@ -94,9 +94,23 @@ def check_train(summary: dict[str, Any], tmp: Path) -> None:
     assert versions, "train registered no model version"
 
 
+def check_publish(summary: dict[str, Any], tmp: Path) -> None:
+    assert summary["variant"] == "champion" and summary["users"] > 0
+    assert summary["announcement"]["sent"] is False  # conf/local.yaml has no Kafka
+    assert (tmp / "lake" / "gold" / "recommendations" / "_delta_log").is_dir()
+
+
+def check_pipeline(summary: dict[str, Any], tmp: Path) -> None:
+    assert set(summary) >= {"ingest", "train", "publish"}
+    assert summary["ingest"]["accepted"] == 0  # the same input again: nothing new
+    assert summary["publish"]["champion"]["users"] > 0
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], Path], None]] = {
     "ingest": check_ingest,
     "train": check_train,
+    "publish": check_publish,
+    "pipeline": check_pipeline,
 }
 
 

@@ -72,6 +72,77 @@ def merge_upsert(
     )
 
 
+_DELETE_FLAG = "_clickrec_delete"
+
+
+def merge_changes(
+    spark: SparkSession,
+    source_df: DataFrame,
+    path: str,
+    *,
+    keys: Sequence[str],
+    partition_by: Sequence[str] = (),
+    ignore_changes: Sequence[str] = (),
+    delete_unmatched_where: str | None = None,
+) -> dict[str, int]:
+    """Make the table at `path` hold `source_df`'s rows by `keys`, committing only differences.
+
+    Like merge_upsert, but the difference is computed first: source rows that are new or differ
+    from the target (ignoring the `ignore_changes` columns, e.g. an updated_at stamp) are
+    upserted, and target rows matching `delete_unmatched_where` (SQL on the target, alias `t`)
+    whose keys are not in the source are deleted, in one MERGE. When nothing differs there is
+    no commit at all, so a rerun leaves the table, its version and its files as they were.
+    Returns {"upserted", "deleted", "committed"}. Creates the table on first write.
+    """
+    from delta.tables import DeltaTable
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    if not table_exists(spark, path):
+        writer = source_df.write.format("delta").mode("errorifexists")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer.save(path)
+        return {"upserted": int(source_df.count()), "deleted": 0, "committed": 1}
+    target_df = read_table(spark, path)
+    value_cols = [c for c in source_df.columns if c not in keys]
+    compared = [*keys, *(c for c in value_cols if c not in ignore_changes)]
+    same = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in compared)
+    on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    changed = (
+        source_df.alias("s").join(target_df.alias("t"), F.expr(same), "left_anti")
+        .withColumn(_DELETE_FLAG, F.lit(False))
+    )
+    diff = changed
+    if delete_unmatched_where is not None:
+        gone = (
+            target_df.alias("t").where(delete_unmatched_where)
+            .join(source_df.alias("s"), F.expr(on), "left_anti")
+            .select(*(F.col(f"t.`{k}`").alias(k) for k in keys),
+                    *(F.lit(None).cast(source_df.schema[c].dataType).alias(c) for c in value_cols))
+            .withColumn(_DELETE_FLAG, F.lit(True))
+        )
+        diff = changed.unionByName(gone)
+    diff = diff.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = {r[_DELETE_FLAG]: int(r["count"]) for r in diff.groupBy(_DELETE_FLAG).count().collect()}
+        upserted, deleted = counts.get(False, 0), counts.get(True, 0)
+        if upserted == 0 and deleted == 0:
+            return {"upserted": 0, "deleted": 0, "committed": 0}
+        (
+            DeltaTable.forPath(spark, path).alias("t")
+            .merge(diff.alias("s"), on)
+            .whenMatchedDelete(condition=f"s.`{_DELETE_FLAG}`")
+            .whenMatchedUpdate(condition=f"NOT s.`{_DELETE_FLAG}`", set={c: f"s.`{c}`" for c in value_cols})
+            .whenNotMatchedInsert(condition=f"NOT s.`{_DELETE_FLAG}`",
+                                  values={c: f"s.`{c}`" for c in source_df.columns})
+            .execute()
+        )
+    finally:
+        diff.unpersist()
+    return {"upserted": upserted, "deleted": deleted, "committed": 1}
+
+
 def append_once(
     df: DataFrame,
     path: str,

@@ -1,0 +1,76 @@
+"""Kafka adapter (kafka-python): option building is pure and testable without a broker.
+
+Only the small control messages go through here (the `models` announcement); the clickstream
+topic is read by Spark's Kafka source, whose options live with the stream job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from clickrec.config import KafkaConfig
+from clickrec.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+
+def producer_options(kafka: KafkaConfig, *, client_id: str = "clickrec", timeout_seconds: float = 30.0) -> dict[str, Any]:
+    """KafkaProducer keyword arguments for a durable, ordered producer (values sent as bytes).
+
+    acks=all and one request in flight per connection: an announcement is acknowledged by the
+    broker before the job reports success, and retries cannot reorder two announcements.
+    Raises ServiceError when kafka.bootstrap_servers is not set.
+    """
+    if not kafka.bootstrap_servers:
+        raise ServiceError("config key 'kafka.bootstrap_servers' is null: no Kafka broker to send to")
+    timeout_ms = int(timeout_seconds * 1000)
+    return {
+        "bootstrap_servers": [s.strip() for s in kafka.bootstrap_servers.split(",") if s.strip()],
+        "client_id": client_id,
+        "acks": "all",
+        "retries": 5,
+        "max_in_flight_requests_per_connection": 1,
+        "linger_ms": 0,
+        "request_timeout_ms": min(timeout_ms, 30000),
+        "max_block_ms": timeout_ms,
+    }
+
+
+def encode_json(value: dict[str, Any]) -> bytes:
+    """The wire form of a message: compact UTF-8 JSON with sorted keys."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def encode_key(key: str | None) -> bytes | None:
+    """UTF-8 key bytes (None stays None: the partitioner then picks)."""
+    return None if key is None else key.encode("utf-8")
+
+
+def send_json(kafka: KafkaConfig, topic: str, value: dict[str, Any], *, key: str | None = None,
+              timeout_seconds: float = 30.0) -> dict[str, Any]:
+    """Send one JSON message and wait for the broker's ack; return its topic, partition, offset.
+
+    Raises ServiceError naming the servers and the topic when the broker cannot be reached or
+    does not acknowledge in time.
+    """
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    options = producer_options(kafka, timeout_seconds=timeout_seconds)
+    producer = None
+    try:
+        producer = KafkaProducer(**options)
+        meta = producer.send(topic, value=encode_json(value), key=encode_key(key)).get(timeout=timeout_seconds)
+        producer.flush(timeout=timeout_seconds)
+    except KafkaError as exc:
+        raise ServiceError(
+            f"Kafka at {kafka.bootstrap_servers} did not accept the message on topic '{topic}': "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        if producer is not None:
+            producer.close(timeout=5)
+    log.info("sent to %s[%d]@%d", meta.topic, meta.partition, meta.offset)
+    return {"topic": meta.topic, "partition": meta.partition, "offset": meta.offset}

@@ -1,0 +1,204 @@
+"""`clickrec publish`: a registered model's top-N lists -> gold/recommendations, announced on Kafka.
+
+Orchestration only. The model comes from the MLflow registry (clickrec.tracking), the top-N from
+the blocked scorer clickrec.ml.recommend.recommend_top_k (seen-item masking in mapInPandas), the
+row shapes from clickrec.transforms.recommendations, the writes from clickrec.io.delta and the
+announcement from clickrec.io.kafka.
+
+- Variant = the alias published (champion or challenger), so both can be served side by side.
+  `--model-version V` republishes version V under that variant: the rollback.
+- Ids are mapped back through silver/user_index and silver/item_index at the versions the model
+  was trained on (the run's `input.<table>.version` tags), else the latest. The index tables
+  are append-only, so either mapping is right; the pinned one is reproducible.
+- Exclusions (publish.exclude: bought or seen) come from the latest silver/interactions: an
+  item bought after training is not recommended either. The popular list comes from the
+  interactions the model was trained on.
+- Writes are MERGEs keyed by (user_id, variant) and (variant) of only the rows that differ
+  (updated_at does not count: it says when a list last changed), which also delete the
+  variant's rows of users the published model does not have. The table then holds exactly the
+  published model's lists, and a rerun finds no difference and commits nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from clickrec import columns as C
+from clickrec import tracking
+from clickrec.config import ClickrecConfig
+from clickrec.errors import InputError
+from clickrec.io import delta
+from clickrec.io.kafka import send_json
+from clickrec.ml.recommend import recommend_top_k
+from clickrec.transforms.recommendations import (
+    attach_user_ids,
+    exclusion_pairs,
+    popular_items,
+    rank_rows,
+    serving_rows,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+VARIANTS = tracking.ALIASES
+RECOMMENDATION_KEYS = (C.USER_ID, C.VARIANT)
+
+
+def read_pinned(spark: SparkSession, config: ClickrecConfig, table: str, version: int | None) -> tuple[DataFrame, int]:
+    """`table` at `version` when given and still readable, else the latest; returns (df, version read)."""
+    from pyspark.errors import AnalysisException
+
+    path = delta.table_path(config, table)
+    latest = delta.table_version(spark, path)
+    if latest is None:
+        raise InputError(f"table {table} not found at {path}: run `clickrec ingest` first")
+    if version is not None and version <= latest:
+        try:
+            df = spark.read.format("delta").option("versionAsOf", version).load(path)
+            df.schema  # noqa: B018 -- resolves the snapshot now, so a vacuumed version fails here
+            return df, version
+        except AnalysisException as exc:
+            log.warning("%s v%d is not readable (%s); using the latest v%d", table, version, exc, latest)
+    elif version is not None:
+        log.warning("%s v%d recorded by the model is newer than the table's v%d; using the latest",
+                    table, version, latest)
+    return delta.read_table(spark, path), latest
+
+
+def model_message(*, model_name: str, model_version: int, variant: str, rollback: bool,
+                  table_version: int | None, popular_table_version: int | None, users: int,
+                  published_at: datetime) -> dict[str, Any]:
+    """The JSON announced on kafka.models_topic after a publish (the seed's model publisher)."""
+    return {
+        "event": "model_published",
+        "model_name": model_name,
+        "model_version": model_version,
+        "alias": variant,
+        "variant": variant,
+        "rollback": rollback,
+        "table": C.GOLD_RECOMMENDATIONS,
+        "table_version": table_version,
+        "popular_table": C.GOLD_POPULAR_ITEMS,
+        "popular_table_version": popular_table_version,
+        "users": users,
+        "published_at": published_at.replace(tzinfo=UTC).isoformat(),
+    }
+
+
+def announce(config: ClickrecConfig, message: dict[str, Any]) -> dict[str, Any]:
+    """Send `message` to kafka.models_topic, or say it was skipped when no Kafka is configured."""
+    topic = config.kafka.models_topic
+    if not config.kafka.bootstrap_servers:
+        log.info("kafka.bootstrap_servers is null (embedded default): skipped the '%s' announcement", topic)
+        return {"sent": False, "topic": topic, "reason": "kafka.bootstrap_servers is null"}
+    meta = send_json(config.kafka, topic, message, key=message["variant"],
+                     timeout_seconds=config.publish.announce_timeout_seconds)
+    return {"sent": True, **meta}
+
+
+def _check_columns(df: DataFrame, table: str, needed: tuple[str, ...], why: str) -> None:
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise InputError(f"{table} has no column(s) {', '.join(missing)}, needed {why} "
+                         f"(columns: {', '.join(df.columns)})")
+
+
+def publish(
+    spark: SparkSession,
+    config: ClickrecConfig,
+    *,
+    alias: str = "champion",
+    model_version: int | None = None,
+) -> dict[str, Any]:
+    """Publish the top-N lists of `alias` (or of `model_version`, as variant `alias`); the summary.
+
+    Raises NotFoundError when the registry has no such alias or version, InputError when silver
+    is missing or lacks a column the exclusion rule needs, ServiceError when a configured Kafka
+    does not acknowledge the announcement (the tables are already written then; a rerun
+    rewrites nothing and announces again).
+    """
+    from pyspark import StorageLevel
+
+    if alias not in VARIANTS:
+        raise InputError(f"--alias {alias!r}: choose one of {', '.join(VARIANTS)}")
+    pc = config.publish
+    started = time.monotonic()
+    ref = tracking.resolve_model_version(config, alias=alias, version=model_version)
+    version = ref["model_version"]
+    log.info("publishing %s v%d as variant %s (top %d, exclude %s)",
+             ref["model_name"], version, alias, pc.n, pc.exclude)
+    model = tracking.load_model_version(config, version)
+    pinned = ref["input_versions"]
+
+    user_index, user_index_v = read_pinned(spark, config, C.SILVER_USER_INDEX, pinned.get(C.SILVER_USER_INDEX))
+    item_index, item_index_v = read_pinned(spark, config, C.SILVER_ITEM_INDEX, pinned.get(C.SILVER_ITEM_INDEX))
+    latest_inter, latest_inter_v = read_pinned(spark, config, C.SILVER_INTERACTIONS, None)
+    trained_inter, trained_inter_v = read_pinned(
+        spark, config, C.SILVER_INTERACTIONS, pinned.get(C.SILVER_INTERACTIONS)
+    )
+    needed = (C.USER_IDX, C.ITEM_IDX) + ((C.PURCHASES,) if pc.exclude == "bought" else ())
+    _check_columns(latest_inter, C.SILVER_INTERACTIONS, needed, f"by publish.exclude={pc.exclude}")
+
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    excluded = exclusion_pairs(latest_inter, exclude=pc.exclude)
+    top = recommend_top_k(model.userFactors, model.itemFactors, excluded, k=pc.n)
+    rows = serving_rows(
+        top.transform(rank_rows, item_index_df=item_index).transform(attach_user_ids, user_index_df=user_index),
+        variant=alias, model_name=ref["model_name"], model_version=version, updated_at=now,
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        users = rows.count()
+        model_users = model.userFactors.count()
+        rec_path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
+        rec_changes = delta.merge_changes(
+            spark, rows, rec_path, keys=RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
+            ignore_changes=(C.UPDATED_AT,), delete_unmatched_where=f"t.`{C.VARIANT}` = '{alias}'",
+        )
+    finally:
+        rows.unpersist()
+    compute_s = time.monotonic() - started
+
+    popular = popular_items(trained_inter, n=pc.popular_n, variant=alias, model_name=ref["model_name"],
+                            model_version=version, updated_at=now)
+    pop_path = delta.table_path(config, C.GOLD_POPULAR_ITEMS)
+    pop_changes = delta.merge_changes(spark, popular, pop_path, keys=(C.VARIANT,), ignore_changes=(C.UPDATED_AT,))
+    rec_v, pop_v = delta.table_version(spark, rec_path), delta.table_version(spark, pop_path)
+
+    message = model_message(model_name=ref["model_name"], model_version=version, variant=alias,
+                            rollback=model_version is not None, table_version=rec_v,
+                            popular_table_version=pop_v, users=users, published_at=now)
+    announcement = announce(config, message)
+    seconds = time.monotonic() - started
+    if users < model_users:
+        log.warning("%d of the model's %d users have no id in silver/user_index and were not published",
+                    model_users - users, model_users)
+    return {
+        "model_name": ref["model_name"],
+        "model_version": version,
+        "variant": alias,
+        "rollback": model_version is not None,
+        "run_id": ref["run_id"],
+        "n": pc.n,
+        "exclude": pc.exclude,
+        "users": users,
+        "model_users": model_users,
+        "input_versions": {
+            C.SILVER_USER_INDEX: user_index_v,
+            C.SILVER_ITEM_INDEX: item_index_v,
+            f"{C.SILVER_INTERACTIONS} (exclusions)": latest_inter_v,
+            f"{C.SILVER_INTERACTIONS} (popular)": trained_inter_v,
+        },
+        "tables": {C.GOLD_RECOMMENDATIONS: rec_v, C.GOLD_POPULAR_ITEMS: pop_v},
+        "changes": {C.GOLD_RECOMMENDATIONS: rec_changes, C.GOLD_POPULAR_ITEMS: pop_changes},
+        "announcement": announcement,
+        "updated_at": now.isoformat(),
+        "seconds": round(seconds, 2),
+        "users_per_second": round(users / compute_s, 1) if compute_s > 0 else None,
+    }
+
