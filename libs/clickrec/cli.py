@@ -114,6 +114,9 @@ def ingest(
         if input_format not in (None, "rees46", "ratings"):
             raise InputError(f"--format {input_format!r}: choose rees46 or ratings")
         cfg = _config(config, set_)
+        from clickrec.io.files import check_local_input
+
+        check_local_input(input_path)
         from clickrec.ingest import ingest as run_ingest
         from clickrec.spark import build_spark_session
 
@@ -208,6 +211,53 @@ def pipeline(
         return run_pipeline(build_spark_session(cfg), cfg, input_path=input_path, input_format=input_format)
 
     run("pipeline", body)
+
+
+@app.command()
+def replay(
+    input_path: Annotated[str, typer.Option("--input", "-i", help="A CSV or JSON-lines clickstream file.")],
+    rate: Annotated[
+        float | None, typer.Option("--rate", "-r", help="Events per second (default stream.replay_rate; 0: unthrottled).")
+    ] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="Kafka topic (default kafka.clickstream_topic).")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Send a clickstream file to Kafka as JSON events (REES46 schema) at --rate events/s."""
+
+    def body() -> dict[str, Any]:
+        from clickrec.stream import replay as run_replay
+
+        return run_replay(_config(config, set_), input_path=input_path, rate=rate, topic=topic)
+
+    run("replay", body)
+
+
+@app.command()
+def stream(
+    available_now: Annotated[
+        bool, typer.Option("--available-now", help="Process what the topic holds now, then stop.")
+    ] = False,
+    max_seconds: Annotated[
+        float | None, typer.Option("--max-seconds", help="Stop (gracefully) after this many seconds.", min=0)
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Kafka clickstream -> bronze (exactly once) -> silver -> fold-in -> gold, until stopped (SIGTERM)."""
+
+    def body() -> dict[str, Any]:
+        from clickrec.errors import InputError
+
+        if available_now and max_seconds is not None:
+            raise InputError("--available-now and --max-seconds exclude each other")
+        cfg = _config(config, set_)
+        from clickrec.spark import build_spark_session
+        from clickrec.stream import run_stream
+
+        return run_stream(build_spark_session(cfg), cfg, available_now=available_now, max_seconds=max_seconds)
+
+    run("stream", body)
 
 
 @app.command()

@@ -6,7 +6,8 @@ clickrec.transforms:
 1. list the input (file, folder, glob, s3a://) and read it as raw text lines, so malformed,
    truncated and non-UTF-8 lines are kept with their text;
 2. parse, type, flag every failing expectation (clickrec.quality) and hash the event_id, once,
-   into a scratch Parquet copy under `<lake>/_staging/<run id>` that every later step reads;
+   into a persisted batch that every later step reads (scratch Parquet for intermediate
+   results goes under `<lake>/_staging/<run id>` and is removed at the end);
 3. validate the batch with Great Expectations (data docs under `<lake>/_quality/data_docs`),
    and stop before any write when the rejected fraction exceeds ingest.max_rejected_fraction;
 4. bronze/quarantine: every rejected row, written once per input (Delta txnAppId);
@@ -94,14 +95,18 @@ def _suite_params(config: ClickrecConfig) -> dict[str, Any]:
 
 def stage_events(spark: SparkSession, config: ClickrecConfig, files: Sequence[InputFile], suite: dict[str, Any]) -> DataFrame:
     """Raw clickstream lines -> typed, flagged, hashed rows (not yet written)."""
+    return stage_event_lines(_read_lines(spark, files), config, file_format=_file_format(config, files), suite=suite)
+
+
+def stage_event_lines(lines: DataFrame, config: ClickrecConfig, *, file_format: str, suite: dict[str, Any]) -> DataFrame:
+    """(value, source_file) text lines -> typed, flagged, hashed rows; shared by ingest and stream."""
     from pyspark.sql import functions as F
 
     from clickrec.transforms import clickstream as T
 
     ic = config.ingest
-    lines = _read_lines(spark, files)
     keep = (C.VALUE, C.SOURCE_FILE, C.COLUMN_COUNT, C.UTF8_VALID)
-    if _file_format(config, files) == "json":
+    if file_format == "json":
         parsed = lines.transform(T.parse_json_lines, source_columns=ic.source_columns)
     else:
         if ic.header:
@@ -176,6 +181,9 @@ def _extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: s
     else:
         index_df = spark.createDataFrame([], f"{C.SOURCE_ID} string, {C.IDX} int")
     new_df = assign_new_ids(keys_df, index_df, key_col=key_col)
+    if not delta.table_exists(spark, path):
+        delta.append(new_df, path)
+        return int(delta.last_operation_metrics(spark, path).get("numOutputRows", 0))
     added = new_df.count()
     if added:
         delta.append(new_df, path)
@@ -207,15 +215,21 @@ def _update_silver(spark: SparkSession, config: ClickrecConfig, interactions_df:
         inter, delta.read_table(spark, user_index), delta.read_table(spark, item_index)
     ).select(*SILVER_COLUMNS)
     silver = delta.table_path(config, C.SILVER_INTERACTIONS)
-    changes = _changed_rows(spark, rows, silver)
-    changed = int(changes.count())
-    if changed:
-        delta.merge_upsert(spark, changes, silver, keys=C.INTERACTION_KEYS)
+    if not delta.table_exists(spark, silver):
+        delta.append(rows, silver)
+        changed = int(delta.last_operation_metrics(spark, silver).get("numOutputRows", 0))
+    else:
+        changes = _changed_rows(spark, rows, silver)
+        changed = int(changes.count())
+        if changed:
+            delta.merge_upsert(spark, changes, silver, keys=C.INTERACTION_KEYS)
     log.info("silver/interactions: %d rows inserted or updated", changed)
     return {"interactions_changed": changed, "new_users": new_users, "new_items": new_items}
 
 
-def _quarantine(spark: SparkSession, config: ClickrecConfig, staged: DataFrame, *, fmt: str, input_key: str, run_id: str, now: datetime) -> None:
+def quarantine_rejected(spark: SparkSession, config: ClickrecConfig, staged: DataFrame, *, fmt: str, input_key: str,
+                        run_id: str, now: datetime, txn_version: int = 1) -> None:
+    """Append the batch's rejected rows to bronze/quarantine once per (input_key, txn_version)."""
     from pyspark.sql import functions as F
 
     rejected = staged.where(F.size(C.REASONS) > 0).select(
@@ -228,6 +242,7 @@ def _quarantine(spark: SparkSession, config: ClickrecConfig, staged: DataFrame, 
         rejected.select(*QUARANTINE_COLUMNS),
         delta.table_path(config, C.BRONZE_QUARANTINE),
         app_id=f"clickrec-ingest-quarantine-{input_key[:40]}",
+        version=txn_version,
     )
 
 
@@ -262,9 +277,9 @@ def ingest(
     staged: DataFrame | None = None
     try:
         stage = stage_events if fmt == "rees46" else stage_ratings
-        stage(spark, config, files, suite).write.mode("overwrite").parquet(f"{staging}/batch")
-        # Counting and GX scan the batch many times: keep it in memory (spills to disk).
-        staged = spark.read.parquet(f"{staging}/batch").persist(StorageLevel.MEMORY_AND_DISK)
+        # Counting, GX, quarantine and bronze all scan the parsed batch: parse once and keep it
+        # (memory, spilling to disk); evicted blocks are re-parsed from the same input.
+        staged = stage(spark, config, files, suite).persist(StorageLevel.MEMORY_AND_DISK)
         rows_read, quarantined, by_reason = _count_batch(staged)
         log.info("read %d rows, %d rejected %s", rows_read, quarantined, by_reason)
         docs_dir = delta.table_path(config, "_quality/data_docs") if config.ingest.data_docs else None
@@ -278,10 +293,10 @@ def ingest(
                 f"{quality['data_docs']}; nothing was written"
             )
         if quarantined:
-            _quarantine(spark, config, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now)
+            quarantine_rejected(spark, config, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now)
         valid = staged.where(F.size(C.REASONS) == 0)
         if fmt == "rees46":
-            counts = _ingest_valid_events(spark, config, valid, rows_read - quarantined, run_id, now, staging)
+            counts = ingest_valid_events(spark, config, valid, rows_read - quarantined, run_id, now, staging)
         else:
             counts = _ingest_valid_ratings(spark, config, valid, rows_read - quarantined, staging)
     finally:
@@ -317,7 +332,7 @@ def ingest(
     return summary
 
 
-def _ingest_valid_events(
+def ingest_valid_events(
     spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
     run_id: str, now: datetime, staging: str,
 ) -> dict[str, int]:
@@ -339,21 +354,26 @@ def _ingest_valid_events(
         F.lit(run_id).alias(C.INGEST_RUN_ID),
         F.lit(now).cast("timestamp").alias(C.INGESTED_AT),
     )
-    # Deduplicate once into scratch Parquet: its row count is then read from file metadata.
-    new_path = f"{staging}/new_events"
-    new_events.repartition(C.EVENT_DATE).write.mode("overwrite").parquet(new_path)
-    staged_new = spark.read.parquet(new_path)
-    accepted = int(staged_new.count())
-    if accepted:
-        delta.append(staged_new, bronze, partition_by=[C.EVENT_DATE])
-    log.info("bronze/events: %d accepted, %d duplicates", accepted, valid_rows - accepted)
-    if bronze_existed:
+    new_events = new_events.repartition(C.EVENT_DATE)
+    if not bronze_existed:
+        # First write: there are valid rows, so never an empty commit; its metrics count them.
+        delta.append(new_events, bronze, partition_by=[C.EVENT_DATE])
+        accepted = int(delta.last_operation_metrics(spark, bronze).get("numOutputRows", 0))
+        events = delta.read_table(spark, bronze)
+    else:
+        # Deduplicate once into scratch Parquet, count it from file metadata, and commit only
+        # when something is new (a rerun leaves bronze's version alone).
+        new_path = f"{staging}/new_events"
+        new_events.write.mode("overwrite").parquet(new_path)
+        staged_new = spark.read.parquet(new_path)
+        accepted = int(staged_new.count())
+        if accepted:
+            delta.append(staged_new, bronze, partition_by=[C.EVENT_DATE])
         # Recompute every user of the batch (not only those with new events): after a job
         # killed between bronze and silver, the rerun finds no new events but repairs silver.
         affected = valid.select(C.USER_ID).distinct()
         events = delta.read_table(spark, bronze).join(affected, on=C.USER_ID, how="left_semi")
-    else:
-        events = staged_new  # bronze held nothing before: it is exactly these events
+    log.info("bronze/events: %d accepted, %d duplicates", accepted, valid_rows - accepted)
     ic = config.ingest
     interactions = events.transform(
         events_to_interactions,

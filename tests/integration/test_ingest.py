@@ -29,6 +29,14 @@ def latest(spark: SparkSession, config: ClickrecConfig, table: str) -> DataFrame
     return spark.read.format("delta").load(table_path(config, table))
 
 
+def assert_same_rows(actual: DataFrame, expected: DataFrame) -> None:
+    """Exact multiset equality, computed in Spark (the frames are too big to collect)."""
+    assert actual.columns == expected.columns
+    missing, extra = expected.exceptAll(actual).limit(5).collect(), actual.exceptAll(expected).limit(5).collect()
+    assert not missing and not extra, f"missing {missing}, unexpected {extra}"
+    assert actual.count() == expected.count() > 0
+
+
 @pytest.fixture(scope="module")
 def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """First ingest of 200k events, a rerun of the same file, then a second batch."""
@@ -85,9 +93,12 @@ def test_rerun_of_the_same_input_changes_no_table(spark: SparkSession, lake: dic
     assert rerun["accepted"] == 0 and rerun["duplicates"] == first["rows_read"]
     assert rerun["interactions_changed"] == 0 and rerun["new_users"] == 0 and rerun["new_items"] == 0
     for table, version in lake["snapshot"].items():
+        # no commit at all, hence the same content; checked row by row on the small tables
         assert rerun["tables"][table] == version, f"{table} got a new version on rerun"
-        assertDataFrameEqual(at_version(spark, config, table, version),
-                             at_version(spark, config, table, rerun["tables"][table]))
+    for table in (C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX, C.BRONZE_QUARANTINE):
+        if table in lake["snapshot"]:
+            assertDataFrameEqual(at_version(spark, config, table, lake["snapshot"][table]),
+                                 at_version(spark, config, table, rerun["tables"][table]))
 
 
 def test_second_batch_keeps_every_existing_id(spark: SparkSession, lake: dict[str, Any]) -> None:
@@ -104,9 +115,7 @@ def test_second_batch_keeps_every_existing_id(spark: SparkSession, lake: dict[st
 def test_incremental_silver_equals_a_full_recompute(spark: SparkSession, lake: dict[str, Any]) -> None:
     config = lake["config"]
     assert 0 < lake["second"]["interactions_changed"] < lake["second"]["interactions"]  # incremental
-    assertDataFrameEqual(
-        latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config)
-    )
+    assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
 
 
 def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
@@ -128,4 +137,4 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
     assert not (Path(table_path(config, C.SILVER_INTERACTIONS)) / "_delta_log").exists()
     again = ingest(spark, config, input_path=str(data))
     assert again["accepted"] == 0 and again["duplicates"] == 3000 and again["interactions"] > 0
-    assertDataFrameEqual(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
+    assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))

@@ -186,3 +186,11 @@ def count_rows(spark: SparkSession, path: str) -> int:
     if not table_exists(spark, path):
         return 0
     return int(read_table(spark, path).count())
+
+
+def last_operation_metrics(spark: SparkSession, path: str) -> dict[str, str]:
+    """operationMetrics of the latest commit of the table at `path` (e.g. numOutputRows)."""
+    from delta.tables import DeltaTable
+
+    row = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").first()
+    return dict(row["operationMetrics"] or {}) if row is not None else {}

@@ -48,6 +48,16 @@ def list_input_files(spark: SparkSession, pattern: str) -> list[InputFile]:
     return sorted(found, key=lambda f: f.path)
 
 
+def check_local_input(pattern: str) -> None:
+    """Fail fast, before Spark starts, when a local (scheme-less) input matches nothing."""
+    import glob
+
+    if "://" in pattern or pattern.startswith("file:"):
+        return
+    if not glob.glob(pattern):
+        raise InputError(f"--input {pattern}: no input file found there")
+
+
 def fingerprint(files: list[InputFile], *extra: str) -> str:
     """A stable id of an input (paths, sizes, mtimes) plus `extra` settings, as hex."""
     digest = hashlib.sha256()
