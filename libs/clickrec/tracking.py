@@ -149,12 +149,16 @@ def log_input_tables(tables: dict[str, tuple[str, int]]) -> None:
 def log_spark_model(model: Any, config: ClickrecConfig, metadata: dict[str, Any]) -> int:
     """Log the fitted ALSModel as an MLflow Spark model and register it; return the version."""
     import mlflow.spark
+    import pyspark
 
     info = mlflow.spark.log_model(
         model,
         artifact_path="model",
         registered_model_name=config.mlflow.model_name,
         metadata={k: str(v) for k, v in metadata.items()},
+        # Given explicitly, MLflow skips inferring them, which starts a second Spark JVM in a
+        # subprocess just to load the model and list its imports.
+        pip_requirements=[f"pyspark=={pyspark.__version__}"],
     )
     version = info.registered_model_version
     if version is None:
@@ -183,6 +187,7 @@ def load_alias_model(config: ClickrecConfig, alias: str) -> Any | None:
         return None
     stages = getattr(model, "stages", None)
     return stages[-1] if stages else model
+
 
 # --- publishing -----------------------------------------------------------------------------
 
@@ -260,3 +265,18 @@ def load_model_version(config: ClickrecConfig, version: int) -> Any:
         raise NotFoundError(f"cannot load {uri}: {exc}") from exc
     stages = getattr(model, "stages", None)
     return stages[-1] if stages else model
+
+
+# --- streaming fold-in ------------------------------------------------------------------------
+
+
+def run_params(config: ClickrecConfig, run_id: str) -> dict[str, str]:
+    """The params logged on a run (empty when the run is gone): the stream reads regParam/alpha here."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure(config)
+    try:
+        return dict(MlflowClient().get_run(run_id).data.params)
+    except MlflowException:
+        return {}
