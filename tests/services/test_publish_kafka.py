@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -25,9 +26,12 @@ def test_publish_announces_on_the_models_topic(spark: SparkSession, kafka_servic
     summary = publish(spark, config, alias="challenger")
     assert summary["announcement"]["sent"] is True and summary["announcement"]["topic"] == topic
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_service.url, auto_offset_reset="earliest",
-                             consumer_timeout_ms=15000)
-    messages = list(consumer)
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_service.url, auto_offset_reset="earliest")
+    messages = []
+    deadline = time.monotonic() + 30
+    while not messages and time.monotonic() < deadline:  # stop at the first message, not on a timeout
+        for batch in consumer.poll(timeout_ms=1000).values():
+            messages.extend(batch)
     consumer.close()
     assert len(messages) == 1
     assert messages[0].key == b"challenger"
