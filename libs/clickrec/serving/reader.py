@@ -9,6 +9,7 @@ one assignment, so a reader thread sees the old snapshot or the new one, never a
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -215,8 +216,12 @@ def recommendations(
     when their Delta version changes (checked at most every serve.poll_seconds). `config`
     defaults to conf/local.yaml.
     """
-    if config is None:
-        from clickrec.config import load_config
+    return reader_for(config or _default_config()).recommendations(user_id, n=n, variant=variant)
 
-        config = load_config()
-    return reader_for(config).recommendations(user_id, n=n, variant=variant)
+
+@functools.lru_cache(maxsize=1)
+def _default_config() -> ClickrecConfig:
+    """conf/local.yaml, read once per process (the library call is on a hot path)."""
+    from clickrec.config import load_config
+
+    return load_config()
