@@ -118,7 +118,7 @@ def spark_worker(source: str, events: int, native: bool) -> None:
         model = als.fit(df)
         model.userFactors.count()
         times[iters] = time.monotonic() - t0
-    jvm = spark.sparkContext._jvm  # noqa: SLF001
+    jvm = spark.sparkContext._jvm
     impl = jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getName()
     print(json.dumps({"engine": "spark", "source": source, "native": native, "blas": impl,
                       "users": shape[0], "items": shape[1], "nnz": shape[2],
