@@ -24,6 +24,20 @@ def _check_fraction(test_fraction: float) -> None:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
 
 
+def _split_in_user_order(
+    df: DataFrame, order: Column, *, test_fraction: float, user_col: str, item_col: str
+) -> tuple[DataFrame, DataFrame]:
+    """Keep each user's first round(n * (1 - f)) rows by `order` in train, the rest in test."""
+    _check_fraction(test_fraction)
+    w = Window.partitionBy(user_col).orderBy(order, F.col(item_col))
+    n = F.count(F.lit(1)).over(Window.partitionBy(user_col))
+    marked = df.withColumn(_SIDE, F.row_number().over(w) <= _train_count(n, test_fraction))
+    return (
+        marked.filter(F.col(_SIDE)).drop(_SIDE),
+        marked.filter(~F.col(_SIDE)).drop(_SIDE),
+    )
+
+
 def split_stratified_random(
     df: DataFrame,
     *,
@@ -37,14 +51,9 @@ def split_stratified_random(
     The usual benchmark protocol (Microsoft Recommenders' python_stratified_split). Users with a
     single interaction stay in train only.
     """
-    _check_fraction(test_fraction)
     order = F.xxhash64(F.lit(seed), F.col(user_col), F.col(item_col))
-    w = Window.partitionBy(user_col).orderBy(order, F.col(item_col))
-    n = F.count(F.lit(1)).over(Window.partitionBy(user_col))
-    marked = df.withColumn(_SIDE, F.row_number().over(w) <= _train_count(n, test_fraction))
-    return (
-        marked.filter(F.col(_SIDE)).drop(_SIDE),
-        marked.filter(~F.col(_SIDE)).drop(_SIDE),
+    return _split_in_user_order(
+        df, order, test_fraction=test_fraction, user_col=user_col, item_col=item_col
     )
 
 
@@ -57,13 +66,8 @@ def split_temporal(
     item_col: str = C.ITEM_IDX,
 ) -> tuple[DataFrame, DataFrame]:
     """Per-user temporal split: each user's latest fraction of interactions is the test set."""
-    _check_fraction(test_fraction)
-    w = Window.partitionBy(user_col).orderBy(F.col(time_col), F.col(item_col))
-    n = F.count(F.lit(1)).over(Window.partitionBy(user_col))
-    marked = df.withColumn(_SIDE, F.row_number().over(w) <= _train_count(n, test_fraction))
-    return (
-        marked.filter(F.col(_SIDE)).drop(_SIDE),
-        marked.filter(~F.col(_SIDE)).drop(_SIDE),
+    return _split_in_user_order(
+        df, F.col(time_col), test_fraction=test_fraction, user_col=user_col, item_col=item_col
     )
 
 
