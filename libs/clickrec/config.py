@@ -242,6 +242,25 @@ class ServeConfig(_Section):
     max_user_id_length: int = Field(default=128, ge=1, le=1024)
 
 
+class StreamConfig(_Section):
+    """`clickrec stream` and `clickrec replay`: the Kafka clickstream -> bronze/silver/gold refresh."""
+
+    # The query's name: its checkpoint is <lake.root>/_checkpoints/stream/<query_name>, its
+    # progress metrics <lake.root>/_metrics/stream/<query_name>.json.
+    query_name: str = Field(default="clickstream-refresh", pattern=r"^[A-Za-z0-9_.-]+$")
+    starting_offsets: Literal["earliest", "latest"] = "earliest"
+    # Most Kafka records per micro-batch (None: everything available).
+    max_offsets_per_trigger: int | None = Field(default=20000, ge=1)
+    trigger_seconds: float = Field(default=1.0, ge=0)
+    fail_on_data_loss: bool = True
+    # The served list refreshed by fold-in (the champion's item factors).
+    variant: Literal["champion", "challenger"] = "champion"
+    # Seconds a SIGTERM waits for the running micro-batch before stopping the query.
+    stop_timeout_seconds: float = Field(default=120.0, gt=0)
+    # `clickrec replay`: events per second (0: as fast as the broker takes them).
+    replay_rate: float = Field(default=100.0, ge=0)
+
+
 class ClickrecConfig(_Section):
     """The whole config. Sections for later jobs are added here, one model each."""
 
@@ -255,6 +274,7 @@ class ClickrecConfig(_Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
 
     @field_validator("lake")
     @classmethod

@@ -21,7 +21,7 @@ from k8s_support import REPO_ROOT, dockerfile_instructions, kustomize_build, ren
 
 # Subcommands the manifests name that the CLI does not have yet (DESIGN.md's Interfaces
 # table; each is a later issue or in progress).
-PENDING_SUBCOMMANDS = {"stream"}
+PENDING_SUBCOMMANDS: set[str] = set()
 # jobs/<job>.py files the manifests name that are not in the tree yet.
 PENDING_JOB_FILES: set[str] = set()
 

@@ -1,13 +1,15 @@
 """Kafka adapter (kafka-python): option building is pure and testable without a broker.
 
-Only the small control messages go through here (the `models` announcement); the clickstream
-topic is read by Spark's Kafka source, whose options live with the stream job.
+kafka-python sends the `models` announcement and `clickrec replay`'s clickstream events; the
+clickstream topic is read by Spark's Kafka source, whose options are built here too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from clickrec.config import KafkaConfig
@@ -74,3 +76,82 @@ def send_json(kafka: KafkaConfig, topic: str, value: dict[str, Any], *, key: str
             producer.close(timeout=5)
     log.info("sent to %s[%d]@%d", meta.topic, meta.partition, meta.offset)
     return {"topic": meta.topic, "partition": meta.partition, "offset": meta.offset}
+
+
+# --- the clickstream topic: replay (producer) and Spark's Kafka source options -----------------
+
+
+def stream_source_options(kafka: KafkaConfig, *, topic: str, starting_offsets: str,
+                          max_offsets_per_trigger: int | None, fail_on_data_loss: bool) -> dict[str, str]:
+    """Options of Spark's Kafka source for `clickrec stream` (pure; raises ServiceError without Kafka)."""
+    if not kafka.bootstrap_servers:
+        raise ServiceError("config key 'kafka.bootstrap_servers' is null: `clickrec stream` needs a Kafka broker")
+    options = {
+        "kafka.bootstrap.servers": kafka.bootstrap_servers,
+        "subscribe": topic,
+        "startingOffsets": starting_offsets,
+        "failOnDataLoss": str(fail_on_data_loss).lower(),
+    }
+    if max_offsets_per_trigger is not None:
+        options["maxOffsetsPerTrigger"] = str(max_offsets_per_trigger)
+    return options
+
+
+def send_events(
+    kafka: KafkaConfig,
+    topic: str,
+    events: Iterable[tuple[str | None, bytes]],
+    *,
+    rate: float,
+    on_progress: Callable[[int, float], None] | None = None,
+    progress_every: int = 1000,
+    timeout_seconds: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Send (key, JSON bytes) events at `rate` per second (0: unthrottled); wait for every ack.
+
+    Pacing is against the start time (event n leaves at start + n/rate), so short stalls are
+    caught up rather than accumulated. Returns {"sent", "seconds", "rate"}. Raises ServiceError
+    when the broker cannot be reached or fails to acknowledge.
+    """
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    options = producer_options(kafka, client_id="clickrec-replay", timeout_seconds=timeout_seconds)
+    # Values are already JSON bytes; a short linger batches sends without delaying them much.
+    options.update(linger_ms=5)
+    sent = 0
+    producer = None
+    started = clock()
+    try:
+        producer = KafkaProducer(**options)
+        futures = []
+        for key, value in events:
+            if rate > 0:
+                wait = started + sent / rate - clock()
+                if wait > 0:
+                    time.sleep(wait)
+            futures.append(producer.send(topic, value=value, key=encode_key(key)))
+            sent += 1
+            if on_progress is not None and sent % progress_every == 0:
+                on_progress(sent, clock() - started)
+            if len(futures) >= 10_000:
+                for f in futures:
+                    f.get(timeout=timeout_seconds)
+                futures.clear()
+        producer.flush(timeout=timeout_seconds)
+        for f in futures:
+            f.get(timeout=timeout_seconds)
+    except KafkaError as exc:
+        raise ServiceError(
+            f"Kafka at {kafka.bootstrap_servers} did not accept event {sent} on topic '{topic}': "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        if producer is not None:
+            producer.close(timeout=5)
+    seconds = clock() - started
+    if on_progress is not None:
+        on_progress(sent, seconds)
+    return {"sent": sent, "seconds": round(seconds, 3),
+            "events_per_second": round(sent / seconds, 1) if seconds > 0 else None}

@@ -4,7 +4,7 @@ Between retrains the stream gives a returning or brand-new user a factor without
 model: with the item factors Y fixed, the user's ALS objective is a ridge regression whose
 closed-form solution is exactly the user step of Spark's implicit ALS (Hu, Koren, Volinsky 2008):
 
-    x_u = (YᵀY + Yᵀ(C_u − I)Y + λ·n_u·I)⁻¹ Yᵀ C_u p_u
+    x_u = (YᵀY + Yᵀ(C_u - I)Y + λ·n_u·I)⁻¹ Yᵀ C_u p_u
     c_ui = 1 + alpha·|r_ui|,  p_ui = 1 if r_ui > 0 else 0
 
 Spark scales λ by n_u, the number of the user's positive ratings ("ALS-WR", see
