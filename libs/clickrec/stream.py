@@ -332,8 +332,8 @@ def run_stream(
     """Run the refresh query until the topic is drained (available_now), max_seconds pass, or SIGTERM.
 
     Returns the summary: batches and rows processed, users refreshed, model version, paths and
-    table versions. Raises ServiceError without Kafka, StreamError-like InputError when the
-    query fails (its exception text is kept).
+    table versions. Raises ServiceError without Kafka and InputError, with the query's own
+    error text, when the query fails (the checkpoint keeps the last committed batch).
     """
     from pyspark.errors import StreamingQueryException
 

@@ -1,0 +1,72 @@
+"""The stream's pure parts: replay payloads, Kafka source options, progress records, config."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from clickrec.config import KafkaConfig, build_config
+from clickrec.errors import ConfigError, ServiceError
+from clickrec.io.kafka import stream_source_options
+from clickrec.stream import event_payloads, progress_record
+
+HEADER = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
+
+
+def test_csv_rows_become_json_events_with_their_text_values(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(f"{HEADER}\n2019-10-01 00:00:00 UTC,view,1,2,a.b,,1.50,u1,s1\n\n"
+                "2019-10-01 00:00:05 UTC,cart,\"3\",2,,x,2,u2,s2\n")
+    events = list(event_payloads(path, build_config()))
+    assert [k for k, _ in events] == ["u1", "u2"]
+    first = json.loads(events[0][1])
+    assert first == {"event_time": "2019-10-01 00:00:00 UTC", "event_type": "view", "product_id": "1",
+                     "category_id": "2", "category_code": "a.b", "brand": "", "price": "1.50",
+                     "user_id": "u1", "user_session": "s1"}
+    assert json.loads(events[1][1])["product_id"] == "3"  # CSV quoting undone, as batch ingest reads it
+
+
+def test_json_lines_are_sent_as_they_are(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"user_id": 7, "event_type": "view"}\nnot json\n\n')
+    events = list(event_payloads(path, build_config()))
+    assert events == [("7", b'{"user_id": 7, "event_type": "view"}'), (None, b"not json")]
+
+
+def test_source_options_come_from_config() -> None:
+    opts = stream_source_options(KafkaConfig(bootstrap_servers="h:1"), topic="t", starting_offsets="earliest",
+                                 max_offsets_per_trigger=5, fail_on_data_loss=False)
+    assert opts == {"kafka.bootstrap.servers": "h:1", "subscribe": "t", "startingOffsets": "earliest",
+                    "failOnDataLoss": "false", "maxOffsetsPerTrigger": "5"}
+    assert "maxOffsetsPerTrigger" not in stream_source_options(
+        KafkaConfig(bootstrap_servers="h:1"), topic="t", starting_offsets="latest",
+        max_offsets_per_trigger=None, fail_on_data_loss=True)
+    with pytest.raises(ServiceError, match=r"kafka\.bootstrap_servers"):
+        stream_source_options(KafkaConfig(), topic="t", starting_offsets="earliest",
+                              max_offsets_per_trigger=None, fail_on_data_loss=True)
+
+
+def test_progress_record_keeps_rates_durations_and_lag() -> None:
+    progress = {"batchId": 4, "timestamp": "2026-01-01T00:00:00.000Z", "numInputRows": 10,
+                "inputRowsPerSecond": 5.0, "processedRowsPerSecond": 20.0, "batchDuration": 500,
+                "durationMs": {"triggerExecution": 480},
+                "sources": [{"endOffset": {"t": {"0": 10}},
+                             "metrics": {"avgOffsetsBehindLatest": "3.0", "maxOffsetsBehindLatest": "7"}}]}
+    record = progress_record(progress)
+    assert record["batch_id"] == 4 and record["batch_duration_ms"] == 500
+    assert record["processed_rows_per_second"] == 20.0 and record["input_rows_per_second"] == 5.0
+    assert record["offsets_behind_latest"] == 7.0 and record["avg_offsets_behind_latest"] == 3.0
+
+
+def test_stream_config_rejects_bad_values() -> None:
+    assert build_config().stream.query_name == "clickstream-refresh"
+    with pytest.raises(ConfigError, match=r"stream\.query_name"):
+        build_config({"stream": {"query_name": "a/b"}})
+    with pytest.raises(ConfigError, match=r"stream\.starting_offsets"):
+        build_config({"stream": {"starting_offsets": "middle"}})
+    with pytest.raises(ConfigError, match=r"stream\.typo"):
+        build_config({"stream": {"typo": 1}})
