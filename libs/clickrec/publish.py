@@ -15,8 +15,9 @@ announcement from clickrec.io.kafka.
   interactions the model was trained on.
 - Writes are MERGEs keyed by (user_id, variant) and (variant) of only the rows that differ
   (updated_at does not count: it says when a list last changed), which also delete the
-  variant's rows of users the published model does not have. The table then holds exactly the
-  published model's lists, and a rerun finds no difference and commits nothing.
+  variant's batch rows of users the published model does not have (lists the stream wrote for
+  users newer than the model stay). The table then holds the published model's lists, and a
+  rerun finds no difference and commits nothing.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def publish(
         rec_path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
         rec_changes = delta.merge_changes(
             spark, rows, rec_path, keys=RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
-            ignore_changes=(C.UPDATED_AT,), delete_unmatched_where=f"t.`{C.VARIANT}` = '{alias}'",
+            ignore_changes=(C.UPDATED_AT,), delete_unmatched_where=f"t.`{C.VARIANT}` = '{alias}' AND t.`{C.SOURCE}` = '{C.SOURCE_BATCH}'",
         )
     finally:
         rows.unpersist()
