@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.testing import assertDataFrameEqual
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig, GenerateConfig
@@ -92,13 +91,12 @@ def test_rerun_of_the_same_input_changes_no_table(spark: SparkSession, lake: dic
     assert rerun["rows_read"] == first["rows_read"]
     assert rerun["accepted"] == 0 and rerun["duplicates"] == first["rows_read"]
     assert rerun["interactions_changed"] == 0 and rerun["new_users"] == 0 and rerun["new_items"] == 0
+    assert set(lake["snapshot"]) >= {C.BRONZE_EVENTS, C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX}
     for table, version in lake["snapshot"].items():
-        # no commit at all, hence the same content; checked row by row on the small tables
+        # not one commit on any table: the content after the rerun is the content before it
         assert rerun["tables"][table] == version, f"{table} got a new version on rerun"
-    for table in (C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX, C.BRONZE_QUARANTINE):
-        if table in lake["snapshot"]:
-            assertDataFrameEqual(at_version(spark, config, table, lake["snapshot"][table]),
-                                 at_version(spark, config, table, rerun["tables"][table]))
+    assert latest(spark, config, C.BRONZE_EVENTS).where(
+        F.col(C.INGEST_RUN_ID) == rerun["run_id"]).count() == 0
 
 
 def test_second_batch_keeps_every_existing_id(spark: SparkSession, lake: dict[str, Any]) -> None:
