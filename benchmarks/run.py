@@ -13,6 +13,7 @@ from pathlib import Path
 # (module, default arguments); `make bench BENCH_ARGS="..."` is not needed: edit here.
 BENCHES: list[tuple[str, list[str]]] = [
     ("benchmarks.ingest_bench", ["--events", "1000000", "--events", "10000000"]),
+    ("benchmarks.publish_bench", ["--users", "20000", "--items", "4000", "--rank", "32", "--activity", "heavy"]),
 ]
 DOCS = Path("docs/benchmarks.md")
 
