@@ -337,7 +337,7 @@ def run_stream(
     """
     from pyspark.errors import StreamingQueryException
 
-    from clickrec.io.kafka import stream_source_options
+    from clickrec.io.kafka import ensure_topic, stream_source_options
 
     sc = config.stream
     if available_now and max_seconds is not None:
@@ -346,6 +346,8 @@ def run_stream(
         config.kafka, topic=config.kafka.clickstream_topic, starting_offsets=sc.starting_offsets,
         max_offsets_per_trigger=sc.max_offsets_per_trigger, fail_on_data_loss=sc.fail_on_data_loss,
     )
+    if ensure_topic(config.kafka, config.kafka.clickstream_topic):
+        log.info("created topic %s", config.kafka.clickstream_topic)
     started = time.monotonic()
     processor = BatchProcessor(spark, config)
     try:

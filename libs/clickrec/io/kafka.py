@@ -155,3 +155,33 @@ def send_events(
         on_progress(sent, seconds)
     return {"sent": sent, "seconds": round(seconds, 3),
             "events_per_second": round(sent / seconds, 1) if seconds > 0 else None}
+
+
+def ensure_topic(kafka: KafkaConfig, topic: str, *, partitions: int = 1, timeout_seconds: float = 30.0) -> bool:
+    """Create `topic` when the broker lacks it; True when it was created.
+
+    Spark's Kafka source fails a query whose topic is still being auto-created
+    (UnknownTopicOrPartition), so the stream makes sure its topic exists before it starts.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    if not kafka.bootstrap_servers:
+        raise ServiceError("config key 'kafka.bootstrap_servers' is null: no Kafka broker")
+    admin = None
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers.split(","), client_id="clickrec-admin",
+                                 request_timeout_ms=int(timeout_seconds * 1000))
+        if topic in admin.list_topics():
+            return False
+        admin.create_topics([NewTopic(name=topic, num_partitions=partitions, replication_factor=1)])
+        return True
+    except TopicAlreadyExistsError:
+        return False
+    except KafkaError as exc:
+        raise ServiceError(f"Kafka at {kafka.bootstrap_servers}: cannot check or create topic '{topic}': "
+                           f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        if admin is not None:
+            admin.close()
