@@ -1,0 +1,223 @@
+"""Stream freshness: time from an event's send to Kafka until the user's row in gold reflects it.
+
+    .venv/bin/python -m benchmarks.stream_bench --rates 100 1000 [--seconds 30]
+
+One run, under .bench/stream/ (rebuilt every run):
+
+1. a KRaft broker (clickrec.services.start_kafka) on a free loopback port;
+2. a lake: `generate` 10,000 events, `ingest`, and a rank-16 implicit ALS registered as
+   champion with its reg_param/alpha logged (what fold-in reads);
+3. per rate R: a fresh topic and `clickrec.stream.run_stream` (processing-time trigger
+   `--trigger` s) in a thread; `replay`-style load at R events/s for `--seconds`, and every
+   0.5 s a probe: a brand-new user viewing an item the model knows. Freshness of a probe = the
+   first time a delta-rs read of gold/recommendations (polled every 100 ms) holds that user's
+   row, minus the time the probe was handed to the producer. The lag is the listener's
+   offsets-behind-latest per micro-batch: "sustained" means it did not grow over the run;
+4. side by side: `clickrec pipeline` (ingest + train with one grid point + publish) over the
+   same base events, the other way to make one new user's clicks visible.
+
+Returns the Markdown section for docs/benchmarks.md and prints one JSON line per rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+WORK = Path(".bench/stream")
+BASE_EVENTS = 10_000
+
+
+def _machine() -> str:
+    cores = os.cpu_count()
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
+    return f"{cores} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def _config(root: Path, bootstrap: str, *, topic: str = "clickstream", query: str = "bench", trigger: float = 0.5) -> Any:
+    from clickrec.config import load_config
+
+    return load_config("conf/local.yaml", [
+        f"lake.root={root / 'lake'}", f"mlflow.tracking_uri=sqlite:///{(root / 'mlflow.db').resolve()}",
+        f"mlflow.artifact_location={root / 'mlartifacts'}", f"spark.checkpoint_dir={root / 'checkpoints'}",
+        "spark.log_level=ERROR", "spark.conf.spark.ui.showConsoleProgress=false", "ingest.data_docs=false",
+        f"kafka.bootstrap_servers={bootstrap}", f"kafka.clickstream_topic={topic}",
+        f"stream.query_name={query}", f"stream.trigger_seconds={trigger}", "stream.max_offsets_per_trigger=50000",
+        "train.grid.rank=[16]", "train.grid.reg_param=[0.1]", "train.grid.alpha=[1.0]", "train.grid.max_iter=[5]",
+        "train.num_folds=2", "publish.pipeline_aliases=[champion]",
+    ])
+
+
+def _pct(samples: list[float], q: int) -> float:
+    if len(samples) == 1:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+def _load(path: Path, config: Any, *, rate: float, seconds: float, probe_items: list[str],
+          sent_at: dict[str, float], tag: str) -> Iterator[tuple[str | None, bytes]]:
+    """Events of `path` (cycled) for `seconds` at `rate`, a probe every 0.5 s; records probe times."""
+    from clickrec.stream import event_payloads
+
+    total = int(rate * seconds)
+    every = max(1, int(rate * 0.5))
+    base = list(event_payloads(path, config))
+    for n in range(total):
+        if n % every == 0:
+            k = len(sent_at)
+            user = f"probe-{tag}-{k}"
+            body = {"event_time": "2019-12-31 12:00:00 UTC", "event_type": "view",
+                    "product_id": probe_items[k % len(probe_items)], "category_id": "", "category_code": "",
+                    "brand": "", "price": "1.0", "user_id": user, "user_session": f"s-{user}"}
+            sent_at[user] = time.time()
+            yield user, json.dumps(body).encode()
+        else:
+            yield base[n % len(base)]
+
+
+def measure_rate(spark: Any, root: Path, bootstrap: str, load_file: Path, probe_items: list[str], *,
+                 rate: float, seconds: float, trigger: float) -> dict[str, Any]:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    from clickrec import columns as C
+    from clickrec.io.delta import table_path
+    from clickrec.io.kafka import send_events
+    from clickrec.stream import metrics_path, run_stream
+
+    tag = f"r{int(rate)}"
+    config = _config(root, bootstrap, topic=f"clickstream-{tag}", query=f"bench-{tag}", trigger=trigger)
+    result: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: result.update(
+        run_stream(spark, config, max_seconds=seconds + 120)), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not any(q.name == config.stream.query_name for q in spark.streams.active):
+        time.sleep(0.2)
+    time.sleep(3 * trigger + 2)
+    sent_at: dict[str, float] = {}
+    seen_at: dict[str, float] = {}
+    sender = threading.Thread(target=lambda: send_events(
+        config.kafka, config.kafka.clickstream_topic,
+        _load(load_file, config, rate=rate, seconds=seconds, probe_items=probe_items, sent_at=sent_at, tag=tag),
+        rate=rate), daemon=True)
+    sender.start()
+    gold = table_path(config, C.GOLD_RECOMMENDATIONS)
+    stop_at = time.monotonic() + seconds + 90
+    while time.monotonic() < stop_at:
+        try:
+            users = set(DeltaTable(gold).to_pyarrow_table(columns=[C.USER_ID])[C.USER_ID].to_pylist())
+        except TableNotFoundError:  # the stream has not written gold yet
+            users = set()
+        now = time.time()
+        for user, t in list(sent_at.items()):
+            if user not in seen_at and user in users:
+                seen_at[user] = now - t
+        if not sender.is_alive() and len(seen_at) == len(sent_at):
+            break
+        time.sleep(0.1)
+    for q in spark.streams.active:
+        if q.name == config.stream.query_name:
+            q.stop()
+    runner.join(timeout=300)
+    metrics_file = Path(metrics_path(config))
+    history = json.loads(metrics_file.read_text())["history"] if metrics_file.is_file() else []
+    busy = [h for h in history if h["num_input_rows"]]
+    lags = [h["offsets_behind_latest"] or 0 for h in busy]
+    half = len(lags) // 2
+    fresh = sorted(seen_at.values())
+    out = {
+        "rate": rate, "stream_ok": bool(result.get("ok", True)) and "query" in result, "seconds": seconds, "probes": len(sent_at), "probes_seen": len(fresh),
+        "p50_s": round(_pct(fresh, 50), 2) if fresh else None,
+        "p95_s": round(_pct(fresh, 95), 2) if fresh else None,
+        "max_s": round(fresh[-1], 2) if fresh else None,
+        "batches": len(busy),
+        "mean_batch_s": round(statistics.fmean(h["batch_duration_ms"] for h in busy) / 1000, 2) if busy else None,
+        "processed_rows_per_s": round(statistics.fmean(h["processed_rows_per_second"] or 0 for h in busy), 1) if busy else None,
+        "lag_first_half": max(lags[:half], default=0), "lag_second_half": max(lags[half:], default=0),
+    }
+    out["sustained"] = bool(fresh) and len(fresh) == len(sent_at) and out["lag_second_half"] <= max(out["lag_first_half"], rate * 2)
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def run(argv: list[str]) -> str:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", type=float, nargs="+", default=[100, 1000])
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--trigger", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    from pyspark.sql import functions as F
+
+    from clickrec import columns as C
+    from clickrec.generate import generate_clickstream
+    from clickrec.ingest import ingest
+    from clickrec.io.delta import table_path
+    from clickrec.pipeline import run_pipeline
+    from clickrec.services import start_kafka
+    from clickrec.spark import build_spark_session
+    from clickrec.train import run_train
+
+    started = datetime.now(UTC)
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    kafka = start_kafka(WORK / "kafka")
+    try:
+        root = WORK / "lake"
+        config = _config(root, kafka.url)
+        spark = build_spark_session(config)
+        base = WORK / "base.csv"
+        generate_clickstream(base, events=BASE_EVENTS, seed=3)
+        ingest(spark, config, input_path=str(base))
+        run_train(spark, config, promote="always")
+        items = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS)) \
+            .groupBy(C.ITEM_ID).count().orderBy(F.col("count").desc()).limit(200).collect()
+        probe_items = [r[C.ITEM_ID] for r in items]
+        rows = [measure_rate(spark, root, kafka.url, base, probe_items, rate=r, seconds=args.seconds,
+                             trigger=args.trigger) for r in args.rates]
+        # the other way: rerun the whole pipeline so that a new user's clicks show in gold
+        pipe_root = WORK / "pipeline"
+        pipe_config = _config(pipe_root, kafka.url)
+        t0 = time.monotonic()
+        run_pipeline(spark, pipe_config, input_path=str(base))
+        pipeline_s = time.monotonic() - t0
+        spark.stop()
+    finally:
+        kafka.stop()
+    load = os.getloadavg()
+    lines = [
+        "## Stream freshness",
+        "",
+        f"Machine: {_machine()}; load average at the end {load[0]:.1f}. Date: {started:%Y-%m-%d %H:%M} UTC.",
+        f"Command: `.venv/bin/python -m benchmarks.stream_bench --rates {' '.join(str(int(r)) for r in args.rates)} "
+        f"--seconds {args.seconds:g} --trigger {args.trigger:g}` (local[*] Spark, one KRaft broker, lake of "
+        f"{BASE_EVENTS:,} generated events, rank-16 champion).",
+        "",
+        "Freshness = send of a probe event (a new user viewing a known item) -> the user's row is in "
+        "gold/recommendations (delta-rs read, polled every 100 ms). Lag = the Kafka source's "
+        "maxOffsetsBehindLatest per micro-batch (listener).",
+        "",
+        "| events/s | probes seen | p50 s | p95 s | max s | micro-batches | mean batch s | rows/s processed | max lag 1st half | max lag 2nd half | sustained |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['rate']:g} | {r['probes_seen']}/{r['probes']} | {r['p50_s']} | {r['p95_s']} | {r['max_s']} | "
+                     f"{r['batches']} | {r['mean_batch_s']} | {r['processed_rows_per_s']} | {r['lag_first_half']:g} | "
+                     f"{r['lag_second_half']:g} | {'yes' if r['sustained'] else 'no'} |")
+    lines += ["", f"Side by side: `clickrec pipeline` (ingest + train, one grid point, 2 folds + publish) over the "
+              f"same {BASE_EVENTS:,} events took {pipeline_s:.0f} s before a new user's clicks could show in gold."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(run(__import__("sys").argv[1:]))
