@@ -37,6 +37,22 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
 ]
+InputOpt = Annotated[
+    str, typer.Option("--input", "-i", help="File, folder, glob or s3a:// path of the raw input.")
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", "-f", help="rees46 (clickstream) or ratings (default ingest.format)."),
+]
+INPUT_FORMATS = ("rees46", "ratings")
+
+
+def _check_format(input_format: str | None) -> None:
+    """--format is checked before Spark starts, with the choices in the message."""
+    from clickrec.errors import InputError
+
+    if input_format not in (None, *INPUT_FORMATS):
+        raise InputError(f"--format {input_format!r}: choose {' or '.join(INPUT_FORMATS)}")
 
 log = logging.getLogger("clickrec")
 
@@ -96,23 +112,15 @@ def generate(
 
 @app.command()
 def ingest(
-    input_path: Annotated[
-        str, typer.Option("--input", "-i", help="File, folder, glob or s3a:// path of the raw input.")
-    ],
-    input_format: Annotated[
-        str | None,
-        typer.Option("--format", "-f", help="rees46 (clickstream) or ratings (default ingest.format)."),
-    ] = None,
+    input_path: InputOpt,
+    input_format: FormatOpt = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
     """Raw files -> bronze/events + bronze/quarantine -> silver interactions and id indexes."""
 
     def body() -> dict[str, Any]:
-        from clickrec.errors import InputError
-
-        if input_format not in (None, "rees46", "ratings"):
-            raise InputError(f"--format {input_format!r}: choose rees46 or ratings")
+        _check_format(input_format)
         cfg = _config(config, set_)
         from clickrec.io.files import check_local_input
 
@@ -187,23 +195,15 @@ def publish(
 
 @app.command()
 def pipeline(
-    input_path: Annotated[
-        str, typer.Option("--input", "-i", help="File, folder, glob or s3a:// path of the raw input.")
-    ],
-    input_format: Annotated[
-        str | None,
-        typer.Option("--format", "-f", help="rees46 (clickstream) or ratings (default ingest.format)."),
-    ] = None,
+    input_path: InputOpt,
+    input_format: FormatOpt = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
     """Ingest, train and publish (publish.pipeline_aliases) in one process and one Spark session."""
 
     def body() -> dict[str, Any]:
-        from clickrec.errors import InputError
-
-        if input_format not in (None, "rees46", "ratings"):
-            raise InputError(f"--format {input_format!r}: choose rees46 or ratings")
+        _check_format(input_format)
         cfg = _config(config, set_)
         from clickrec.pipeline import run_pipeline
         from clickrec.spark import build_spark_session
