@@ -106,3 +106,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave with pytest's own exit status once everything is reported and torn down.
+
+    delta-rs' native runtime (used by the JVM-free serving reader) can abort the interpreter at
+    teardown ("terminate called without an active exception") after the run has finished; that
+    must not turn a reported result into exit code 134.
+    """
+    if _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])

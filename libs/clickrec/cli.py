@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -344,9 +345,27 @@ def services_status(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> 
     run("services status", body)
 
 
+# JVM-free commands whose process ends right after the summary. delta-rs' native runtime can
+# abort at interpreter teardown ("terminate called without an active exception", exit 134)
+# after all work is done and printed; these commands hold nothing to clean up, so they leave
+# with os._exit and the exit code they chose.
+_EXIT_WITHOUT_TEARDOWN = frozenset({"recommend", "status"})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; jobs/*.py call it with their subcommand prepended."""
-    app(args=argv)
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in _EXIT_WITHOUT_TEARDOWN or "--help" in args:
+        app(args=argv)
+        return
+    code = 0
+    try:
+        app(args=args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
