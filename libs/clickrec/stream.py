@@ -47,7 +47,7 @@ from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError, NotFoundError
-from clickrec.io import delta
+from clickrec.io import delta, delta_rs
 from clickrec.io.files import delete_path
 from clickrec.ml.foldin import ItemFactors, fold_in, top_n
 
@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECOMMENDATION_KEYS = (C.USER_ID, C.VARIANT)
+# The micro-batch path needs these to exist (batch ingest creates them); before that, the
+# batch path's Spark update bootstraps them.
+FAST_PATH_TABLES = (C.BRONZE_EVENTS, C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX)
 GOLD_SCHEMA = (
     f"{C.USER_ID} string, {C.VARIANT} string, "
     f"{C.ITEMS} array<struct<{C.ITEM_ID}:string,{C.SCORE}:float,{C.RANK}:int>>, "
@@ -166,22 +169,15 @@ class BatchProcessor:
         self.totals["model_reloads"] += 1
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
-        from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        from clickrec.ingest import (
-            _suite_params,
-            ingest_valid_events,
-            quarantine_rejected,
-            stage_event_lines,
-        )
+        from clickrec.ingest import _suite_params, stage_event_lines
         from clickrec.quality import load_suite
 
         started = time.monotonic()
         self.refresh_model()
-        config, spark = self.config, self.spark
-        name = config.stream.query_name
-        run_id = f"stream-{name}-{batch_id}"
+        config = self.config
+        run_id = f"stream-{config.stream.query_name}-{batch_id}"
         now = datetime.now(UTC).replace(tzinfo=None)
         lines = batch_df.select(
             F.col("value").cast("string").alias(C.VALUE),
@@ -190,6 +186,121 @@ class BatchProcessor:
         )
         suite = load_suite(config.ingest.events_suite, _suite_params(config))
         staged = stage_event_lines(lines, config, file_format="json", suite=suite)
+        tables = {t: delta_rs.open_existing(config, t) for t in FAST_PATH_TABLES}
+        if all(dt is not None for dt in tables.values()):
+            info = self._small_batch(staged, batch_id, run_id, now, tables)
+        else:
+            info = self._first_batch(staged, batch_id, run_id, now)
+        self.last_batch = {"batch_id": batch_id, **info, "model_version": self.model.version if self.model else None,
+                           "seconds": round(time.monotonic() - started, 3)}
+        for key in ("rows_read", "accepted", "duplicates", "quarantined", "users_refreshed"):
+            self.totals[key] += int(self.last_batch[key])
+        self.totals["batches"] += 1
+        log.info("batch %d: %s", batch_id, self.last_batch)
+
+    def _small_batch(self, staged: DataFrame, batch_id: int, run_id: str, now: datetime,
+                     tables: dict[str, Any]) -> dict[str, Any]:
+        """The micro-batch path: two Spark jobs on the batch's rows, delta-rs reads and commits."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from clickrec.ingest import BRONZE_COLUMNS, SILVER_COLUMNS, quarantine_rejected
+
+        config, spark = self.config, self.spark
+        timings: dict[str, float] = {}
+        clock = time.monotonic()
+        batch = staged.toArrow()  # Kafka read, parse, validate, hash: one job
+        rows = batch.num_rows
+        flagged = pc.greater(pc.list_value_length(batch.column(C.REASONS)), 0)
+        rejected = int(pc.sum(flagged).as_py() or 0)
+        if rejected:  # rare: Spark's shared quarantine writer, once per batch id
+            quarantine_rejected(spark, config, staged, fmt="rees46", input_key=f"stream-{config.stream.query_name}",
+                                run_id=run_id, now=now, txn_version=batch_id)
+        data_columns = [c for c in BRONZE_COLUMNS if c not in (C.INGEST_RUN_ID, C.INGESTED_AT)]
+        valid = batch.filter(pc.invert(flagged)).select(data_columns)
+        timings["stage_s"] = time.monotonic() - clock
+        info: dict[str, Any] = {"rows_read": rows, "accepted": 0, "duplicates": 0, "quarantined": rejected,
+                                "users": 0, "users_refreshed": 0}
+        if valid.num_rows == 0:
+            return {**info, **_rounded(timings)}
+
+        # bronze: the batch's users' history; append only event_ids it does not hold (a replayed
+        # batch finds its own events there, and its commit carries (query, batch id) too)
+        clock = time.monotonic()
+        users = sorted(set(valid.column(C.USER_ID).to_pylist()))
+        bronze_dt = tables[C.BRONZE_EVENTS]
+        history = delta_rs.conform(delta_rs.read_where_in(bronze_dt, C.USER_ID, users, BRONZE_COLUMNS), bronze_dt)
+        new_events = _first_unseen(valid, C.EVENT_ID, set(history.column(C.EVENT_ID).to_pylist()))
+        new_events = new_events.append_column(C.INGEST_RUN_ID, pa.array([run_id] * new_events.num_rows, pa.string()))
+        new_events = new_events.append_column(C.INGESTED_AT, pa.array([now] * new_events.num_rows, pa.timestamp("us")))
+        new_events = delta_rs.conform(new_events, bronze_dt)
+        if new_events.num_rows:
+            delta_rs.append_once(config, bronze_dt, new_events, app_id=f"clickrec-stream-{config.stream.query_name}",
+                                 version=batch_id)
+        info.update(accepted=new_events.num_rows, duplicates=valid.num_rows - new_events.num_rows, users=len(users))
+        timings["bronze_s"] = time.monotonic() - clock
+
+        # silver: the users' interactions recomputed from all their events, with the batch
+        # path's own transform (dwell needs the user's earlier events; later ones recompute)
+        clock = time.monotonic()
+        interactions = self._interactions(pa.concat_tables([history, new_events]))
+        user_ids = self._ids(tables[C.SILVER_USER_INDEX], interactions.column(C.USER_ID).to_pylist())
+        item_ids = self._ids(tables[C.SILVER_ITEM_INDEX], interactions.column(C.ITEM_ID).to_pylist())
+        silver_rows = interactions.append_column(
+            C.USER_IDX, pa.array([user_ids[u] for u in interactions.column(C.USER_ID).to_pylist()], pa.int32())
+        ).append_column(
+            C.ITEM_IDX, pa.array([item_ids[i] for i in interactions.column(C.ITEM_ID).to_pylist()], pa.int32())
+        )
+        silver_dt = tables[C.SILVER_INTERACTIONS]
+        silver_rows = delta_rs.conform(silver_rows.select(list(SILVER_COLUMNS)), silver_dt)
+        changed = _changed(silver_rows, delta_rs.read_where_in(silver_dt, C.USER_ID, users, SILVER_COLUMNS))
+        if changed.num_rows:
+            delta_rs.merge_upsert(silver_dt, changed, keys=C.INTERACTION_KEYS)
+        info["interactions_changed"] = changed.num_rows
+        timings["silver_s"] = time.monotonic() - clock
+
+        clock = time.monotonic()
+        if self.model is not None:
+            info["users_refreshed"] = self._refresh_gold(silver_rows.to_pandas(), now)
+        timings["gold_s"] = time.monotonic() - clock
+        return {**info, **_rounded(timings)}
+
+    def _interactions(self, events: Any) -> Any:
+        """events_to_interactions over a few users' events (arrow in, arrow out: one local job)."""
+        from clickrec.transforms.clickstream import events_to_interactions
+
+        ic = self.config.ingest
+        return self.spark.createDataFrame(events).transform(
+            events_to_interactions, cap_seconds=ic.dwell_cap_seconds,
+            last_view_seconds=ic.last_view_dwell_seconds, rating=ic.rating.model_dump(),
+        ).toArrow()
+
+    def _ids(self, index_dt: Any, keys: list[str]) -> dict[str, int]:
+        """The index ids of `keys`; keys it lacks are appended first (assign_new_ids' rule)."""
+        import pyarrow as pa
+
+        from clickrec.transforms.index import number_new_keys
+
+        wanted = sorted(set(keys))
+        known = delta_rs.read_where_in(index_dt, C.SOURCE_ID, wanted, (C.SOURCE_ID, C.IDX))
+        ids = dict(zip(known.column(C.SOURCE_ID).to_pylist(), known.column(C.IDX).to_pylist(), strict=True))
+        if len(ids) < len(wanted):
+            top = delta_rs.max_value(index_dt, C.IDX)
+            fresh = number_new_keys(wanted, ids, top)
+            delta_rs.append(self.config, index_dt, pa.table({
+                C.SOURCE_ID: pa.array([k for k, _ in fresh], pa.string()),
+                C.IDX: pa.array([i for _, i in fresh], pa.int32())}))
+            ids.update(fresh)
+        return ids
+
+    def _first_batch(self, staged: DataFrame, batch_id: int, run_id: str, now: datetime) -> dict[str, Any]:
+        """Before batch ingest has created the tables: the batch path's Spark incremental update."""
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
+        from clickrec.ingest import ingest_valid_events, quarantine_rejected
+
+        config, spark = self.config, self.spark
         staged = staged.persist(StorageLevel.MEMORY_AND_DISK)
         staging = delta.table_path(config, f"_staging/{run_id}")
         try:
@@ -199,43 +310,29 @@ class BatchProcessor:
             ).first()
             rows, rejected = int(counts_row["rows"]), int(counts_row["rejected"])
             if rejected:
-                quarantine_rejected(spark, config, staged, fmt="rees46", input_key=f"stream-{name}",
+                quarantine_rejected(spark, config, staged, fmt="rees46", input_key=f"stream-{config.stream.query_name}",
                                     run_id=run_id, now=now, txn_version=batch_id)
             valid = staged.where(F.size(C.REASONS) == 0)
             counts = ingest_valid_events(spark, config, valid, rows - rejected, run_id, now, staging)
-            t_silver = time.monotonic() - started
             users = [r[C.USER_ID] for r in valid.select(C.USER_ID).distinct().collect()]
-            refreshed = self._refresh_gold(users, now) if users and self.model is not None else 0
+            refreshed = 0
+            if users and self.model is not None:
+                silver = delta.read_table(spark, delta.table_path(config, C.SILVER_INTERACTIONS))
+                wanted = spark.createDataFrame([(u,) for u in users], f"{C.USER_ID} string")
+                rows_pdf = (silver.join(F.broadcast(wanted), C.USER_ID, "left_semi")
+                            .select(C.USER_ID, C.ITEM_IDX, config.train.rating_col, C.PURCHASES).toPandas())
+                refreshed = self._refresh_gold(rows_pdf, now)
         finally:
             staged.unpersist()
             delete_path(spark, staging)
-        seconds = time.monotonic() - started
-        self.last_batch = {
-            "batch_id": batch_id, "rows_read": rows, "accepted": counts.get("accepted", 0),
-            "duplicates": counts.get("duplicates", 0), "quarantined": rejected,
-            "users": len(users), "users_refreshed": refreshed,
-            "model_version": self.model.version if self.model else None,
-            "bronze_silver_seconds": round(t_silver, 3), "seconds": round(seconds, 3),
-        }
-        for key in ("rows_read", "accepted", "duplicates", "quarantined", "users_refreshed"):
-            self.totals[key] += int(self.last_batch[key])
-        self.totals["batches"] += 1
-        log.info("batch %d: %s", batch_id, self.last_batch)
+        return {"rows_read": rows, "accepted": counts.get("accepted", 0), "duplicates": counts.get("duplicates", 0),
+                "quarantined": rejected, "users": len(users), "users_refreshed": refreshed}
 
-    def _refresh_gold(self, users: list[str], now: datetime) -> int:
-        """Fold the users in and MERGE their lists into gold/recommendations; rows written."""
-        from pyspark.sql import functions as F
-
+    def _refresh_gold(self, interactions: Any, now: datetime) -> int:
+        """Fold the users of `interactions` (pandas silver rows) in and upsert their lists into gold."""
         assert self.model is not None
-        config, spark, model = self.config, self.spark, self.model
-        rating_col = config.train.rating_col
-        silver = delta.read_table(spark, delta.table_path(config, C.SILVER_INTERACTIONS))
-        wanted = spark.createDataFrame([(u,) for u in users], f"{C.USER_ID} string")
-        pdf = (
-            silver.join(F.broadcast(wanted), C.USER_ID, "left_semi")
-            .select(C.USER_ID, C.ITEM_IDX, F.col(rating_col).alias(C.RATING), C.PURCHASES)
-            .toPandas()
-        )
+        config, model = self.config, self.model
+        pdf = interactions.assign(**{C.RATING: interactions[config.train.rating_col]})
         lists = fold_in_lists(model, pdf, n=config.publish.n, exclude=config.publish.exclude)
         if not lists:
             return 0
@@ -245,10 +342,55 @@ class BatchProcessor:
              model.name, model.version, C.SOURCE_STREAM, now)
             for user, items in sorted(lists.items())
         ]
-        gold_df = spark.createDataFrame(rows, GOLD_SCHEMA)
-        delta.merge_upsert(spark, gold_df, delta.table_path(config, C.GOLD_RECOMMENDATIONS),
-                           keys=RECOMMENDATION_KEYS, partition_by=(C.VARIANT,))
+        gold_dt = delta_rs.open_existing(config, C.GOLD_RECOMMENDATIONS)
+        if gold_dt is None:  # created by Spark, partitioned by variant like publish's
+            delta.merge_upsert(self.spark, self.spark.createDataFrame(rows, GOLD_SCHEMA),
+                               delta.table_path(config, C.GOLD_RECOMMENDATIONS),
+                               keys=RECOMMENDATION_KEYS, partition_by=(C.VARIANT,))
+        else:
+            delta_rs.merge_upsert(gold_dt, _gold_arrow(rows), keys=RECOMMENDATION_KEYS)
         return len(rows)
+
+
+def _gold_arrow(rows: list[tuple[Any, ...]]) -> Any:
+    """gold/recommendations rows (GOLD_SCHEMA tuples) as an arrow table."""
+    import pyarrow as pa
+
+    item = pa.struct([(C.ITEM_ID, pa.string()), (C.SCORE, pa.float32()), (C.RANK, pa.int32())])
+    schema = pa.schema([(C.USER_ID, pa.string()), (C.VARIANT, pa.string()), (C.ITEMS, pa.list_(item)),
+                        (C.MODEL_NAME, pa.string()), (C.MODEL_VERSION, pa.int32()), (C.SOURCE, pa.string()),
+                        (C.UPDATED_AT, pa.timestamp("us"))])
+    columns = list(zip(*rows, strict=True))
+    items = [[{C.ITEM_ID: i, C.SCORE: s, C.RANK: r} for i, s, r in lst] for lst in columns[2]]
+    return pa.table([list(columns[0]), list(columns[1]), items, *[list(c) for c in columns[3:]]], schema=schema)
+
+
+def _first_unseen(table: Any, key: str, seen: set[str]) -> Any:
+    """The first row of each `key` value of `table` that is not in `seen`, in table order."""
+    import pyarrow as pa
+
+    keep, taken = [], set(seen)
+    for n, value in enumerate(table.column(key).to_pylist()):
+        if value not in taken:
+            taken.add(value)
+            keep.append(n)
+    return table.take(pa.array(keep, pa.int64()))
+
+
+def _changed(rows: Any, current: Any) -> Any:
+    """Rows of `rows` that `current` does not hold with exactly the same values (arrow tables)."""
+    import pyarrow as pa
+
+    if current.num_rows == 0:
+        return rows
+    held = set(zip(*(current.column(c).to_pylist() for c in rows.column_names), strict=True))
+    keep = [n for n, row in enumerate(zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True))
+            if row not in held]
+    return rows.take(pa.array(keep, pa.int64()))
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in timings.items()}
 
 
 # --- progress and lag --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from clickrec import columns as C
-from clickrec.transforms.index import assign_new_ids, attach_ids
+from clickrec.transforms.index import assign_new_ids, attach_ids, number_new_keys
 
 INDEX = f"{C.SOURCE_ID} string, {C.IDX} int"
 
@@ -41,3 +41,17 @@ def test_attach_ids(spark: SparkSession) -> None:
     items = spark.createDataFrame([("i9", 7)], INDEX)
     row = attach_ids(inter, users, items).first()
     assert (row[C.USER_IDX], row[C.ITEM_IDX], row[C.RATING]) == (5, 7, 1.0)
+
+
+def test_in_memory_numbering_follows_the_spark_rule(spark: SparkSession) -> None:
+    # the stream numbers its micro-batch keys in memory: same ids as assign_new_ids, including
+    # non-ASCII keys, whose order must be Spark's binary UTF-8 order
+    known = [("x", 0), ("a", 1), ("m", 2)]
+    keys = ["a", "zz", "é", "m", "b", None, "zz", "Z", "ü"]
+    expected = assign_new_ids(spark.createDataFrame([(k,) for k in keys], "user_id string"),
+                              spark.createDataFrame(known, INDEX), key_col="user_id").collect()
+    got = number_new_keys(keys, [k for k, _ in known], max(i for _, i in known))
+    assert got == sorted((r[C.SOURCE_ID], r[C.IDX]) for r in expected)
+    assert [i for _, i in got] == [3, 4, 5, 6, 7]
+    assert number_new_keys(["b", "a"], [], None) == [("a", 0), ("b", 1)]
+    assert number_new_keys(["a"], ["a"], 0) == []

@@ -6,6 +6,8 @@ after the largest id already given, so an id never changes once given.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -55,3 +57,15 @@ def attach_ids(
     users = user_index_df.select(F.col(source_col).alias(user_col), F.col(idx_col).alias(user_idx_col))
     items = item_index_df.select(F.col(source_col).alias(item_col), F.col(idx_col).alias(item_idx_col))
     return interactions_df.join(users, on=user_col, how="left").join(items, on=item_col, how="left")
+
+
+def number_new_keys(keys: Iterable[str | None], known: Iterable[str], max_idx: int | None) -> list[tuple[str, int]]:
+    """assign_new_ids for a handful of keys held in memory (the stream's micro-batches).
+
+    The same rule without a Spark job: keys not in `known`, nulls dropped, numbered
+    max_idx + 1, + 2, ... in source_id order (code-point order, which is Spark's binary
+    UTF-8 string order).
+    """
+    fresh = sorted({k for k in keys if k is not None} - set(known))
+    start = -1 if max_idx is None else max_idx
+    return [(key, start + n) for n, key in enumerate(fresh, start=1)]
