@@ -2,21 +2,30 @@
 
 One named Structured Streaming query reads kafka.clickstream_topic; its checkpoint lives under
 the lake (`_checkpoints/stream/<query_name>`), so a restarted driver resumes at the last
-committed micro-batch. Each micro-batch (`BatchProcessor`, safe to run twice):
+committed micro-batch. Each micro-batch (`BatchProcessor`, safe to run twice) is small, so it
+costs two Spark jobs and commits with delta-rs (clickrec.io.delta_rs: tens of milliseconds
+where a Spark Delta commit costs a second or two of fixed work):
 
-1. parses, validates and hashes the events with the very function batch ingest uses
-   (clickrec.ingest.stage_event_lines, JSON lines), and appends the rejected ones to
-   bronze/quarantine once per batch (Delta txnAppId = query name, txnVersion = batch id);
-2. appends to bronze/events only the event_ids not there yet and recomputes the batch's users'
-   silver/interactions from all their bronze events (clickrec.ingest.ingest_valid_events, the
-   batch path's incremental update). A batch replayed after a crash adds nothing to bronze and
-   rewrites silver to the same values; dwell that needed an event of a later batch is fixed
-   when that batch recomputes the user;
-3. folds each affected user in against the champion's item factors (clickrec.ml.foldin, with
-   the champion run's reg_param and alpha), rescores their top-N without the bought (or seen)
-   items, and MERGEs the lists into gold/recommendations keyed by (user_id, variant) with
+1. parse, validate and hash the events with the very function batch ingest uses
+   (clickrec.ingest.stage_event_lines, JSON lines) and collect them (Spark job 1); rejected
+   rows go to bronze/quarantine once per batch (txnAppId = query name, txnVersion = batch id);
+2. read the batch's users' bronze history and append only the event_ids it does not hold,
+   in one commit tagged (query, batch id);
+3. recompute those users' silver/interactions from all their events with the batch path's
+   transform (clickrec.transforms.clickstream.events_to_interactions, Spark job 2 on local
+   rows), so dwell that needed an event of a later batch is fixed when that batch comes; new
+   ids are appended to the index tables by assign_new_ids' rule; only rows whose values
+   changed are MERGEd;
+4. fold each affected user in against the champion's item factors (clickrec.ml.foldin, with
+   the champion run's reg_param and alpha), rescore their top-N without the bought (or seen)
+   items, and MERGE the lists into gold/recommendations keyed by (user_id, variant) with
    source `stream`. A user with no interaction on an item the model knows gets no row, so
    readers keep serving them the popular list.
+
+A batch cut anywhere is replayed with the same offsets: its events are found in bronze, silver
+is recomputed to the same values (no commit when nothing changed) and gold is upserted again.
+Until batch ingest has created bronze, silver and the indexes, micro-batches take the batch
+path's Spark update (clickrec.ingest.ingest_valid_events), which creates them.
 
 Before each batch the registry is asked which version holds the alias (a cheap call): a new
 champion, announced on the `models` topic by publish, is loaded before the next batch.

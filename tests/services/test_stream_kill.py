@@ -2,7 +2,7 @@
 
 Events are replayed to Kafka while the stream runs as a real `clickrec stream` process; three
 times the process group is SIGKILLed at a seeded random moment 5-40 s after its query started
-(a micro-batch takes seconds to a minute here, so the kill lands inside a batch, new or the
+(a micro-batch takes one to a few seconds here, so the kill lands inside a batch, new or the
 rerun of the one cut before, or between batches), and restarted from its checkpoint.
 A last `--available-now` run drains the topic. Then bronze holds every event exactly once,
 silver equals batch ingest of the same file, and gold has one row per (user, variant).
