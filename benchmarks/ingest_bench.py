@@ -69,12 +69,17 @@ def _measure(cmd: list[str]) -> dict[str, Any]:
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
+    loads: list[float] = []
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
+        ticks = 0
         while not done.is_set():
             peak = max(peak, _tree_rss(proc.pid))
+            if ticks % 5 == 0:
+                loads.append(os.getloadavg()[0])
+            ticks += 1
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -86,6 +91,7 @@ def _measure(cmd: list[str]) -> dict[str, Any]:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-4000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_bytes"] = peak
+    result["load_1min"] = [round(min(loads), 1), round(max(loads), 1)] if loads else None
     result["process_seconds"] = round(time.monotonic() - started, 2)
     return result
 
@@ -123,6 +129,7 @@ def worker(kind: str, data: Path, lake: Path) -> None:
         "session_seconds": round(session_seconds, 2),
         "events_per_second": round(events / job_seconds, 1),
         "accepted": summary.get("accepted"), "interactions": summary.get("interactions"),
+        "phase_seconds": summary.get("phase_seconds"),
     }))
     spark.stop()
 
@@ -135,6 +142,11 @@ def _dataset(events: int) -> Path:
         summary = generate_clickstream(path, events=events, seed=SEED)
         print(f"generated {path} in {summary['seconds']} s", file=sys.stderr)
     return path
+
+
+def _load_range(result: dict[str, Any]) -> str:
+    load = result.get("load_1min")
+    return f"{load[0]:.1f}-{load[1]:.1f}" if load else "-"
 
 
 def _machine() -> str:
@@ -172,11 +184,12 @@ def run(argv: list[str]) -> str:
         f"- command: `{command}` (also `make bench`)",
         f"- load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} "
         "(the machine is shared; throughput falls when others run)",
-        "- events/s = events / job seconds (Spark session start excluded: it is in the last column);"
-        " peak RSS = Python driver + JVM, summed, sampled every 0.2 s",
+        "- events/s = events / job seconds (Spark session start excluded: it is in its own column);"
+        " peak RSS = Python driver + JVM, summed, sampled every 0.2 s; load = the 1-minute load"
+        " average sampled every second while each worker ran (min-max)",
         "",
-        "| events | CSV size | copy events/s | ingest events/s | ingest / copy | copy peak RSS | ingest peak RSS | copy s | ingest s | session start s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| events | CSV size | copy events/s | ingest events/s | ingest / copy | copy peak RSS | ingest peak RSS | copy s | ingest s | session start s | load during copy / ingest |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for events, size, copy, ing in rows:
         ratio = ing["events_per_second"] / copy["events_per_second"]
@@ -184,8 +197,13 @@ def run(argv: list[str]) -> str:
             f"| {events:,} | {size / 1024**2:,.0f} MiB | {copy['events_per_second']:,.0f} | "
             f"{ing['events_per_second']:,.0f} | {ratio:.2f}x | {copy['peak_rss_bytes'] / 1024**3:.2f} GiB | "
             f"{ing['peak_rss_bytes'] / 1024**3:.2f} GiB | {copy['job_seconds']:.1f} | "
-            f"{ing['job_seconds']:.1f} | {copy['session_seconds']:.1f} / {ing['session_seconds']:.1f} |"
+            f"{ing['job_seconds']:.1f} | {copy['session_seconds']:.1f} / {ing['session_seconds']:.1f} | "
+            f"{_load_range(copy)} / {_load_range(ing)} |"
         )
+    phases = [(events, ing.get("phase_seconds")) for events, _, _, ing in rows if ing.get("phase_seconds")]
+    if phases:
+        lines += ["", "Ingest seconds by phase (from the ingest summary's `phase_seconds`):", ""]
+        lines += [f"- {events:,} events: " + ", ".join(f"{k} {v:.1f}" for k, v in p.items()) for events, p in phases]
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError
 from clickrec.io import delta
 from clickrec.io.files import InputFile, delete_path, fingerprint, list_input_files
-from clickrec.quality import load_suite, rejection_checks, validate_batch
+from clickrec.quality import load_suite, preload_gx, rejection_checks, validate_batch
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -111,7 +112,7 @@ def stage_event_lines(lines: DataFrame, config: ClickrecConfig, *, file_format: 
     else:
         if ic.header:
             header = ic.delimiter.join(ic.source_columns)
-            unquoted = F.trim(F.regexp_replace(F.col(C.VALUE), '"', ""))
+            unquoted = F.trim(F.translate(F.col(C.VALUE), '"', ""))
             lines = lines.where(unquoted != F.lit(header))
         parsed = lines.transform(
             T.parse_csv_lines, source_columns=ic.source_columns, delimiter=ic.delimiter
@@ -154,22 +155,27 @@ def stage_ratings(spark: SparkSession, config: ClickrecConfig, files: Sequence[I
 
 
 def _count_batch(staged: DataFrame) -> tuple[int, int, dict[str, int]]:
-    """(rows, rejected rows, rejected rows per reason) of a staged batch."""
+    """(rows, rejected rows, rejected rows per reason) of a staged batch.
+
+    One aggregation: rejected rows grouped by their whole reasons array (few distinct
+    combinations), from which the total and the per-reason counts (a row with two reasons
+    counts under each, as exploding the arrays would) are summed on the driver. On a Parquet
+    batch it reads only the reasons column.
+    """
     from pyspark.sql import functions as F
 
-    rejected = F.size(C.REASONS) > 0
-    row = staged.agg(
-        F.count(F.lit(1)).alias("rows"), F.count(F.when(rejected, F.lit(1))).alias("rejected")
-    ).first()
-    by_reason = (
-        staged.where(rejected)
-        .select(F.explode(C.REASONS).alias("reason"))
-        .groupBy("reason")
-        .count()
-        .collect()
+    rows = int(staged.count())
+    combos = (
+        staged.where(F.size(C.REASONS) > 0).groupBy(C.REASONS).count().collect()
     )
-    counts = {r["reason"]: int(r["count"]) for r in sorted(by_reason, key=lambda r: r["reason"])}
-    return int(row["rows"]), int(row["rejected"]), counts
+    rejected = 0
+    counts: dict[str, int] = {}
+    for r in combos:
+        n = int(r["count"])
+        rejected += n
+        for reason in r[C.REASONS]:
+            counts[reason] = counts.get(reason, 0) + n
+    return rows, rejected, dict(sorted(counts.items()))
 
 
 def _extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: str) -> int:
@@ -199,17 +205,29 @@ def _changed_rows(spark: SparkSession, rows_df: DataFrame, path: str) -> DataFra
     return rows_df.join(target, on=cond, how="left_anti")
 
 
-def _update_silver(spark: SparkSession, config: ClickrecConfig, interactions_df: DataFrame, staging: str) -> dict[str, int]:
-    """Index new users/items and MERGE changed interactions; returns counts of what changed."""
+def _update_silver(
+    spark: SparkSession, config: ClickrecConfig, interactions_df: DataFrame, staging: str,
+    *, scratch: bool = False,
+) -> dict[str, int]:
+    """Index new users/items and MERGE changed interactions; returns counts of what changed.
+
+    `scratch`: `interactions_df` is already scratch Parquet (read once, not written again).
+    """
     from clickrec.transforms.index import attach_ids
 
-    inter_path = f"{staging}/interactions"
-    interactions_df.write.mode("overwrite").parquet(inter_path)
-    inter = spark.read.parquet(inter_path)
+    if scratch:
+        inter = interactions_df
+    else:
+        inter_path = f"{staging}/interactions"
+        interactions_df.write.mode("overwrite").parquet(inter_path)
+        inter = spark.read.parquet(inter_path)
     user_index = delta.table_path(config, C.SILVER_USER_INDEX)
     item_index = delta.table_path(config, C.SILVER_ITEM_INDEX)
-    new_users = _extend_index(spark, inter, C.USER_ID, user_index)
-    new_items = _extend_index(spark, inter, C.ITEM_ID, item_index)
+    # Two small jobs dominated by Delta's commit overhead on the driver: run them side by side.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        users_added = pool.submit(_extend_index, spark, inter, C.USER_ID, user_index)
+        items_added = pool.submit(_extend_index, spark, inter, C.ITEM_ID, item_index)
+        new_users, new_items = users_added.result(), items_added.result()
     log.info("indexes: %d new users, %d new items", new_users, new_items)
     rows = attach_ids(
         inter, delta.read_table(spark, user_index), delta.read_table(spark, item_index)
@@ -259,7 +277,6 @@ def ingest(
     ratings (`user item rating timestamp`, straight to silver); default ingest.format.
     Raises InputError for a missing input or a batch that fails the quality gate.
     """
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     started = time.monotonic()
@@ -274,17 +291,35 @@ def ingest(
     staging = delta.table_path(config, f"_staging/{run_id}")
     suite_path = config.ingest.events_suite if fmt == "rees46" else config.ingest.ratings_suite
     suite = load_suite(suite_path, _suite_params(config))
-    staged: DataFrame | None = None
+    preload_gx()  # overlaps GX's slow import with the parse below
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now_ = time.monotonic()
+        phases[name] = round(now_ - mark, 2)
+        mark = now_
+
     try:
         stage = stage_events if fmt == "rees46" else stage_ratings
-        # Counting, GX, quarantine and bronze all scan the parsed batch: parse once and keep it
-        # (memory, spilling to disk); evicted blocks are re-parsed from the same input.
-        staged = stage(spark, config, files, suite).persist(StorageLevel.MEMORY_AND_DISK)
-        rows_read, quarantined, by_reason = _count_batch(staged)
-        log.info("read %d rows, %d rejected %s", rows_read, quarantined, by_reason)
+        # Counting, GX, quarantine and bronze all scan the parsed batch: parse the input once
+        # into scratch Parquet (one pass, like a plain copy) and let every later step read only
+        # the columns it needs from there. Nothing is cached, so memory stays flat with size.
+        batch_path = f"{staging}/batch"
+        stage(spark, config, files, suite).write.mode("overwrite").parquet(batch_path)
+        staged = spark.read.parquet(batch_path)
+        phase("parse")
         docs_dir = delta.table_path(config, "_quality/data_docs") if config.ingest.data_docs else None
-        quality = validate_batch(staged, suite, run_name=run_id, docs_dir=docs_dir)
+        # GX (mostly Python: suite setup, result handling, data docs rendering) runs beside the
+        # count; both only read the scratch batch, and the gate below waits for both.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            validation = pool.submit(validate_batch, staged, suite, run_name=run_id, docs_dir=docs_dir)
+            rows_read, quarantined, by_reason = _count_batch(staged)
+            log.info("read %d rows, %d rejected %s", rows_read, quarantined, by_reason)
+            quality = validation.result()
         log.info("quality: %s", {k: v for k, v in quality.items() if k != "unexpected"})
+        phase("count_gx")
         if rows_read and quarantined / rows_read > config.ingest.max_rejected_fraction:
             raise InputError(
                 f"--input {input_path}: quality gate failed, {quarantined} of {rows_read} rows "
@@ -294,16 +329,29 @@ def ingest(
             )
         if quarantined:
             quarantine_rejected(spark, config, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now)
+        phase("quarantine")
         valid = staged.where(F.size(C.REASONS) == 0)
         if fmt == "rees46":
-            counts = ingest_valid_events(spark, config, valid, rows_read - quarantined, run_id, now, staging)
+            counts = ingest_valid_events(
+                spark, config, valid, rows_read - quarantined, run_id, now, staging, phases=phases
+            )
         else:
             counts = _ingest_valid_ratings(spark, config, valid, rows_read - quarantined, staging)
+            phase("silver")
     finally:
-        if staged is not None:
-            staged.unpersist()
         delete_path(spark, staging)
     seconds = time.monotonic() - started
+    # Row counts and versions of five tables: many small Delta log reads, run side by side.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        sizes = {
+            t: pool.submit(delta.count_rows, spark, delta.table_path(config, t))
+            for t in (C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX, C.SILVER_INTERACTIONS)
+        }
+        versions = {
+            t: pool.submit(delta.table_version, spark, delta.table_path(config, t)) for t in SUMMARY_TABLES
+        }
+        table_rows = {t: f.result() for t, f in sizes.items()}
+        table_versions = {t: f.result() for t, f in versions.items()}
     summary: dict[str, Any] = {
         "run_id": run_id,
         "format": fmt,
@@ -314,53 +362,105 @@ def ingest(
         "duplicates": counts["duplicates"],
         "quarantined": quarantined,
         "quarantined_by_reason": by_reason,
-        "users": delta.count_rows(spark, delta.table_path(config, C.SILVER_USER_INDEX)),
-        "items": delta.count_rows(spark, delta.table_path(config, C.SILVER_ITEM_INDEX)),
-        "interactions": delta.count_rows(spark, delta.table_path(config, C.SILVER_INTERACTIONS)),
+        "users": table_rows[C.SILVER_USER_INDEX],
+        "items": table_rows[C.SILVER_ITEM_INDEX],
+        "interactions": table_rows[C.SILVER_INTERACTIONS],
         "interactions_changed": counts.get("interactions_changed", 0),
         "new_users": counts.get("new_users", 0),
         "new_items": counts.get("new_items", 0),
         "quality": quality,
         "data_docs": quality["data_docs"],
-        "tables": {
-            t: delta.table_version(spark, delta.table_path(config, t)) for t in SUMMARY_TABLES
-        },
+        "tables": table_versions,
         "seconds": round(seconds, 3),
+        "phase_seconds": {k: v for k, v in phases.items() if v},
         "rows_per_second": round(rows_read / seconds, 1) if seconds > 0 else None,
     }
     assert summary["rows_read"] == summary["accepted"] + summary["duplicates"] + summary["quarantined"]
     return summary
 
 
+def _dedup_by_event_id(spark: SparkSession, valid: DataFrame, scratch: str) -> DataFrame:
+    """`valid` with one row per event_id, without shuffling whole rows.
+
+    Duplicates are rare (a repeated line, a re-sent event), so only the 64-bit hashes of the
+    event ids are shuffled to find the ids seen more than once; rows with a unique id pass
+    through where they are, and only the few rows of a repeated id are deduplicated by
+    event_id itself (a hash collision just sends a unique row through that exact step).
+    Deterministic: the same input gives the same rows, however often the plan is evaluated.
+    """
+    from pyspark.sql import functions as F
+
+    h = "_event_id_hash"
+    hashed = valid.withColumn(h, F.xxhash64(C.EVENT_ID))
+    # Found once into scratch Parquet, so every later plan over the result reuses it.
+    hashed.groupBy(h).count().where(F.col("count") > 1).select(h).write.mode("overwrite").parquet(scratch)
+    repeated = spark.read.parquet(scratch)
+    unique = hashed.join(repeated, on=h, how="left_anti")
+    # The smallest row of each repeated id (compared column by column), not an arbitrary one:
+    # every evaluation of this plan keeps the same row.
+    others = [c for c in hashed.columns if c not in (C.EVENT_ID, h)]
+    dups = (
+        hashed.join(repeated, on=h, how="left_semi")
+        .groupBy(C.EVENT_ID)
+        .agg(F.min(F.struct(*others)).alias("_row"))
+        .select(C.EVENT_ID, *[F.col(f"_row.`{c}`").alias(c) for c in others])
+    )
+    return unique.drop(h).unionByName(dups)
+
+
 def ingest_valid_events(
     spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
-    run_id: str, now: datetime, staging: str,
+    run_id: str, now: datetime, staging: str, *, phases: dict[str, float] | None = None,
 ) -> dict[str, int]:
-    """Accepted events -> bronze/events (new event_ids only) -> silver for the affected users."""
+    """Accepted events -> bronze/events (new event_ids only) -> silver for the affected users.
+
+    `phases`, when given, receives the seconds spent on bronze and on silver.
+    """
     from pyspark.sql import functions as F
 
     from clickrec.transforms.clickstream import events_to_interactions
 
     if valid_rows == 0:
         return {"accepted": 0, "duplicates": 0}
+    started = time.monotonic()
     bronze = delta.table_path(config, C.BRONZE_EVENTS)
     bronze_existed = delta.table_exists(spark, bronze)
-    candidates = valid.dropDuplicates([C.EVENT_ID])
-    if bronze_existed:
-        known = delta.read_table(spark, bronze).select(C.EVENT_ID)
-        candidates = candidates.join(known, on=C.EVENT_ID, how="left_anti")
-    new_events = candidates.select(
-        *[c for c in BRONZE_COLUMNS if c not in (C.INGEST_RUN_ID, C.INGESTED_AT)],
-        F.lit(run_id).alias(C.INGEST_RUN_ID),
-        F.lit(now).cast("timestamp").alias(C.INGESTED_AT),
-    )
-    new_events = new_events.repartition(C.EVENT_DATE)
+    stamp = (F.lit(run_id).alias(C.INGEST_RUN_ID), F.lit(now).cast("timestamp").alias(C.INGESTED_AT))
+    data_columns = [c for c in BRONZE_COLUMNS if c not in (C.INGEST_RUN_ID, C.INGESTED_AT)]
+    ic = config.ingest
+
+    def to_interactions(events_df: DataFrame) -> DataFrame:
+        # One shuffle by user serves both the per-(user, session) dwell window and the
+        # per-(user, item) aggregation (a partitioning by user satisfies both).
+        return events_df.repartition(C.USER_ID).transform(
+            events_to_interactions,
+            cap_seconds=ic.dwell_cap_seconds,
+            last_view_seconds=ic.last_view_dwell_seconds,
+            rating=ic.rating.model_dump(),
+        )
+
+    scratch_interactions = False
     if not bronze_existed:
         # First write: there are valid rows, so never an empty commit; its metrics count them.
-        delta.append(new_events, bronze, partition_by=[C.EVENT_DATE])
+        # No shuffle of whole rows: each task writes its rows into their event_date folders.
+        new_events = _dedup_by_event_id(spark, valid, f"{staging}/repeated_ids").select(*data_columns, *stamp)
+        # Bronze will hold exactly `new_events`, so silver's interactions are computed from
+        # them into scratch Parquet while bronze is written (the jobs share the 2 cores, filling
+        # each other's idle tails); nothing reaches silver before bronze is committed.
+        inter_path = f"{staging}/interactions"
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            inter_done = pool.submit(
+                lambda: to_interactions(new_events).write.mode("overwrite").parquet(inter_path)
+            )
+            delta.append(new_events, bronze, partition_by=[C.EVENT_DATE])
+            inter_done.result()
         accepted = int(delta.last_operation_metrics(spark, bronze).get("numOutputRows", 0))
-        events = delta.read_table(spark, bronze)
+        interactions = spark.read.parquet(inter_path)
+        scratch_interactions = True
     else:
+        known = delta.read_table(spark, bronze).select(C.EVENT_ID)
+        candidates = valid.dropDuplicates([C.EVENT_ID]).join(known, on=C.EVENT_ID, how="left_anti")
+        new_events = candidates.select(*data_columns, *stamp).repartition(C.EVENT_DATE)
         # Deduplicate once into scratch Parquet, count it from file metadata, and commit only
         # when something is new (a rerun leaves bronze's version alone).
         new_path = f"{staging}/new_events"
@@ -373,15 +473,13 @@ def ingest_valid_events(
         # killed between bronze and silver, the rerun finds no new events but repairs silver.
         affected = valid.select(C.USER_ID).distinct()
         events = delta.read_table(spark, bronze).join(affected, on=C.USER_ID, how="left_semi")
+        interactions = to_interactions(events)
     log.info("bronze/events: %d accepted, %d duplicates", accepted, valid_rows - accepted)
-    ic = config.ingest
-    interactions = events.transform(
-        events_to_interactions,
-        cap_seconds=ic.dwell_cap_seconds,
-        last_view_seconds=ic.last_view_dwell_seconds,
-        rating=ic.rating.model_dump(),
-    )
-    silver = _update_silver(spark, config, interactions, staging)
+    bronze_done = time.monotonic()
+    silver = _update_silver(spark, config, interactions, staging, scratch=scratch_interactions)
+    if phases is not None:
+        phases["bronze"] = round(bronze_done - started, 2)
+        phases["silver"] = round(time.monotonic() - bronze_done, 2)
     return {"accepted": accepted, "duplicates": valid_rows - accepted, **silver}
 
 

@@ -136,3 +136,39 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
     again = ingest(spark, config, input_path=str(data))
     assert again["accepted"] == 0 and again["duplicates"] == 3000 and again["interactions"] > 0
     assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
+
+
+def test_in_batch_dedup_keeps_one_row_per_event_id_the_same_row_every_time(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from clickrec.ingest import _dedup_by_event_id
+
+    rows = [("a", "u1", 3.0), ("b", "u2", 1.0), ("b", "u9", 0.5), ("b", "u2", 2.0), ("c", "u3", 1.0),
+            ("c", "u3", 1.0)]
+    valid = spark.createDataFrame(rows, f"{C.EVENT_ID} string, {C.USER_ID} string, {C.PRICE} double")
+    deduped = _dedup_by_event_id(spark, valid.repartition(3), str(tmp_path / "repeated"))
+    got = sorted(tuple(r) for r in deduped.select(C.EVENT_ID, C.USER_ID, C.PRICE).collect())
+    # one row per id; of a repeated id, the smallest row (user_id, then price)
+    assert got == [("a", "u1", 3.0), ("b", "u2", 1.0), ("c", "u3", 1.0)]
+    again = sorted(tuple(r) for r in deduped.select(C.EVENT_ID, C.USER_ID, C.PRICE).collect())
+    assert again == got
+
+
+def test_first_ingest_with_source_event_ids_repeated_with_other_content(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Silver is computed beside the first bronze write: it must see the rows bronze keeps."""
+    config = make_config(tmp_path, ingest={"source_columns": ["event_id", *C.REES46_COLUMNS]})
+    header = ",".join(["event_id", *C.REES46_COLUMNS])
+    lines = [
+        "e1,2019-10-01 00:00:00 UTC,view,p1,c1,,,1.0,u1,s1",
+        "e2,2019-10-01 00:01:00 UTC,view,p2,c1,,,1.0,u1,s1",
+        "e2,2019-10-03 00:01:00 UTC,purchase,p3,c1,,,1.0,u1,s1",  # same id, other content
+        "e3,2019-10-01 00:02:00 UTC,cart,p2,c1,,,1.0,u1,s1",
+    ]
+    data = tmp_path / "ids.csv"
+    data.write_text("\n".join([header, *lines]) + "\n")
+    summary = ingest(spark, config, input_path=str(data))
+    assert (summary["rows_read"], summary["accepted"], summary["duplicates"]) == (4, 3, 1)
+    assert latest(spark, config, C.BRONZE_EVENTS).where(F.col(C.EVENT_ID) == "e2").count() == 1
+    assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
