@@ -15,7 +15,7 @@ BENCHES: list[tuple[str, list[str]]] = [
     ("benchmarks.ingest_bench", ["--events", "1000000", "--events", "10000000"]),
     ("benchmarks.train_bench", ["--quality", "--speed", "--events", "10000000"]),
     ("benchmarks.publish_bench", ["--users", "20000", "--items", "4000", "--rank", "32", "--activity", "heavy"]),
-    ("benchmarks.stream_bench", ["--rates", "100", "1000", "--seconds", "30"]),
+    ("benchmarks.stream_bench", ["--rates", "100", "1000", "2000", "4000", "--seconds", "30"]),
 ]
 DOCS = Path("docs/benchmarks.md")
 

@@ -177,24 +177,13 @@ class BatchProcessor:
         self.model = load_fold_in_model(self.spark, self.config, version)
         self.totals["model_reloads"] += 1
 
-    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
-        from pyspark.sql import functions as F
-
-        from clickrec.ingest import _suite_params, stage_event_lines
-        from clickrec.quality import load_suite
-
+    def __call__(self, staged: DataFrame, batch_id: int) -> None:
+        """One micro-batch of `staged_events` rows (parsed, flagged and hashed by the query)."""
         started = time.monotonic()
         self.refresh_model()
         config = self.config
         run_id = f"stream-{config.stream.query_name}-{batch_id}"
         now = datetime.now(UTC).replace(tzinfo=None)
-        lines = batch_df.select(
-            F.col("value").cast("string").alias(C.VALUE),
-            F.format_string("kafka://%s/%d/%d", F.col("topic"), F.col("partition"), F.col("offset"))
-            .alias(C.SOURCE_FILE),
-        )
-        suite = load_suite(config.ingest.events_suite, _suite_params(config))
-        staged = stage_event_lines(lines, config, file_format="json", suite=suite)
         tables = {t: delta_rs.open_existing(config, t) for t in FAST_PATH_TABLES}
         if all(dt is not None for dt in tables.values()):
             info = self._small_batch(staged, batch_id, run_id, now, tables)
@@ -402,6 +391,25 @@ def _rounded(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in timings.items()}
 
 
+def staged_events(kafka_df: DataFrame, config: ClickrecConfig) -> DataFrame:
+    """Kafka records -> batch ingest's staged rows (stage_event_lines over the JSON values).
+
+    Applied to the streaming DataFrame once, when the query starts, so that a micro-batch
+    arrives parsed and flagged without rebuilding the plan (hundreds of py4j calls) each time.
+    """
+    from pyspark.sql import functions as F
+
+    from clickrec.ingest import _suite_params, stage_event_lines
+    from clickrec.quality import load_suite
+
+    lines = kafka_df.select(
+        F.col("value").cast("string").alias(C.VALUE),
+        F.format_string("kafka://%s/%d/%d", F.col("topic"), F.col("partition"), F.col("offset")).alias(C.SOURCE_FILE),
+    )
+    suite = load_suite(config.ingest.events_suite, _suite_params(config))
+    return stage_event_lines(lines, config, file_format="json", suite=suite)
+
+
 # --- progress and lag --------------------------------------------------------------------------
 
 
@@ -514,7 +522,7 @@ def run_stream(
     query = None
     try:
         writer = (
-            spark.readStream.format("kafka").options(**options).load()
+            staged_events(spark.readStream.format("kafka").options(**options).load(), config)
             .writeStream.queryName(sc.query_name)
             .option("checkpointLocation", checkpoint_path(config))
             .foreachBatch(processor)
