@@ -209,8 +209,15 @@ def _java() -> str:
 
 
 def kafka_cluster_id() -> str:
-    """A random KRaft cluster id (base64url of 16 random bytes, as kafka-storage random-uuid)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random KRaft cluster id (base64url of 16 random bytes, as kafka-storage random-uuid).
+
+    Like Kafka's Uuid.randomUuid, never one starting with '-': kafka-storage's argument parser
+    would take it for an option ("--cluster-id: expected one argument"), 1 time in 64.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:

@@ -1,0 +1,19 @@
+"""Pure parts of the local service manager."""
+
+from __future__ import annotations
+
+import base64
+from unittest import mock
+
+from clickrec import services
+
+
+def test_cluster_id_never_starts_with_a_dash() -> None:
+    # kafka-storage reads an id starting with '-' as an option; such draws are redrawn
+    dash_first = bytes([0xF8]) + bytes(15)  # base64url "-A..."
+    plain = bytes(range(16))
+    assert base64.urlsafe_b64encode(dash_first).decode().startswith("-")
+    fake = [mock.Mock(bytes=dash_first), mock.Mock(bytes=plain)]
+    with mock.patch.object(services.uuid, "uuid4", side_effect=fake):
+        cid = services.kafka_cluster_id()
+    assert cid == base64.urlsafe_b64encode(plain).decode().rstrip("=") and len(cid) == 22
