@@ -9,7 +9,8 @@ only (nDCG@10), then one evaluation on the test part. Reports the CV-selected mo
 popularity baseline and the training wall time (`clickrec train` end to end).
 
 Speed: seconds per ALS iteration at rank 64, as (time of 15 iterations - time of 5) / 10 so
-that job start-up cancels, on the MovieLens matrix and on the (user, product) view-count matrix
+that job start-up cancels, after an untimed 2-iteration fit that warms the JIT and the pools up
+(without it the first timed fit pays the warm-up and the difference comes out too small), on the MovieLens matrix and on the (user, product) view-count matrix
 of a generated clickstream; Spark MLlib ALS (Java BLAS, and native BLAS when libblas.so.3 is
 installed, e.g. Debian's libopenblas0-pthread) side by side with `implicit`'s CPU ALS on the
 same matrix in the same run. Each Spark measurement runs in its own process.
@@ -111,7 +112,7 @@ def spark_worker(source: str, events: int, native: bool, blocks: int) -> None:
     df = df.persist()
     shape = (df.select("u").distinct().count(), df.select("i").distinct().count(), df.count())
     times = {}
-    for iters in (5, 15):
+    for iters in (2, 5, 15):  # the 2-iteration fit warms the JIT and the pools up, untimed
         als = ALS(rank=RANK, maxIter=iters, regParam=0.1, alpha=1.0, implicitPrefs=True, userCol="u",
                   itemCol="i", ratingCol="r", seed=1, numUserBlocks=blocks, numItemBlocks=blocks)
         t0 = time.monotonic()
@@ -148,7 +149,7 @@ def implicit_timing(source: str, events: int, *, use_cg: bool) -> dict[str, Any]
         rows, cols, vals = arr[:, 0].astype(int), arr[:, 1].astype(int), arr[:, 2].astype(np.float32)
     mat = csr_matrix((vals, (rows, cols)))
     times = {}
-    for iters in (5, 15):
+    for iters in (2, 5, 15):  # the 2-iteration fit warms the thread pool up, untimed
         model = AlternatingLeastSquares(factors=RANK, iterations=iters, regularization=0.1,
                                         random_state=1, calculate_training_loss=False, use_cg=use_cg)
         t0 = time.monotonic()
