@@ -232,9 +232,14 @@ class BatchProcessor:
         new_events = new_events.append_column(C.INGEST_RUN_ID, pa.array([run_id] * new_events.num_rows, pa.string()))
         new_events = new_events.append_column(C.INGESTED_AT, pa.array([now] * new_events.num_rows, pa.timestamp("us")))
         new_events = delta_rs.conform(new_events, bronze_dt)
-        if new_events.num_rows:
-            delta_rs.append_once(config, bronze_dt, new_events, app_id=f"clickrec-stream-{config.stream.query_name}",
-                                 version=batch_id)
+        app_id = f"clickrec-stream-{config.stream.query_name}"
+        if new_events.num_rows and not delta_rs.append_once(config, bronze_dt, new_events, app_id=app_id,
+                                                            version=batch_id):
+            # bronze records this batch id but not these events: the checkpoint was reset and
+            # batch ids restarted; the event_ids decide, so nothing is lost or doubled
+            log.warning("bronze already records %s batch %d, but %d of its events are new (checkpoint reset?): "
+                        "appending them", app_id, batch_id, new_events.num_rows)
+            delta_rs.append(config, bronze_dt, new_events)
         info.update(accepted=new_events.num_rows, duplicates=valid.num_rows - new_events.num_rows, users=len(users))
         timings["bronze_s"] = time.monotonic() - clock
 

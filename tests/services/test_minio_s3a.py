@@ -37,3 +37,29 @@ def test_delta_roundtrip_on_minio(spark: SparkSession, minio_env: ServiceProcess
     dt = open_table(config, "silver/kv")
     assert dt is not None and dt.version() == 0
     assert dt.to_pyarrow_table().num_rows == 50
+
+
+def test_stream_writes_with_delta_rs_on_minio(spark: SparkSession, minio_env: ServiceProcess) -> None:
+    # the stream's micro-batch commits (clickrec.io.delta_rs) on the lake that Spark wrote on MinIO
+    import pyarrow as pa
+
+    from clickrec.io import delta_rs
+
+    config = build_config(
+        {"lake": {"root": f"s3a://{LAKE_BUCKET}/test-{uuid.uuid4().hex[:8]}"},
+         "s3": {"endpoint": minio_env.url}}
+    )
+    apply_s3a(spark, config.s3)
+    path = table_path(config, "silver/kv")
+    merge_upsert(spark, spark.createDataFrame([(1, "a"), (2, "b")], "k INT, v STRING"), path, keys=["k"])
+    dt = delta_rs.open_existing(config, "silver/kv")
+    assert dt is not None
+    delta_rs.merge_upsert(dt, pa.table({"k": [2, 3], "v": ["B", "c"]}), keys=["k"])
+    dt = delta_rs.open_existing(config, "silver/kv")
+    assert delta_rs.append_once(config, dt, pa.table({"k": [4], "v": ["d"]}), app_id="q", version=0)
+    assert not delta_rs.append_once(config, delta_rs.open_existing(config, "silver/kv"),
+                                    pa.table({"k": [4], "v": ["d"]}), app_id="q", version=0)
+    expected = spark.createDataFrame([(1, "a"), (2, "B"), (3, "c"), (4, "d")], "k INT, v STRING")
+    assertDataFrameEqual(spark.read.format("delta").load(path), expected)
+    found = delta_rs.read_where_in(delta_rs.open_existing(config, "silver/kv"), "v", ["B", "d"], ("k", "v"))
+    assert sorted(found.column("k").to_pylist()) == [2, 4]
