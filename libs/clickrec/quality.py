@@ -154,6 +154,12 @@ def _docs_site_config(docs_dir: str) -> dict[str, Any]:
     }
 
 
+def _quiet_gx() -> None:
+    """GX logs hundreds of INFO lines while importing; keep its warnings only (set before import)."""
+    for name in ("great_expectations", "py4j"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def preload_gx() -> threading.Thread:
     """Import Great Expectations in a background thread and return the thread.
 
@@ -161,6 +167,8 @@ def preload_gx() -> threading.Thread:
     the Spark work that precedes validation (validate_batch's own import then finds it done,
     or waits for it under Python's import lock).
     """
+
+    _quiet_gx()
 
     def load() -> None:
         try:
@@ -191,8 +199,7 @@ def validate_batch(
     predicates, so a false here is reported, not raised (the gate on the rejected fraction is
     in clickrec.ingest).
     """
-    for name in ("great_expectations", "py4j"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_gx()
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.core.run_identifier import RunIdentifier
