@@ -256,7 +256,11 @@ def stream(
         from clickrec.spark import build_spark_session
         from clickrec.stream import run_stream
 
-        return run_stream(build_spark_session(cfg), cfg, available_now=available_now, max_seconds=max_seconds)
+        spark = build_spark_session(cfg)
+        try:
+            return run_stream(spark, cfg, available_now=available_now, max_seconds=max_seconds)
+        finally:
+            spark.stop()  # before main's os._exit: the stream's delta-rs commits share the teardown risk
 
     run("stream", body)
 
@@ -345,11 +349,12 @@ def services_status(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> 
     run("services status", body)
 
 
-# JVM-free commands whose process ends right after the summary. delta-rs' native runtime can
-# abort at interpreter teardown ("terminate called without an active exception", exit 134)
-# after all work is done and printed; these commands hold nothing to clean up, so they leave
+# Commands that use delta-rs and whose process ends right after the summary. delta-rs' native
+# runtime can abort at interpreter teardown ("terminate called without an active exception",
+# exit 134) after all work is done and printed; these commands hold nothing to clean up (the
+# stream stops its Spark session itself; the JVM leaves when its parent does), so they leave
 # with os._exit and the exit code they chose.
-_EXIT_WITHOUT_TEARDOWN = frozenset({"recommend", "status"})
+_EXIT_WITHOUT_TEARDOWN = frozenset({"recommend", "status", "stream"})
 
 
 def main(argv: list[str] | None = None) -> None:
