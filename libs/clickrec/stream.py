@@ -57,6 +57,7 @@ from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError, NotFoundError
 from clickrec.io import delta, delta_rs
+from clickrec.io.delta_reader import open_table
 from clickrec.io.files import delete_path
 from clickrec.ml.foldin import ItemFactors, fold_in, top_n
 
@@ -184,7 +185,7 @@ class BatchProcessor:
         config = self.config
         run_id = f"stream-{config.stream.query_name}-{batch_id}"
         now = datetime.now(UTC).replace(tzinfo=None)
-        tables = {t: delta_rs.open_existing(config, t) for t in FAST_PATH_TABLES}
+        tables = {t: open_table(config, t) for t in FAST_PATH_TABLES}
         if all(dt is not None for dt in tables.values()):
             info = self._small_batch(staged, batch_id, run_id, now, tables)
         else:
@@ -301,17 +302,13 @@ class BatchProcessor:
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        from clickrec.ingest import ingest_valid_events, quarantine_rejected
+        from clickrec.ingest import _count_batch, ingest_valid_events, quarantine_rejected
 
         config, spark = self.config, self.spark
         staged = staged.persist(StorageLevel.MEMORY_AND_DISK)
         staging = delta.table_path(config, f"_staging/{run_id}")
         try:
-            counts_row = staged.agg(
-                F.count(F.lit(1)).alias("rows"),
-                F.count(F.when(F.size(C.REASONS) > 0, F.lit(1))).alias("rejected"),
-            ).first()
-            rows, rejected = int(counts_row["rows"]), int(counts_row["rejected"])
+            rows, rejected, _ = _count_batch(staged)
             if rejected:
                 quarantine_rejected(spark, config, staged, fmt="rees46", input_key=f"stream-{config.stream.query_name}",
                                     run_id=run_id, now=now, txn_version=batch_id)
@@ -345,7 +342,7 @@ class BatchProcessor:
              model.name, model.version, C.SOURCE_STREAM, now)
             for user, items in sorted(lists.items())
         ]
-        gold_dt = delta_rs.open_existing(config, C.GOLD_RECOMMENDATIONS)
+        gold_dt = open_table(config, C.GOLD_RECOMMENDATIONS)
         if gold_dt is None:  # created by Spark, partitioned by variant like publish's
             delta.merge_upsert(self.spark, self.spark.createDataFrame(rows, GOLD_SCHEMA),
                                delta.table_path(config, C.GOLD_RECOMMENDATIONS),

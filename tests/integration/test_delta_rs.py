@@ -10,6 +10,7 @@ from pyspark.sql import SparkSession
 
 from clickrec.config import ClickrecConfig
 from clickrec.io import delta_rs
+from clickrec.io.delta_reader import open_table
 from tests.conftest import make_config
 
 SCHEMA = "k string, v double, d date"
@@ -34,25 +35,25 @@ def _spark_rows(spark: SparkSession, path: str) -> list[tuple[str, float, date]]
 def test_append_once_skips_a_replayed_version(spark: SparkSession, tmp_path: Path) -> None:
     config, path = _table(spark, tmp_path)
     new = _arrow([("c", 3.0, date(2019, 10, 3))])
-    assert delta_rs.append_once(config, delta_rs.open_existing(config, "t"), new, app_id="q", version=7)
-    assert not delta_rs.append_once(config, delta_rs.open_existing(config, "t"), new, app_id="q", version=7)
-    assert not delta_rs.append_once(config, delta_rs.open_existing(config, "t"), new, app_id="q", version=6)
+    assert delta_rs.append_once(config, open_table(config, "t"), new, app_id="q", version=7)
+    assert not delta_rs.append_once(config, open_table(config, "t"), new, app_id="q", version=7)
+    assert not delta_rs.append_once(config, open_table(config, "t"), new, app_id="q", version=6)
     assert _spark_rows(spark, path) == [("a", 1.0, date(2019, 10, 1)), ("b", 2.0, date(2019, 10, 2)),
                                         ("c", 3.0, date(2019, 10, 3))]
-    assert delta_rs.open_existing(config, "t").transaction_version("q") == 7
+    assert open_table(config, "t").transaction_version("q") == 7
 
 
 def test_upsert_then_filtered_read_over_spark_and_delta_rs_files(spark: SparkSession, tmp_path: Path) -> None:
     config, path = _table(spark, tmp_path)
-    dt = delta_rs.open_existing(config, "t")
+    dt = open_table(config, "t")
     delta_rs.merge_upsert(dt, _arrow([("b", 20.0, date(2019, 10, 2)), ("e", 5.0, date(2019, 10, 5))]), keys=("k",))
     assert _spark_rows(spark, path) == [("a", 1.0, date(2019, 10, 1)), ("b", 20.0, date(2019, 10, 2)),
                                         ("e", 5.0, date(2019, 10, 5))]
     # files written by Spark (a) and by delta-rs (b, e) in one filtered read, quotes escaped
-    found = delta_rs.read_where_in(delta_rs.open_existing(config, "t"), "k", ["a", "e", "x'y"], ("k", "v", "d"))
+    found = delta_rs.read_where_in(open_table(config, "t"), "k", ["a", "e", "x'y"], ("k", "v", "d"))
     assert sorted(found.to_pylist(), key=lambda r: r["k"]) == [
         {"k": "a", "v": 1.0, "d": date(2019, 10, 1)}, {"k": "e", "v": 5.0, "d": date(2019, 10, 5)}]
     assert found.schema.field("k").type == pa.string()
     assert delta_rs.read_where_in(dt, "k", [], ("k",)).num_rows == 0
-    assert delta_rs.max_value(delta_rs.open_existing(config, "t"), "v") == 20.0
-    assert delta_rs.open_existing(config, "missing") is None
+    assert delta_rs.max_value(open_table(config, "t"), "v") == 20.0
+    assert open_table(config, "missing") is None

@@ -7,19 +7,24 @@ import uuid
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from clickrec.config import build_config
+from clickrec.config import ClickrecConfig, build_config
 from clickrec.io.delta import merge_upsert, table_path, table_version
 from clickrec.io.delta_reader import open_table
 from clickrec.services import LAKE_BUCKET, ServiceProcess
 from clickrec.spark import apply_s3a
 
 
-def test_delta_roundtrip_on_minio(spark: SparkSession, minio_env: ServiceProcess) -> None:
+def _minio_lake(spark: SparkSession, minio: ServiceProcess) -> ClickrecConfig:
+    """A config whose lake is a fresh prefix of the MinIO bucket, with the session's s3a set to it."""
     config = build_config(
-        {"lake": {"root": f"s3a://{LAKE_BUCKET}/test-{uuid.uuid4().hex[:8]}"},
-         "s3": {"endpoint": minio_env.url}}
+        {"lake": {"root": f"s3a://{LAKE_BUCKET}/test-{uuid.uuid4().hex[:8]}"}, "s3": {"endpoint": minio.url}}
     )
     apply_s3a(spark, config.s3)
+    return config
+
+
+def test_delta_roundtrip_on_minio(spark: SparkSession, minio_env: ServiceProcess) -> None:
+    config = _minio_lake(spark, minio_env)
     path = table_path(config, "silver/kv")
     df = spark.createDataFrame([(i, f"v{i}") for i in range(50)], "k INT, v STRING")
     merge_upsert(spark, df, path, keys=["k"])
@@ -45,21 +50,17 @@ def test_stream_writes_with_delta_rs_on_minio(spark: SparkSession, minio_env: Se
 
     from clickrec.io import delta_rs
 
-    config = build_config(
-        {"lake": {"root": f"s3a://{LAKE_BUCKET}/test-{uuid.uuid4().hex[:8]}"},
-         "s3": {"endpoint": minio_env.url}}
-    )
-    apply_s3a(spark, config.s3)
+    config = _minio_lake(spark, minio_env)
     path = table_path(config, "silver/kv")
     merge_upsert(spark, spark.createDataFrame([(1, "a"), (2, "b")], "k INT, v STRING"), path, keys=["k"])
-    dt = delta_rs.open_existing(config, "silver/kv")
+    dt = open_table(config, "silver/kv")
     assert dt is not None
     delta_rs.merge_upsert(dt, pa.table({"k": [2, 3], "v": ["B", "c"]}), keys=["k"])
-    dt = delta_rs.open_existing(config, "silver/kv")
+    dt = open_table(config, "silver/kv")
     assert delta_rs.append_once(config, dt, pa.table({"k": [4], "v": ["d"]}), app_id="q", version=0)
-    assert not delta_rs.append_once(config, delta_rs.open_existing(config, "silver/kv"),
+    assert not delta_rs.append_once(config, open_table(config, "silver/kv"),
                                     pa.table({"k": [4], "v": ["d"]}), app_id="q", version=0)
     expected = spark.createDataFrame([(1, "a"), (2, "B"), (3, "c"), (4, "d")], "k INT, v STRING")
     assertDataFrameEqual(spark.read.format("delta").load(path), expected)
-    found = delta_rs.read_where_in(delta_rs.open_existing(config, "silver/kv"), "v", ["B", "d"], ("k", "v"))
+    found = delta_rs.read_where_in(open_table(config, "silver/kv"), "v", ["B", "d"], ("k", "v"))
     assert sorted(found.column("k").to_pylist()) == [2, 4]

@@ -6,7 +6,7 @@ tens of milliseconds. The stream's micro-batches touch few rows and must be fres
 seconds, so they read and write the existing tables here; the batch jobs keep Spark. Both
 write the same Delta protocol (the tables Spark creates are reader 1 / writer 2), and both
 commit optimistically: a conflicting concurrent commit fails and is retried by the caller.
-Tables are created by the Spark jobs; these functions require them to exist.
+Tables are created by the Spark jobs and opened with clickrec.io.delta_reader.open_table.
 """
 
 from __future__ import annotations
@@ -15,18 +15,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from clickrec.config import ClickrecConfig
-from clickrec.io.delta_reader import reader_uri, storage_options
+from clickrec.io.delta_reader import storage_options
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from deltalake import DeltaTable
-
-
-def open_existing(config: ClickrecConfig, table: str) -> DeltaTable | None:
-    """The latest version of `table`, or None when it does not exist yet."""
-    from clickrec.io.delta_reader import open_table
-
-    return open_table(config, table)
 
 
 def conform(data: pa.Table, dt: DeltaTable) -> pa.Table:
@@ -108,5 +101,3 @@ def merge_upsert(dt: DeltaTable, data: pa.Table, *, keys: Sequence[str]) -> dict
         .execute()
     )
 
-
-__all__ = ["append", "append_once", "conform", "max_value", "merge_upsert", "open_existing", "query", "read_where_in", "reader_uri"]
