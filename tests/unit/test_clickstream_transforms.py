@@ -189,6 +189,25 @@ def dwell_of(spark: SparkSession, rows: list[tuple], cap: float = 100.0, last: f
     return {r["k"]: r[C.DWELL_SECONDS] for r in df.collect()}
 
 
+def test_dwell_matches_a_plain_python_reference_on_long_sessions_with_ties(spark: SparkSession) -> None:
+    """Seeded sessions of up to 300 events, many sharing a second, shuffled: every dwell as the definition says."""
+    import random
+
+    rng = random.Random(7)
+    rows, k = [], 0
+    for user, session, length in [("u1", "a", 300), ("u1", "b", 40), ("u2", "a", 1), ("u2", "c", 120)]:
+        for _ in range(length):
+            k += 1
+            rows.append((user, session, t(rng.randrange(0, 400)), rng.choice(["view", "view", "cart"]), "p", k))
+    rng.shuffle(rows)
+    expected: dict[int, float | None] = {}
+    for user, session, when, kind, _, key in rows:
+        later = [w for u, s_, w, *_ in rows if (u, s_) == (user, session) and w > when]
+        gap = (min(later) - when).total_seconds() if later else None
+        expected[key] = None if kind != "view" else 7.0 if gap is None else min(gap, 30.0)
+    assert dwell_of(spark, rows, cap=30.0, last=7.0) == expected
+
+
 def test_dwell_single_event_session_gets_the_default(spark: SparkSession) -> None:
     assert dwell_of(spark, [("u", "s", t(0), "view", "a", 1)]) == {1: 7.0}
 
