@@ -294,7 +294,6 @@ def ingest(
     staging = delta.table_path(config, f"_staging/{run_id}")
     suite_path = config.ingest.events_suite if fmt == "rees46" else config.ingest.ratings_suite
     suite = load_suite(suite_path, _suite_params(config))
-    preload_gx()  # overlaps GX's slow import with the parse below
     phases: dict[str, float] = {}
     mark = time.monotonic()
 
@@ -310,7 +309,11 @@ def ingest(
         # into scratch Parquet (one pass, like a plain copy) and let every later step read only
         # the columns it needs from there. Nothing is cached, so memory stays flat with size.
         batch_path = f"{staging}/batch"
-        stage(spark, config, files, suite).write.mode("overwrite").parquet(batch_path)
+        staged_plan = stage(spark, config, files, suite)
+        # GX's slow import overlaps the parse job. Started only now: while the plan above is
+        # built (hundreds of py4j calls), an import holding the GIL made it 2 s slower.
+        preload_gx()
+        staged_plan.write.mode("overwrite").parquet(batch_path)
         staged = spark.read.parquet(batch_path)
         phase("parse")
         docs_dir = delta.table_path(config, "_quality/data_docs") if config.ingest.data_docs else None
