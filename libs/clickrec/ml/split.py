@@ -14,9 +14,15 @@ from clickrec import columns as C
 _SIDE = "_split_side"
 
 
-def _train_count(n: Column, test_fraction: float) -> Column:
-    """Rows kept in train for a user with n rows: round(n * (1 - f)), at least 1."""
-    return F.greatest(F.lit(1), F.round(n * F.lit(1.0 - test_fraction)).cast("int"))
+def _in_train(position: Column, n: Column, test_fraction: float) -> Column:
+    """A user's row at 1-based `position` of n goes to train when position / n <= 1 - f.
+
+    Microsoft Recommenders' rule (python_stratified_split and python_chrono_split compare
+    (cumcount + 1) / count with the train ratio), so the benchmark's test sets have their
+    sizes: floor(n * (1 - f)) rows in train. Unlike theirs, a user's first row always stays in
+    train, so no user is known only from the test side.
+    """
+    return (position <= F.lit(1)) | (position / n <= F.lit(1.0 - test_fraction))
 
 
 def _check_fraction(test_fraction: float) -> None:
@@ -27,11 +33,11 @@ def _check_fraction(test_fraction: float) -> None:
 def _split_in_user_order(
     df: DataFrame, order: Column, *, test_fraction: float, user_col: str, item_col: str
 ) -> tuple[DataFrame, DataFrame]:
-    """Keep each user's first round(n * (1 - f)) rows by `order` in train, the rest in test."""
+    """Keep each user's first floor(n * (1 - f)) rows (>= 1) by `order` in train, the rest in test."""
     _check_fraction(test_fraction)
     w = Window.partitionBy(user_col).orderBy(order, F.col(item_col))
     n = F.count(F.lit(1)).over(Window.partitionBy(user_col))
-    marked = df.withColumn(_SIDE, F.row_number().over(w) <= _train_count(n, test_fraction))
+    marked = df.withColumn(_SIDE, _in_train(F.row_number().over(w), n, test_fraction))
     return (
         marked.filter(F.col(_SIDE)).drop(_SIDE),
         marked.filter(~F.col(_SIDE)).drop(_SIDE),
@@ -46,7 +52,7 @@ def split_stratified_random(
     user_col: str = C.USER_IDX,
     item_col: str = C.ITEM_IDX,
 ) -> tuple[DataFrame, DataFrame]:
-    """Per-user random split: each user keeps round(n * (1 - f)) rows (>= 1) in train.
+    """Per-user random split: each user keeps floor(n * (1 - f)) rows (>= 1) in train.
 
     The usual benchmark protocol (Microsoft Recommenders' python_stratified_split). Users with a
     single interaction stay in train only.
