@@ -13,7 +13,7 @@ from pathlib import Path
 # (module, default arguments); `make bench BENCH_ARGS="..."` is not needed: edit here.
 BENCHES: list[tuple[str, list[str]]] = [
     ("benchmarks.ingest_bench", ["--events", "1000000", "--events", "10000000"]),
-    ("benchmarks.train_bench", ["--quality", "--speed", "--events", "10000000"]),
+    ("benchmarks.train_bench", ["--quality", "--speed", "--events", "10000000", "--seed-spread", "1", "2", "3", "4", "5"]),
     ("benchmarks.publish_bench", ["--users", "20000", "--items", "4000", "--rank", "32", "--activity", "heavy"]),
     ("benchmarks.stream_bench", ["--rates", "100", "1000", "2000", "4000", "--seconds", "30"]),
 ]

@@ -6,7 +6,9 @@ Quality (the Microsoft Recommenders protocol): MovieLens 100k through `clickrec 
 ratings`, `stratified_random` 75/25 per user (seed 42), k=10, every test item relevant, items
 seen in train excluded; hyperparameters chosen by 3-fold cross-validation on the training part
 only (nDCG@10), then one evaluation on the test part. Reports the CV-selected model, the
-popularity baseline and the training wall time (`clickrec train` end to end).
+popularity baseline and the training wall time (`clickrec train` end to end). With
+`--seed-spread 1 2 3`, the whole protocol runs again per split seed, to show how far one
+split's test number moves.
 
 Speed: seconds per ALS iteration at rank 64, as (time of 15 iterations - time of 5) / 10 so
 that job start-up cancels, after an untimed 2-iteration fit that warms the JIT and the pools up
@@ -33,8 +35,8 @@ from typing import Any
 WORK = Path(".bench/train")
 RANK = 64
 QUALITY_GRID = {"rank": [32, 48], "reg_param": [0.5, 1.0], "alpha": [1.0, 2.0], "max_iter": [15]}
-# Microsoft Recommenders, MovieLens 100k, k=10 (their benchmark table).
-REFERENCE = [("BiVAE", 0.475, 0.412), ("Spark ALS (their row)", 0.044, 0.048)]
+# Microsoft Recommenders, MovieLens 100k, k=10: (name, nDCG@10, P@10) from their README's table.
+REFERENCE = [("BiVAE", 0.475077, 0.411771), ("Spark ALS (their row)", 0.044239, 0.048462)]
 
 
 def movielens_dir() -> Path:
@@ -55,8 +57,8 @@ def _config(lake: Path, *extra: str) -> Any:
     ])
 
 
-def quality() -> dict[str, Any]:
-    """Ingest MovieLens, run `train` with the CV grid, return its summary."""
+def quality(seed: int = 42) -> dict[str, Any]:
+    """Ingest MovieLens, run `train` with the CV grid (split and folds seeded by `seed`)."""
     from clickrec.ingest import ingest
     from clickrec.spark import build_spark_session
     from clickrec.train import run_train
@@ -64,7 +66,7 @@ def quality() -> dict[str, Any]:
     lake = WORK / "movielens"
     shutil.rmtree(lake, ignore_errors=True)
     grid = [f"train.grid.{k}={json.dumps(v)}" for k, v in QUALITY_GRID.items()]
-    config = _config(lake, "train.num_folds=3", "train.num_blocks=4", "train.seed=42",
+    config = _config(lake, "train.num_folds=3", "train.num_blocks=4", f"train.seed={seed}",
                      "train.test_fraction=0.25", "train.k=10", "train.parallelism=1", *grid)
     spark = build_spark_session(config)
     ingest(spark, config, input_path=str(movielens_dir() / "u.data"), input_format="ratings")
@@ -176,6 +178,7 @@ def run(argv: list[str]) -> str:
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--seed-spread", type=int, nargs="*", default=[])
     args = parser.parse_args(argv)
     do_quality, do_speed = args.quality or not args.speed, args.speed or not args.quality
     WORK.mkdir(parents=True, exist_ok=True)
@@ -196,14 +199,16 @@ def run(argv: list[str]) -> str:
             "",
             "| model | precision@10 | recall@10 | ndcg@10 | map@10 | coverage |",
             "|---|---:|---:|---:|---:|---:|",
-            f"| clickrec ALS (CV-selected) | {m['precision_at_10']:.3f} | {m['recall_at_10']:.3f} | "
-            f"{m['ndcg_at_10']:.3f} | {m['map_at_10']:.3f} | {m['coverage']:.3f} |",
-            f"| popularity baseline (same split) | {b['precision_at_10']:.3f} | {b['recall_at_10']:.3f} | "
-            f"{b['ndcg_at_10']:.3f} | {b['map_at_10']:.3f} | {b['coverage']:.3f} |",
+            f"| clickrec ALS (CV-selected) | {m['precision_at_10']:.4f} | {m['recall_at_10']:.4f} | "
+            f"{m['ndcg_at_10']:.4f} | {m['map_at_10']:.4f} | {m['coverage']:.3f} |",
+            f"| popularity baseline (same split) | {b['precision_at_10']:.4f} | {b['recall_at_10']:.4f} | "
+            f"{b['ndcg_at_10']:.4f} | {b['map_at_10']:.4f} | {b['coverage']:.3f} |",
         ]
-        lines += [f"| MS Recommenders: {n} | {p:.3f} | | {g:.3f} | | |" for n, g, p in REFERENCE]
+        lines += [f"| MS Recommenders: {n} | {p:.4f} | | {g:.4f} | | |" for n, g, p in REFERENCE]
         lines.append("")
         print(json.dumps(s, default=str), flush=True)
+    if args.seed_spread:
+        lines += _seed_spread(args.seed_spread)
     if do_speed:
         results = []
         for source in ("movielens", "generated"):
@@ -237,6 +242,30 @@ def run(argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seed_spread(seeds: list[int]) -> list[str]:
+    """The whole protocol (split, CV, test) once per seed: how far the test metrics move by split."""
+    import statistics
+
+    rows = []
+    for seed in seeds:
+        s = quality(seed)
+        print(json.dumps({"seed": seed, **s}, default=str), flush=True)
+        rows.append((seed, s["best_params"], s["metrics"], s["baseline_metrics"]))
+    ndcg = [m["ndcg_at_10"] for _, _, m, _ in rows]
+    prec = [m["precision_at_10"] for _, _, m, _ in rows]
+    lines = ["### The same protocol over split seeds", "",
+             "Each row is a whole run: its own split, its own 3-fold CV on that training part, one "
+             "test. The spread is what a single split's number can move by.", "",
+             "| split seed | CV-selected rank / reg / alpha | precision@10 | ndcg@10 | baseline ndcg@10 |",
+             "|---:|---|---:|---:|---:|"]
+    lines += [f"| {seed} | {p['rank']} / {p['reg_param']} / {p['alpha']} | {m['precision_at_10']:.4f} | "
+              f"{m['ndcg_at_10']:.4f} | {b['ndcg_at_10']:.4f} |" for seed, p, m, b in rows]
+    if len(rows) > 1:
+        lines.append(f"| mean (sd) | | {statistics.mean(prec):.4f} ({statistics.stdev(prec):.4f}) | "
+                     f"{statistics.mean(ndcg):.4f} ({statistics.stdev(ndcg):.4f}) | |")
+    return [*lines, ""]
+
+
 def _grid_points() -> int:
     n = 1
     for v in QUALITY_GRID.values():
@@ -252,13 +281,16 @@ def main() -> None:
     parser.add_argument("--spark-worker", choices=("movielens", "generated"), help=argparse.SUPPRESS)
     parser.add_argument("--native", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--blocks", type=int, default=2, help="Spark ALS user and item blocks (default 2: one per core)")
+    parser.add_argument("--seed-spread", type=int, nargs="*", default=[], metavar="SEED",
+                        help="also run the whole quality protocol once per split seed (about 2.5 min each)")
     parser.add_argument("--markdown", type=Path, help="write the section into this file (e.g. docs/benchmarks.md)")
     args = parser.parse_args()
     if args.spark_worker:
         spark_worker(args.spark_worker, args.events, args.native, args.blocks)
         return
     argv = ((["--quality"] if args.quality else []) + (["--speed"] if args.speed else [])
-            + ["--events", str(args.events), "--blocks", str(args.blocks)])
+            + ["--events", str(args.events), "--blocks", str(args.blocks)]
+            + (["--seed-spread", *map(str, args.seed_spread)] if args.seed_spread else []))
     section = run(argv)
     print(section)
     if args.markdown:
