@@ -63,7 +63,8 @@ def quality(seed: int = 42) -> dict[str, Any]:
     from clickrec.spark import build_spark_session
     from clickrec.train import run_train
 
-    lake = WORK / "movielens"
+    lake = WORK / f"movielens_seed{seed}"  # own lake and MLflow store per seed: a deleted sqlite
+    # file under a cached MLflow engine turns "readonly" when the same process runs again
     shutil.rmtree(lake, ignore_errors=True)
     grid = [f"train.grid.{k}={json.dumps(v)}" for k, v in QUALITY_GRID.items()]
     config = _config(lake, "train.num_folds=3", "train.num_blocks=4", f"train.seed={seed}",
