@@ -30,6 +30,9 @@ def make_config(tmp: Path, **sections: dict) -> ClickrecConfig:
             "ui_enabled": False,
             "log_level": "ERROR",
             "checkpoint_dir": str(tmp / "checkpoints"),
+            # Scratch (blockmgr-*, spark-*) under the test's folder, which pytest rotates:
+            # a job the tests kill cannot clean up after itself.
+            "conf": {"spark.local.dir": str(tmp / "spark-local")},
         },
         "lake": {"root": str(tmp / "lake")},
         "mlflow": {
@@ -38,7 +41,12 @@ def make_config(tmp: Path, **sections: dict) -> ClickrecConfig:
         },
     }
     for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
+        section = data.setdefault(name, {})
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(section.get(key), dict):
+                section[key] = {**section[key], **value}
+            else:
+                section[key] = value
     return build_config(data)
 
 

@@ -89,6 +89,11 @@ def apply_s3a(spark: SparkSession, s3: S3Config) -> None:
             spark.conf.set(key, value)
 
 
+def is_local_master(master: str | None) -> bool:
+    """True for `local`, `local[N]`, `local[*]` and `local[N,F]`: everything in one JVM."""
+    return master is not None and (master == "local" or master.startswith("local["))
+
+
 def session_conf(config: ClickrecConfig) -> dict[str, str]:
     """Every Spark option the factory sets, as a dict (testable without a JVM)."""
     sc = config.spark
@@ -114,10 +119,20 @@ def session_conf(config: ClickrecConfig) -> dict[str, str]:
     if sc.driver_memory is not None:
         conf["spark.driver.memory"] = sc.driver_memory
     jars_dir = resolve_jars_dir(sc.jars_dir)
-    if jars_dir is not None:
-        conf["spark.jars"] = ",".join(str(j) for j in cached_jars(jars_dir))
+    jars = [str(j) for j in cached_jars(jars_dir)] if jars_dir is not None else []
+    if jars:
+        if is_local_master(sc.master):
+            # Driver and executors share one JVM, so the jars go on its classpath. `spark.jars`
+            # would copy each into the session's temp dir (the AWS SDK bundle alone is 686 MB),
+            # on every start, and a killed job would leave that copy behind in /tmp.
+            conf["spark.driver.extraClassPath"] = os.pathsep.join(jars)
+        else:
+            conf["spark.jars"] = ",".join(jars)
     conf.update(s3a_conf(config.s3))
+    extra = sc.conf.get("spark.driver.extraClassPath")
     conf.update(sc.conf)
+    if extra and jars and is_local_master(sc.master):
+        conf["spark.driver.extraClassPath"] = os.pathsep.join([extra, *jars])  # keep both
     return conf
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -14,11 +15,24 @@ from clickrec.spark import cached_jars, s3a_conf, session_conf
 def test_session_conf_has_delta_and_cached_jars() -> None:
     conf = session_conf(build_config({}))
     assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
-    jars = conf["spark.jars"].split(",")
+    jars = conf["spark.driver.extraClassPath"].split(os.pathsep)
     assert any("delta-spark_4.2_2.13" in j for j in jars)
     assert any("spark-sql-kafka-0-10_2.13-4.2.0" in j for j in jars)
     assert any("hadoop-aws-3.5.0" in j for j in jars)
     assert "spark.jars.packages" not in conf  # nothing is downloaded at run time
+
+
+def test_local_master_puts_jars_on_the_classpath_instead_of_copying_them() -> None:
+    """`spark.jars` copies every jar (686 MB of AWS SDK) into each local session's temp dir."""
+    local = session_conf(build_config({"spark": {"master": "local[2]"}}))
+    assert "spark.jars" not in local
+    assert local["spark.driver.extraClassPath"]
+    cluster = session_conf(build_config({"spark": {"master": "spark://host:7077"}}))
+    assert "spark.driver.extraClassPath" not in cluster
+    assert any("delta-spark_" in j for j in cluster["spark.jars"].split(","))
+    own = session_conf(build_config({"spark": {"conf": {"spark.driver.extraClassPath": "/opt/my.jar"}}}))
+    assert own["spark.driver.extraClassPath"].startswith("/opt/my.jar" + os.pathsep)
+    assert "delta-spark_" in own["spark.driver.extraClassPath"]
 
 
 def test_missing_jar_cache_says_run_setup(tmp_path: Path) -> None:
@@ -29,6 +43,7 @@ def test_missing_jar_cache_says_run_setup(tmp_path: Path) -> None:
 def test_null_jars_dir_leaves_classpath_alone() -> None:
     conf = session_conf(build_config({"spark": {"jars_dir": None, "master": None, "driver_memory": None}}))
     assert "spark.jars" not in conf
+    assert "spark.driver.extraClassPath" not in conf
     assert "spark.master" not in conf
 
 
