@@ -19,6 +19,15 @@ from clickrec.services import ServiceProcess, start_kafka, start_minio, start_ml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Free disk where the run writes: a nearly full disk fails services in confusing ways."""
+    import shutil
+    import tempfile
+
+    free = {str(p): shutil.disk_usage(p).free / 1024**3 for p in (Path(tempfile.gettempdir()), REPO_ROOT)}
+    return "free disk: " + ", ".join(f"{p} {gib:.1f} GiB" for p, gib in free.items())
+
+
 def make_config(tmp: Path, **sections: dict) -> ClickrecConfig:
     """A config for tests: local[2], few partitions, lake and MLflow under `tmp`."""
     data: dict = {
