@@ -184,6 +184,9 @@ class IngestConfig(_Section):
     # Quality gate: above this fraction of rejected rows the batch fails and nothing is written.
     max_rejected_fraction: float = Field(default=0.5, ge=0, le=1)
     data_docs: bool = True
+    # Scratch of a killed ingest or stream batch (<lake.root>/_staging/<run id>) untouched for
+    # this long is removed by the next ingest.
+    stale_staging_hours: float = Field(default=24.0, gt=0)
 
     @field_validator("column_mapping")
     @classmethod

@@ -34,7 +34,13 @@ from clickrec import columns as C
 from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError
 from clickrec.io import delta
-from clickrec.io.files import InputFile, delete_path, fingerprint, list_input_files
+from clickrec.io.files import (
+    InputFile,
+    delete_path,
+    fingerprint,
+    list_input_files,
+    remove_stale_dirs,
+)
 from clickrec.quality import load_suite, preload_gx, rejection_checks, validate_batch
 
 if TYPE_CHECKING:
@@ -291,6 +297,10 @@ def ingest(
     now = datetime.now(UTC).replace(tzinfo=None)
     input_key = fingerprint(files, fmt, config.ingest.model_dump_json())
     log.info("ingest %s: %d file(s) as %s, run %s", input_path, len(files), fmt, run_id)
+    stale = remove_stale_dirs(spark, delta.table_path(config, "_staging"),
+                              older_than_hours=config.ingest.stale_staging_hours)
+    if stale:
+        log.warning("removed %d scratch folder(s) left by killed jobs: %s", len(stale), ", ".join(stale))
     staging = delta.table_path(config, f"_staging/{run_id}")
     suite_path = config.ingest.events_suite if fmt == "rees46" else config.ingest.ratings_suite
     suite = load_suite(suite_path, _suite_params(config))
@@ -379,6 +389,7 @@ def ingest(
         "tables": table_versions,
         "seconds": round(seconds, 3),
         "phase_seconds": {k: v for k, v in phases.items() if v},
+        "stale_staging_removed": len(stale),
         "rows_per_second": round(rows_read / seconds, 1) if seconds > 0 else None,
     }
     assert summary["rows_read"] == summary["accepted"] + summary["duplicates"] + summary["quarantined"]

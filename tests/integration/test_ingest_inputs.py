@@ -89,6 +89,27 @@ def test_missing_input_names_the_path(spark: SparkSession, config: ClickrecConfi
         ingest(spark, config, input_path=str(tmp_path / "nothing-here" / "*.csv"))
 
 
+def test_scratch_of_a_killed_job_is_removed_by_the_next_ingest(
+    spark: SparkSession, config: ClickrecConfig, tmp_path: Path
+) -> None:
+    """A SIGKILLed ingest cannot run its `finally`: the next one removes its old scratch."""
+    staging = Path(table_path(config, "_staging"))
+    old_file = staging / "killed-run" / "batch" / "part-0.parquet"
+    live_file = staging / "running-run" / "batch" / "part-0.parquet"
+    for f in (old_file, live_file):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"scratch")
+    two_days_ago = os.path.getmtime(old_file) - 48 * 3600
+    for p in (old_file, old_file.parent, old_file.parent.parent):
+        os.utime(p, (two_days_ago, two_days_ago))
+    src = tmp_path / "events.csv"
+    src.write_text(HEADER + "\n" + "\n".join(good_line(i) for i in range(10)) + "\n")
+    summary = ingest(spark, config, input_path=str(src))
+    assert summary["stale_staging_removed"] == 1
+    assert not old_file.parent.parent.exists()
+    assert live_file.is_file()  # touched within stale_staging_hours: maybe another job's
+
+
 def test_column_mapping_lets_a_session_only_log_in(spark: SparkSession, tmp_path: Path) -> None:
     config = make_config(tmp_path, ingest={
         "source_columns": ["ts", "action", "sku", "sid"],

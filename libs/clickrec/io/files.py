@@ -73,3 +73,32 @@ def delete_path(spark: SparkSession, path: str) -> None:
     fs, hpath = _hadoop_path(spark, path)
     if fs.exists(hpath):
         fs.delete(hpath, True)
+
+
+def remove_stale_dirs(spark: SparkSession, parent: str, *, older_than_hours: float,
+                      now_ms: int | None = None) -> list[str]:
+    """Delete the folders under `parent` in which nothing changed for `older_than_hours`.
+
+    For the scratch of jobs that were killed (`<lake>/_staging/<run id>`): a `finally` cannot
+    run after SIGKILL, and a 10M-event batch leaves gigabytes there. A running job writes into
+    its own folder as it goes, so only abandoned ones are old. Returns the removed paths.
+    """
+    import time
+
+    fs, hpath = _hadoop_path(spark, parent)
+    if not fs.exists(hpath):
+        return []
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    cutoff = now_ms - int(older_than_hours * 3_600_000)
+    removed: list[str] = []
+    for child in fs.listStatus(hpath):
+        if not child.isDirectory():
+            continue
+        newest = int(child.getModificationTime())  # 0 for an S3 "folder": its files decide
+        files = fs.listFiles(child.getPath(), True)
+        while files.hasNext():
+            newest = max(newest, int(files.next().getModificationTime()))
+        if newest < cutoff:
+            fs.delete(child.getPath(), True)
+            removed.append(str(child.getPath()))
+    return removed
