@@ -18,6 +18,8 @@ from clickrec.errors import SetupError
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+
 # Jars that must be in the cache for the session to have what the design promises.
 REQUIRED_JAR_PREFIXES: tuple[str, ...] = (
     "delta-spark_",
@@ -103,7 +105,7 @@ def session_conf(config: ClickrecConfig) -> dict[str, str]:
         "spark.sql.shuffle.partitions": str(sc.shuffle_partitions),
         # Delta reads its log with 50 tasks by default; tie it to the cluster's parallelism.
         "spark.databricks.delta.snapshotPartitions": str(sc.shuffle_partitions),
-        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
@@ -144,11 +146,35 @@ def checkpoint_dir(config: ClickrecConfig) -> str:
     return str(Path(value).resolve())
 
 
+def _require_delta_on_launched_jvm() -> None:
+    """Fail clearly when spark-submit started the JVM without the Delta jars.
+
+    Under spark-submit the JVM is up before the job reads its config, so the factory cannot
+    put the cached jars on its classpath any more; without this check the job dies later on
+    a ClassNotFoundException. (The Kubernetes image has them in /opt/spark/jars.)
+    """
+    from py4j.protocol import Py4JJavaError
+    from pyspark import SparkContext
+
+    if "PYSPARK_GATEWAY_PORT" not in os.environ or SparkContext._active_spark_context is not None:
+        return
+    SparkContext._ensure_initialized()
+    try:
+        SparkContext._jvm.java.lang.Class.forName(DELTA_EXTENSION)  # type: ignore[union-attr]
+    except Py4JJavaError as exc:
+        raise SetupError(
+            f"spark-submit started the JVM without Delta ({DELTA_EXTENSION} not found): pass the "
+            "jars cached by `make setup`, e.g. spark-submit --driver-class-path "
+            "'.cache/jars/spark/*' jobs/<job>.py ..."
+        ) from exc
+
+
 def build_spark_session(config: ClickrecConfig) -> SparkSession:
     """Return the Delta-enabled SparkSession described by `config` (getOrCreate)."""
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    _require_delta_on_launched_jvm()
     builder = SparkSession.builder
     for key, value in session_conf(config).items():
         builder = builder.config(key, value)

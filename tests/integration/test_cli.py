@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,28 @@ def test_help(command: list[str]) -> None:
     result = clickrec(*command, "--help")
     assert result.returncode == 0
     assert "Usage" in result.stdout
+
+
+def test_spark_submit_of_a_job_needs_the_jars_on_its_command_line_and_says_so(tmp_path: Path) -> None:
+    """The README's `spark-submit jobs/ingest.py` line runs, and without the jars fails clearly."""
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+        + "".join(f"2019-10-01 00:0{i}:00 UTC,view,{100 + i},1,,acme,1.50,{7 + i % 2},s{i % 2}\n" for i in range(6))
+    )
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+    job = ["jobs/ingest.py", "--input", str(events), "--set", f"lake.root={tmp_path / 'lake'}",
+           "--set", "spark.master=local[2]", "--set", "spark.driver_memory=1g",
+           "--set", f"spark.conf.spark.local.dir={tmp_path / 'spark-local'}"]
+
+    def submit(*opts: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(venv_bin / "spark-submit"), *opts, *job], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    bare = submit()
+    assert bare.returncode != 0
+    assert "--driver-class-path '.cache/jars/spark/*'" in last_json(bare.stdout)["error"]
+    ok = submit("--driver-class-path", ".cache/jars/spark/*")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert last_json(ok.stdout)["accepted"] == 6
