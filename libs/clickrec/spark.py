@@ -160,12 +160,14 @@ def _require_delta_on_launched_jvm() -> None:
         return
     SparkContext._ensure_initialized()
     try:
-        SparkContext._jvm.java.lang.Class.forName(DELTA_EXTENSION)  # type: ignore[union-attr]
+        # Through the context class loader, where spark-submit puts --jars too.
+        loader = SparkContext._jvm.java.lang.Thread.currentThread().getContextClassLoader()  # type: ignore[union-attr]
+        loader.loadClass(DELTA_EXTENSION)
     except Py4JJavaError as exc:
         raise SetupError(
             f"spark-submit started the JVM without Delta ({DELTA_EXTENSION} not found): pass the "
             "jars cached by `make setup`, e.g. spark-submit --driver-class-path "
-            "'.cache/jars/spark/*' jobs/<job>.py ..."
+            "'.cache/jars/spark/*' jobs/<job>.py ... (or --jars with them, comma-separated)"
         ) from exc
 
 
