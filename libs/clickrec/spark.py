@@ -122,19 +122,17 @@ def session_conf(config: ClickrecConfig) -> dict[str, str]:
         conf["spark.driver.memory"] = sc.driver_memory
     jars_dir = resolve_jars_dir(sc.jars_dir)
     jars = [str(j) for j in cached_jars(jars_dir)] if jars_dir is not None else []
-    if jars:
-        if is_local_master(sc.master):
-            # Driver and executors share one JVM, so the jars go on its classpath. `spark.jars`
-            # would copy each into the session's temp dir (the AWS SDK bundle alone is 686 MB),
-            # on every start, and a killed job would leave that copy behind in /tmp.
-            conf["spark.driver.extraClassPath"] = os.pathsep.join(jars)
-        else:
-            conf["spark.jars"] = ",".join(jars)
+    local = is_local_master(sc.master)
+    if jars and not local:
+        conf["spark.jars"] = ",".join(jars)
     conf.update(s3a_conf(config.s3))
-    extra = sc.conf.get("spark.driver.extraClassPath")
     conf.update(sc.conf)
-    if extra and jars and is_local_master(sc.master):
-        conf["spark.driver.extraClassPath"] = os.pathsep.join([extra, *jars])  # keep both
+    if jars and local:
+        # Driver and executors share one JVM, so the jars go on its classpath (after the
+        # user's own entries). `spark.jars` would copy each into the session's temp dir (the
+        # AWS SDK bundle alone is 686 MB) on every start, left behind when a job is killed.
+        own = sc.conf.get("spark.driver.extraClassPath")
+        conf["spark.driver.extraClassPath"] = os.pathsep.join([own, *jars] if own else jars)
     return conf
 
 

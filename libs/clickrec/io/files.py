@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,21 +76,17 @@ def delete_path(spark: SparkSession, path: str) -> None:
         fs.delete(hpath, True)
 
 
-def remove_stale_dirs(spark: SparkSession, parent: str, *, older_than_hours: float,
-                      now_ms: int | None = None) -> list[str]:
+def remove_stale_dirs(spark: SparkSession, parent: str, *, older_than_hours: float) -> list[str]:
     """Delete the folders under `parent` in which nothing changed for `older_than_hours`.
 
     For the scratch of jobs that were killed (`<lake>/_staging/<run id>`): a `finally` cannot
     run after SIGKILL, and a 10M-event batch leaves gigabytes there. A running job writes into
     its own folder as it goes, so only abandoned ones are old. Returns the removed paths.
     """
-    import time
-
     fs, hpath = _hadoop_path(spark, parent)
     if not fs.exists(hpath):
         return []
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    cutoff = now_ms - int(older_than_hours * 3_600_000)
+    cutoff = int(time.time() * 1000) - int(older_than_hours * 3_600_000)
     removed: list[str] = []
     for child in fs.listStatus(hpath):
         if not child.isDirectory():
