@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -136,22 +138,17 @@ def suite_reasons(suite: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(e["meta"]["reason"] for e in suite["expectations"]))
 
 
-def _docs_site_config(docs_dir: str) -> dict[str, Any]:
-    if docs_dir.startswith("s3a://") or docs_dir.startswith("s3://"):
-        bucket, _, prefix = docs_dir.split("://", 1)[1].partition("/")
-        backend: dict[str, Any] = {"class_name": "TupleS3StoreBackend", "bucket": bucket, "prefix": prefix}
-        import os
-
-        endpoint = os.environ.get("CLICKREC_S3_ENDPOINT")
-        if endpoint:
-            backend["boto3_options"] = {"endpoint_url": endpoint}
-    else:
-        backend = {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir}
+def _docs_site_config(local_dir: str) -> dict[str, Any]:
+    # GX 1.x renders data docs only into a local folder (it has no S3 store backend any more).
     return {
         "class_name": "SiteBuilder",
-        "store_backend": backend,
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": local_dir},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     }
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file:")
 
 
 def _quiet_gx() -> None:
@@ -209,8 +206,11 @@ def validate_batch(
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     actions = []
-    if docs_dir is not None:
-        context.add_data_docs_site(site_name=DATA_DOCS_SITE, site_config=_docs_site_config(docs_dir))
+    # A lake on S3 gets its docs rendered into a local folder first, then copied through the
+    # session's s3a settings (the same endpoint and credentials as every table).
+    render_dir = tempfile.mkdtemp(prefix="clickrec-data-docs-") if docs_dir and _is_remote(docs_dir) else docs_dir
+    if render_dir is not None:
+        context.add_data_docs_site(site_name=DATA_DOCS_SITE, site_config=_docs_site_config(render_dir))
         actions.append(UpdateDataDocsAction(name="data_docs", site_names=[DATA_DOCS_SITE]))
     # persist=False: the caller hands over a batch that is cheap to rescan (scratch Parquet or
     # an already persisted frame); GX's own persist() would keep a second copy in memory.
@@ -240,9 +240,17 @@ def validate_batch(
             result_format={"result_format": "BASIC", "partial_unexpected_count": 0},
         )
     )
-    result = checkpoint.run(
-        batch_parameters={"dataframe": batch_df}, run_id=RunIdentifier(run_name=run_name)
-    )
+    try:
+        result = checkpoint.run(
+            batch_parameters={"dataframe": batch_df}, run_id=RunIdentifier(run_name=run_name)
+        )
+        if docs_dir is not None and render_dir != docs_dir:
+            from clickrec.io.files import copy_local_dir
+
+            copy_local_dir(batch_df.sparkSession, render_dir, docs_dir)
+    finally:
+        if render_dir is not None and render_dir != docs_dir:
+            shutil.rmtree(render_dir, ignore_errors=True)
     unexpected: dict[str, int] = {}
     evaluated = successful = 0
     for run_result in result.run_results.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -74,6 +75,26 @@ def delete_path(spark: SparkSession, path: str) -> None:
     fs, hpath = _hadoop_path(spark, path)
     if fs.exists(hpath):
         fs.delete(hpath, True)
+
+
+def copy_local_dir(spark: SparkSession, local_dir: str, target: str) -> int:
+    """Copy every file under the local folder `local_dir` to the same relative path under `target`.
+
+    For files rendered on the driver that belong in the lake (GX data docs), wherever the lake
+    is: through Hadoop's FileSystem, with the session's s3a settings. Overwrites; returns the
+    number of files copied.
+    """
+    jvm = spark.sparkContext._jvm
+    fs, root = _hadoop_path(spark, target)
+    copied = 0
+    for folder, _, names in os.walk(local_dir):
+        rel = os.path.relpath(folder, local_dir)
+        for name in names:
+            dst = root if rel == "." else jvm.org.apache.hadoop.fs.Path(root, rel)
+            fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(f"file://{os.path.join(folder, name)}"),
+                                 jvm.org.apache.hadoop.fs.Path(dst, name))
+            copied += 1
+    return copied
 
 
 def remove_stale_dirs(spark: SparkSession, parent: str, *, older_than_hours: float) -> list[str]:
