@@ -250,9 +250,7 @@ def test_conf_k8s_yaml_is_delivered_by_the_configmap(
     name, objects = rendering
     (configmap,) = by_kind(objects, "ConfigMap").values()
     assert configmap["metadata"]["name"].startswith("clickrec-conf")
-    assert configmap["data"] == {
-        "k8s.yaml": (REPO_ROOT / "conf" / "k8s.yaml").read_text(encoding="utf-8")
-    }
+    assert configmap["data"]["k8s.yaml"] == (REPO_ROOT / "conf" / "k8s.yaml").read_text(encoding="utf-8")
     for app, spec in app_specs(objects).items():
         for role in ("driver", "executor"):
             assert spec[role]["configMaps"] == [
@@ -260,6 +258,26 @@ def test_conf_k8s_yaml_is_delivered_by_the_configmap(
             ], f"{name} {app} {role}"
         args = spec["arguments"]
         assert args[args.index("--config") + 1] == f"{CONF_MOUNT}/k8s.yaml", f"{name} {app}"
+
+
+def test_every_file_conf_k8s_yaml_names_is_in_the_configmap(
+    rendering: tuple[str, list[dict[str, Any]]],
+) -> None:
+    # The image has no conf/ folder: a suite path must point into the mounted ConfigMap, and
+    # the ConfigMap must hold the repository's suite there.
+    from clickrec.config import load_config
+
+    name, objects = rendering
+    (configmap,) = by_kind(objects, "ConfigMap").values()
+    ingest = load_config(REPO_ROOT / "conf" / "k8s.yaml").ingest
+    for key in ("events_suite", "ratings_suite"):
+        path = getattr(ingest, key)
+        assert path.startswith(f"{CONF_MOUNT}/"), f"{name}: ingest.{key} = {path} is not under {CONF_MOUNT}"
+        file = path.removeprefix(f"{CONF_MOUNT}/")
+        assert configmap["data"].get(file) == (REPO_ROOT / "conf" / "expectations" / file).read_text(
+            encoding="utf-8"
+        ), f"{name}: ConfigMap {configmap['metadata']['name']} does not hold {file}"
+    assert set(configmap["data"]) == {"k8s.yaml", "clickstream_events.json", "ratings.json"}
 
 
 def test_restart_policies(rendering: tuple[str, list[dict[str, Any]]]) -> None:
@@ -280,7 +298,9 @@ def test_the_stream_checkpoints_on_s3a() -> None:
     args = stream["spec"]["arguments"]
     overrides = [args[i + 1] for i, a in enumerate(args) if a in ("--set", "-s")]
     config = load_config(REPO_ROOT / "conf" / "k8s.yaml", overrides)
-    assert config.spark.checkpoint_dir.startswith("s3a://")
+    from clickrec.stream import checkpoint_path
+
+    assert checkpoint_path(config).startswith("s3a://")  # under the lake, which outlives the pod
     assert "--available-now" not in args and "--max-seconds" not in args  # long-running
 
 
