@@ -357,17 +357,45 @@ def services_status(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> 
 _EXIT_WITHOUT_TEARDOWN = frozenset({"recommend", "status", "stream"})
 
 
+def _invoke(args: list[str]) -> int:
+    """Run the app and return its exit code; a usage error also ends stdout with a JSON line.
+
+    Scripts read the last stdout line of every command, so a missing or bad option (click's
+    usage errors, exit code 2) gets `{"ok": false, "error_type": "UsageError", ...}` there too,
+    besides click's usage message on stderr.
+    """
+    # typer (pinned in setup.cfg) vendors click and re-exports only BadParameter of its errors.
+    from typer._click import exceptions as click_errors
+
+    try:
+        result = app(args=args, standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # `clickrec services`: help, no command ran
+        exc.show()
+        return exc.exit_code
+    except click_errors.UsageError as exc:
+        exc.show()
+        names, ctx = [], exc.ctx
+        while ctx is not None and ctx.parent is not None:  # the subcommands, without the program
+            names.append(ctx.info_name or "")
+            ctx = ctx.parent
+        command = " ".join(reversed(names)) or "clickrec"
+        emit({"command": command, "ok": False, "error": exc.format_message(), "error_type": "UsageError"})
+        return exc.exit_code
+    except click_errors.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; jobs/*.py call it with their subcommand prepended."""
-    args = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:] if argv is None else list(argv)
+    code = _invoke(args)
     if not args or args[0] not in _EXIT_WITHOUT_TEARDOWN or "--help" in args:
-        app(args=argv)
-        return
-    code = 0
-    try:
-        app(args=args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        sys.exit(code)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

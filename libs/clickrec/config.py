@@ -382,7 +382,11 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     """Read `path` (default conf/local.yaml), apply overrides and validate."""
     file = Path(path) if path is not None else DEFAULT_CONFIG
     if not file.is_file():
-        raise ConfigError(f"config file {file} not found (pass --config FILE)")
+        where = f" in {Path.cwd()}" if not file.is_absolute() else ""
+        raise ConfigError(
+            f"config file {file} not found{where} (pass --config FILE; the default "
+            f"{DEFAULT_CONFIG} and the relative paths in it are read from the repository root)"
+        )
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

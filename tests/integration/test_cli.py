@@ -63,8 +63,34 @@ def test_missing_config_file_is_clear() -> None:
     assert "conf/missing.yaml not found" in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["status"], ["services"], ["services", "up"],
-                                     ["services", "down"], ["services", "status"]])
+def test_missing_default_config_names_the_folder_it_looked_in(tmp_path: Path) -> None:
+    result = clickrec("status", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"conf/local.yaml not found in {tmp_path}" in result.stderr
+    assert last_json(result.stdout)["error_type"] == "ConfigError"
+
+
+@pytest.mark.parametrize(
+    ("args", "command", "message"),
+    [
+        (["ingest"], "ingest", "Missing option '--input'"),
+        (["services", "up", "--bogus"], "services up", "No such option: --bogus"),
+        (["nosuch"], "clickrec", "No such command 'nosuch'"),
+    ],
+)
+def test_usage_errors_end_stdout_with_a_json_line_too(args: list[str], command: str, message: str) -> None:
+    result = clickrec(*args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Usage:" in result.stderr
+    summary = last_json(result.stdout)
+    assert summary["command"] == command and summary["ok"] is False
+    assert summary["error_type"] == "UsageError" and message in summary["error"]
+
+
+@pytest.mark.parametrize("command", [[], ["status"], ["generate"], ["ingest"], ["train"], ["publish"],
+                                     ["pipeline"], ["recommend"], ["serve"], ["replay"], ["stream"],
+                                     ["services"], ["services", "up"], ["services", "down"],
+                                     ["services", "status"]])
 def test_help(command: list[str]) -> None:
     result = clickrec(*command, "--help")
     assert result.returncode == 0
