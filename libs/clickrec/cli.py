@@ -34,9 +34,17 @@ ConfigOpt = Annotated[
     Path,
     typer.Option("--config", "-c", help="Config file (YAML).", show_default=True),
 ]
+ServicesConfigOpt = Annotated[
+    Path,
+    typer.Option(
+        "--config", "-c", show_default=True,
+        help="Config file (YAML), checked like every command's; the services themselves always run on "
+        "127.0.0.1 with their state in .clickrec/services (conf/stack.yaml points at them).",
+    ),
+]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config key: dotted.key=value (repeatable)."),
 ]
 InputOpt = Annotated[
     str, typer.Option("--input", "-i", help="File, folder, glob or s3a:// path of the raw input.")
@@ -145,7 +153,7 @@ def train(
         typer.Option("--promote", help="auto (default: when it beats the champion), never, always."),
     ] = None,
 ) -> None:
-    """Split silver, tune ALS by cross-validation, evaluate vs popularity, log, register, promote."""
+    """Split silver, tune ALS (k-fold CV, or train.tuning=train_validation), evaluate vs popularity, log, register, promote."""
 
     def body() -> dict[str, Any]:
         from clickrec.errors import InputError
@@ -201,11 +209,17 @@ def pipeline(
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
-    """Ingest, train and publish (publish.pipeline_aliases) in one process and one Spark session."""
+    """Ingest, train and publish (publish.pipeline_aliases) in one process and one Spark session.
+
+    Promotion follows train.promote (e.g. --set train.promote=never).
+    """
 
     def body() -> dict[str, Any]:
         _check_format(input_format)
         cfg = _config(config, set_)
+        from clickrec.io.files import check_local_input
+
+        check_local_input(input_path)
         from clickrec.pipeline import run_pipeline
         from clickrec.spark import build_spark_session
 
@@ -224,7 +238,10 @@ def replay(
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
-    """Send a clickstream file to Kafka as JSON events (REES46 schema) at --rate events/s."""
+    """Send a clickstream file to Kafka as JSON events (REES46 schema) at --rate events/s.
+
+    Needs kafka.bootstrap_servers (conf/stack.yaml after `clickrec services up`; conf/local.yaml has no Kafka).
+    """
 
     def body() -> dict[str, Any]:
         from clickrec.stream import replay as run_replay
@@ -245,7 +262,10 @@ def stream(
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
-    """Kafka clickstream -> bronze (exactly once) -> silver -> fold-in -> gold, until stopped (SIGTERM)."""
+    """Kafka clickstream -> bronze (exactly once) -> silver -> fold-in -> gold, until stopped (SIGTERM).
+
+    Needs kafka.bootstrap_servers (conf/stack.yaml after `clickrec services up`; conf/local.yaml has no Kafka).
+    """
 
     def body() -> dict[str, Any]:
         from clickrec.errors import InputError
@@ -288,7 +308,7 @@ def recommend(
 def serve(
     port: Annotated[int | None, typer.Option("--port", "-p", help="TCP port (default serve.port).", min=1, max=65535)] = None,
     host: Annotated[
-        str | None, typer.Option("--host", help="Address to bind (default serve.host, 127.0.0.1).")
+        str | None, typer.Option("--host", help="Address to bind (default serve.host: 127.0.0.1 in conf/local.yaml).")
     ] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
@@ -305,10 +325,10 @@ def serve(
 
 @services_app.command("up")
 def services_up(
-    config: ConfigOpt = DEFAULT_CONFIG,
+    config: ServicesConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
     only: Annotated[
-        list[str] | None, typer.Option("--only", help="Start only these: kafka, minio, mlflow.")
+        list[str] | None, typer.Option("--only", metavar="SERVICE", help="Start only these: kafka, minio, mlflow (repeatable).")
     ] = None,
 ) -> None:
     """Start Kafka (KRaft), MinIO and the MLflow server on free 127.0.0.1 ports."""
@@ -326,7 +346,7 @@ def services_up(
 
 
 @services_app.command("down")
-def services_down(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+def services_down(config: ServicesConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """Stop only the services that `clickrec services up` started."""
     from clickrec import services
 
@@ -338,7 +358,7 @@ def services_down(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> No
 
 
 @services_app.command("status")
-def services_status(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+def services_status(config: ServicesConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """Report whether each local service is running and where."""
     from clickrec import services
 
