@@ -27,8 +27,10 @@ is recomputed to the same values (no commit when nothing changed) and gold is up
 Until batch ingest has created bronze, silver and the indexes, micro-batches take the batch
 path's Spark update (clickrec.ingest.ingest_valid_events), which creates them.
 
-Before each batch the registry is asked which version holds the alias (a cheap call): a new
-champion, announced on the `models` topic by publish, is loaded before the next batch.
+Before each batch the stream looks up the model version that gold/popular_items says the
+variant is published with (`served_version`, one small delta-rs read; the registry alias until
+the variant is published): a new champion, once publish has written it and announced it on the
+`models` topic, is loaded before the next batch, and a rollback to an older version is followed.
 Progress (input and processing rates, batch duration, offsets behind latest) comes from a
 StreamingQueryListener into the log and `<lake>/_metrics/stream/<query_name>.json`.
 """
@@ -135,6 +137,25 @@ def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, version: int
     return FoldInModel(ref["model_name"], version, ItemFactors(ids, mat), item_ids, reg_param, alpha)
 
 
+def served_version(config: ClickrecConfig) -> int | None:
+    """The model version gold serves for stream.variant: the one publish last wrote there.
+
+    The stream folds in with this version rather than the registry alias's, so that gold never
+    mixes two models' lists in one variant: after a rollback (`publish --model-version V`, which
+    leaves the aliases alone) it follows V, and a newly promoted champion is taken up once it
+    is published. None when the variant is not published yet (or by another model name): the
+    caller then uses the alias.
+    """
+    dt = open_table(config, C.GOLD_POPULAR_ITEMS)
+    if dt is None:
+        return None
+    rows = dt.to_pyarrow_table(columns=[C.VARIANT, C.MODEL_NAME, C.MODEL_VERSION]).to_pylist()
+    for row in rows:
+        if row[C.VARIANT] == config.stream.variant and row[C.MODEL_NAME] == config.mlflow.model_name:
+            return int(row[C.MODEL_VERSION])
+    return None
+
+
 def fold_in_lists(
     model: FoldInModel, interactions: Any, *, n: int, exclude: str, rating_col: str = C.RATING
 ) -> dict[str, list[tuple[str, float]]]:
@@ -170,8 +191,10 @@ class BatchProcessor:
     model_checked_version: int | None = None
 
     def refresh_model(self) -> None:
-        """Load the alias's version when it changed since the last batch (a new champion)."""
-        version = tracking.alias_versions(self.config).get(self.config.stream.variant)
+        """Load the version gold serves (else the alias's) when it changed since the last batch."""
+        version = served_version(self.config)
+        if version is None:
+            version = tracking.alias_versions(self.config).get(self.config.stream.variant)
         if version is None or version == self.model_checked_version:
             return
         self.model_checked_version = version

@@ -1,0 +1,46 @@
+"""Which model the stream folds users in with: the version gold serves, not just the alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from clickrec.generate import generate_clickstream
+from clickrec.ingest import ingest
+from clickrec.publish import publish
+from clickrec.stream import BatchProcessor, served_version
+from tests.conftest import make_config
+from tests.stream_support import register_model
+
+
+def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession, tmp_path: Path) -> None:
+    config = make_config(tmp_path, ingest={"data_docs": False}, publish={"n": 5})
+    source = tmp_path / "events.csv"
+    generate_clickstream(source, events=800, seed=11)
+    ingest(spark, config, input_path=str(source))
+    first = register_model(spark, config, max_iter=2, seed=1)
+    second = register_model(spark, config, max_iter=2, seed=2)  # now the champion
+
+    processor = BatchProcessor(spark, config)
+    assert served_version(config) is None  # nothing published: the alias decides
+    processor.refresh_model()
+    assert processor.model is not None and processor.model.version == second
+
+    publish(spark, config)  # the champion, as the pipeline publishes it
+    assert served_version(config) == second
+    processor.refresh_model()
+    assert processor.model.version == second and processor.totals["model_reloads"] == 1
+
+    # A rollback republishes the first version as the champion and leaves the alias on the second:
+    # the stream's lists must come from the model the rest of the variant was published with.
+    publish(spark, config, model_version=first)
+    assert served_version(config) == first
+    processor.refresh_model()
+    assert processor.model.version == first and processor.totals["model_reloads"] == 2
+
+    # Another variant, or gold written under another model name, falls back to that alias.
+    other = make_config(tmp_path, stream={"variant": "challenger"})
+    assert served_version(other) is None
+    renamed = make_config(tmp_path, mlflow={"model_name": "another-model"})
+    assert served_version(renamed) is None
