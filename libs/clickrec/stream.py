@@ -140,11 +140,13 @@ def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, version: int
 def served_version(config: ClickrecConfig) -> int | None:
     """The model version gold serves for stream.variant: the one publish last wrote there.
 
-    The stream folds in with this version rather than the registry alias's, so that gold never
-    mixes two models' lists in one variant: after a rollback (`publish --model-version V`, which
-    leaves the aliases alone) it follows V, and a newly promoted champion is taken up once it
-    is published. None when the variant is not published yet (or by another model name): the
-    caller then uses the alias.
+    The stream folds in with this version rather than the registry alias's, so that its lists
+    come from the model the variant is published with: after a rollback (`publish --model-version
+    V`, which leaves the aliases alone) it follows V, and a newly promoted champion is taken up
+    once it is published. One window is left: publish writes gold/recommendations before
+    gold/popular_items, so a micro-batch between the two still folds in with the old version.
+    None when the variant is not published yet (or by another model name): the caller then
+    uses the alias.
     """
     dt = open_table(config, C.GOLD_POPULAR_ITEMS)
     if dt is None:
