@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
@@ -15,17 +14,17 @@ from clickrec.services import LAKE_BUCKET, ServiceProcess
 from clickrec.spark import apply_s3a
 
 
-def _minio_lake(spark: SparkSession, minio: ServiceProcess, **sections: dict) -> ClickrecConfig:
+def _minio_lake(spark: SparkSession, minio: ServiceProcess) -> ClickrecConfig:
     """A config whose lake is a fresh prefix of the MinIO bucket, with the session's s3a set to it."""
     config = build_config(
-        {"lake": {"root": f"s3a://{LAKE_BUCKET}/test-{uuid.uuid4().hex[:8]}"}, "s3": {"endpoint": minio.url},
-         **sections}
+        {"lake": {"root": f"s3a://{LAKE_BUCKET}/test-{uuid.uuid4().hex[:8]}"}, "s3": {"endpoint": minio.url}}
     )
     apply_s3a(spark, config.s3)
     return config
 
 
-def _objects(minio: ServiceProcess, prefix: str) -> list[str]:
+def objects(minio: ServiceProcess, prefix: str) -> list[str]:
+    """Names of the objects under `prefix` in the lake bucket, read by a client of MinIO's own."""
     from minio import Minio
 
     client = Minio(minio.url.removeprefix("http://"), access_key=minio.env["AWS_ACCESS_KEY_ID"],
@@ -42,12 +41,7 @@ def test_delta_roundtrip_on_minio(spark: SparkSession, minio_env: ServiceProcess
     assertDataFrameEqual(spark.read.format("delta").load(path), df)
 
     # The object really is on MinIO, and a JVM-free reader sees the same rows.
-    from minio import Minio
-
-    client = Minio(minio_env.url.removeprefix("http://"), access_key=minio_env.env["AWS_ACCESS_KEY_ID"],
-                   secret_key=minio_env.env["AWS_SECRET_ACCESS_KEY"], secure=False)
-    prefix = path.removeprefix(f"s3a://{LAKE_BUCKET}/") + "/_delta_log/"
-    names = [o.object_name for o in client.list_objects(LAKE_BUCKET, prefix=prefix)]
+    names = objects(minio_env, path.removeprefix(f"s3a://{LAKE_BUCKET}/") + "/_delta_log/")
     assert any(n.endswith("00000000000000000000.json") for n in names)
     dt = open_table(config, "silver/kv")
     assert dt is not None and dt.version() == 0
@@ -75,26 +69,3 @@ def test_stream_writes_with_delta_rs_on_minio(spark: SparkSession, minio_env: Se
     found = delta_rs.read_where_in(open_table(config, "silver/kv"), "v", ["B", "d"], ("k", "v"))
     assert sorted(found.column("k").to_pylist()) == [2, 4]
 
-
-def test_ingest_into_a_minio_lake_writes_the_tables_and_the_data_docs(
-    spark: SparkSession, minio_env: ServiceProcess, tmp_path: Path
-) -> None:
-    # conf/stack.yaml and conf/k8s.yaml keep the lake on S3 with GX data docs on: the docs are
-    # rendered locally (GX 1.x has no S3 store) and copied under the lake through s3a.
-    from clickrec.generate import generate_clickstream
-    from clickrec.ingest import ingest
-
-    config = _minio_lake(spark, minio_env, ingest={"data_docs": True})
-    source = tmp_path / "events.csv"
-    generate_clickstream(source, events=300, seed=3)
-    summary = ingest(spark, config, input_path=str(source))
-    assert summary["rows_read"] == 300
-    assert summary["rows_read"] == summary["accepted"] + summary["duplicates"] + summary["quarantined"]
-    lake = config.lake.root.removeprefix(f"s3a://{LAKE_BUCKET}/")
-    assert summary["data_docs"] == f"{config.lake.root}/_quality/data_docs/index.html"
-    docs = _objects(minio_env, f"{lake}/_quality/data_docs/")
-    assert f"{lake}/_quality/data_docs/index.html" in docs
-    assert any("/validations/" in name and name.endswith(".html") for name in docs), docs
-    assert any(n.endswith("00000000000000000000.json") for n in _objects(minio_env, f"{lake}/bronze/events/_delta_log/"))
-    # the run's scratch is gone (s3a may leave an empty folder marker behind)
-    assert [n for n in _objects(minio_env, f"{lake}/_staging/") if not n.endswith("/")] == []

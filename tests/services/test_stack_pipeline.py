@@ -17,6 +17,7 @@ from clickrec.pipeline import run_pipeline
 from clickrec.services import LAKE_BUCKET, ServiceProcess, env_lines
 from clickrec.serving.reader import RecommendationReader
 from clickrec.spark import apply_s3a
+from tests.services.test_minio_s3a import objects
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = 1500
@@ -47,7 +48,14 @@ def test_the_stack_config_runs_the_pipeline_and_serves_from_minio(
 
     ingest = summary["ingest"]
     assert ingest["rows_read"] == EVENTS == ingest["accepted"] + ingest["duplicates"] + ingest["quarantined"]
+    # GX 1.x has no S3 store: the data docs are rendered locally and copied under the lake.
+    lake = config.lake.root.removeprefix(f"s3a://{LAKE_BUCKET}/")
     assert ingest["data_docs"] == f"{config.lake.root}/_quality/data_docs/index.html"
+    docs = objects(minio_env, f"{lake}/_quality/data_docs/")
+    assert f"{lake}/_quality/data_docs/index.html" in docs
+    assert any("/validations/" in name and name.endswith(".html") for name in docs), docs
+    # the ingest's scratch is gone (s3a may leave an empty folder marker behind)
+    assert [n for n in objects(minio_env, f"{lake}/_staging/") if not n.endswith("/")] == []
     assert summary["train"]["model_name"] == f"stack-{run}" and summary["train"]["promoted"] is True
     champion = summary["publish"]["champion"]
     assert champion["users"] > 0 and champion["announcement"]["sent"] is True
