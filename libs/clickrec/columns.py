@@ -73,6 +73,7 @@ UPDATED_AT: Final = "updated_at"
 SOURCE_BATCH: Final = "batch"
 SOURCE_STREAM: Final = "stream"
 SOURCE_POPULAR: Final = "popular"
+RECOMMENDATION_KEYS: Final = (USER_ID, VARIANT)
 
 # --- tables, relative to lake.root -------------------------------------------------------------
 BRONZE_EVENTS: Final = "bronze/events"

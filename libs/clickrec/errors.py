@@ -37,3 +37,15 @@ class InputError(ClickrecError):
     """Input data or a command-line argument cannot be used; the message names it."""
 
     exit_code = 2
+
+
+class ConcurrentWriteError(ClickrecError):
+    """Concurrent writers kept winning the commit race on a table; a rerun is safe."""
+
+    exit_code = 6
+
+
+class ChampionUnavailableError(ClickrecError):
+    """The registry names a champion whose model cannot be loaded (artifacts gone or unreadable)."""
+
+    exit_code = 5

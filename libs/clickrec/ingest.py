@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.errors import InputError
-from clickrec.io import delta
+from clickrec.errors import ConcurrentWriteError, InputError
+from clickrec.io import conflicts, delta
 from clickrec.io.files import (
     InputFile,
     delete_path,
@@ -188,21 +188,43 @@ def _count_batch(staged: DataFrame) -> tuple[int, int, dict[str, int]]:
 
 
 def _extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: str) -> int:
-    """Append ids for keys not yet in the index at `path`; return how many were added."""
+    """Give ids to the keys the index at `path` lacks; return how many it added.
+
+    The stream may number new keys at the same time. Each writer numbers them after the
+    largest id of the version it read and inserts them with a MERGE that skips a row whose key
+    or id is taken; Delta fails a MERGE that a concurrent commit raced (it is redone). Keys
+    skipped that way are numbered again from the newer version, so no key gets two ids and no
+    id two keys.
+    """
     from clickrec.transforms.index import assign_new_ids
 
-    if delta.table_exists(spark, path):
-        index_df = delta.read_table(spark, path)
-    else:
-        index_df = spark.createDataFrame([], f"{C.SOURCE_ID} string, {C.IDX} int")
-    new_df = assign_new_ids(keys_df, index_df, key_col=key_col)
-    if not delta.table_exists(spark, path):
-        delta.append(new_df, path)
-        return int(delta.last_operation_metrics(spark, path).get("numOutputRows", 0))
-    added = new_df.count()
-    if added:
-        delta.append(new_df, path)
-    return int(added)
+    added = 0
+    for _ in range(conflicts.ATTEMPTS):
+        version = delta.table_version(spark, path)
+        if version is None:
+            empty = spark.createDataFrame([], f"{C.SOURCE_ID} string, {C.IDX} int")
+            try:
+                delta.create(assign_new_ids(keys_df, empty, key_col=key_col), path)
+            except Exception:
+                if not delta.table_exists(spark, path):  # not a lost race to create it: a real error
+                    raise
+                continue
+            return int(delta.last_operation_metrics(spark, path).get("numOutputRows", 0))
+        index_df = delta.read_table(spark, path, version=version)
+        new_df = assign_new_ids(keys_df, index_df, key_col=key_col)
+        wanted = int(new_df.count())
+        if wanted == 0:
+            return added
+        inserted = conflicts.retry_on_conflict(
+            lambda _, rows=new_df: delta.insert_unless_taken(spark, rows, path, unique=(C.SOURCE_ID, C.IDX)),
+            what=f"new ids into {path}",
+        )
+        added += inserted
+        if inserted == wanted:
+            return added
+        log.warning("%s: %d of %d new ids were taken by a concurrent writer; numbering them again",
+                    path, wanted - inserted, wanted)
+    raise ConcurrentWriteError(f"{path}: new ids kept colliding with a concurrent writer's; rerun the job")
 
 
 def _changed_rows(spark: SparkSession, rows_df: DataFrame, path: str) -> DataFrame:
@@ -495,7 +517,16 @@ def ingest_valid_events(
         interactions = to_interactions(events)
     log.info("bronze/events: %d accepted, %d duplicates", accepted, valid_rows - accepted)
     bronze_done = time.monotonic()
-    silver = _update_silver(spark, config, interactions, staging, scratch=scratch_interactions)
+
+    def update_silver(attempt: int) -> dict[str, int]:
+        # The stream may MERGE the same users' rows meanwhile: redone from bronze re-read.
+        if attempt == 1:
+            return _update_silver(spark, config, interactions, staging, scratch=scratch_interactions)
+        affected = valid.select(C.USER_ID).distinct()
+        events = delta.read_table(spark, bronze).join(affected, on=C.USER_ID, how="left_semi")
+        return _update_silver(spark, config, to_interactions(events), staging)
+
+    silver = conflicts.retry_on_conflict(update_silver, what=C.SILVER_INTERACTIONS)
     if phases is not None:
         phases["bronze"] = round(bronze_done - started, 2)
         phases["silver"] = round(time.monotonic() - bronze_done, 2)

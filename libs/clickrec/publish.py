@@ -31,7 +31,7 @@ from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError
-from clickrec.io import delta
+from clickrec.io import conflicts, delta
 from clickrec.io.kafka import send_json
 from clickrec.ml.recommend import recommend_top_k
 from clickrec.transforms.recommendations import (
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VARIANTS = tracking.ALIASES
-RECOMMENDATION_KEYS = (C.USER_ID, C.VARIANT)
 
 
 def read_pinned(spark: SparkSession, config: ClickrecConfig, table: str, version: int | None) -> tuple[DataFrame, int]:
@@ -156,19 +155,34 @@ def publish(
     try:
         users = rows.count()
         model_users = model.userFactors.count()
+        # gold/popular_items first: it names the version a variant is published with, and the
+        # stream folds users in with that version, so it stops writing the old model's lists
+        # before this MERGE replaces them (see stream.served_version).
+        popular = popular_items(trained_inter, n=pc.popular_n, variant=alias, model_name=ref["model_name"],
+                                model_version=version, updated_at=now)
+        pop_path = delta.table_path(config, C.GOLD_POPULAR_ITEMS)
+        pop_changes = conflicts.retry_on_conflict(
+            lambda _: delta.merge_changes(spark, popular, pop_path, keys=(C.VARIANT,), ignore_changes=(C.UPDATED_AT,)),
+            what=C.GOLD_POPULAR_ITEMS,
+        )
         rec_path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
-        rec_changes = delta.merge_changes(
-            spark, rows, rec_path, keys=RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
-            ignore_changes=(C.UPDATED_AT,), delete_unmatched_where=f"t.`{C.VARIANT}` = '{alias}' AND t.`{C.SOURCE}` = '{C.SOURCE_BATCH}'",
+        same_model = f"t.`{C.MODEL_NAME}` = '{ref['model_name']}' AND t.`{C.MODEL_VERSION}` = {version}"
+        rec_changes = conflicts.retry_on_conflict(  # the stream MERGEs into the variant too
+            lambda _: delta.merge_changes(
+                spark, rows, rec_path, keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
+                ignore_changes=(C.UPDATED_AT,), target_filter=f"t.`{C.VARIANT}` = '{alias}'",
+                # the stream's list from this same model folds in newer events: it stays
+                keep_where=f"t.`{C.SOURCE}` = '{C.SOURCE_STREAM}' AND {same_model}",
+                # users without a list now: batch lists, and lists of another model, go
+                delete_unmatched_where=(f"t.`{C.VARIANT}` = '{alias}' AND "
+                                        f"(t.`{C.SOURCE}` = '{C.SOURCE_BATCH}' OR NOT ({same_model}))"),
+            ),
+            what=C.GOLD_RECOMMENDATIONS,
         )
     finally:
         rows.unpersist()
     compute_s = time.monotonic() - started
 
-    popular = popular_items(trained_inter, n=pc.popular_n, variant=alias, model_name=ref["model_name"],
-                            model_version=version, updated_at=now)
-    pop_path = delta.table_path(config, C.GOLD_POPULAR_ITEMS)
-    pop_changes = delta.merge_changes(spark, popular, pop_path, keys=(C.VARIANT,), ignore_changes=(C.UPDATED_AT,))
     rec_v, pop_v = delta.table_version(spark, rec_path), delta.table_version(spark, pop_path)
 
     message = model_message(model_name=ref["model_name"], model_version=version, variant=alias,

@@ -57,8 +57,8 @@ import numpy as np
 from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
-from clickrec.errors import InputError, NotFoundError
-from clickrec.io import delta, delta_rs
+from clickrec.errors import ConcurrentWriteError, InputError, NotFoundError
+from clickrec.io import conflicts, delta, delta_rs
 from clickrec.io.delta_reader import open_table
 from clickrec.io.files import delete_path
 from clickrec.ml.foldin import ItemFactors, fold_in, top_n
@@ -68,7 +68,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECOMMENDATION_KEYS = (C.USER_ID, C.VARIANT)
+# The stream replaces a gold list it wrote itself, or one computed with the same model; a
+# batch list of another model version (publish just switched models) is left to publish.
+STREAM_REPLACES = (f"t.`{C.SOURCE}` = '{C.SOURCE_STREAM}' OR "
+                   f"(t.`{C.MODEL_NAME}` = s.`{C.MODEL_NAME}` AND t.`{C.MODEL_VERSION}` = s.`{C.MODEL_VERSION}`)")
 # The micro-batch path needs these to exist (batch ingest creates them); before that, the
 # batch path's Spark update bootstraps them.
 FAST_PATH_TABLES = (C.BRONZE_EVENTS, C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX)
@@ -143,8 +146,9 @@ def served_version(config: ClickrecConfig) -> int | None:
     The stream folds in with this version rather than the registry alias's, so that its lists
     come from the model the variant is published with: after a rollback (`publish --model-version
     V`, which leaves the aliases alone) it follows V, and a newly promoted champion is taken up
-    once it is published. One window is left: publish writes gold/recommendations before
-    gold/popular_items, so a micro-batch between the two still folds in with the old version.
+    once it is published. Publish writes gold/popular_items before gold/recommendations, and
+    the stream never replaces a batch list of another version (STREAM_REPLACES), so a
+    micro-batch that raced a publish leaves its lists to it.
     None when the variant is not published yet (or by another model name): the caller then
     uses the alias.
     """
@@ -272,19 +276,30 @@ class BatchProcessor:
         # silver: the users' interactions recomputed from all their events, with the batch
         # path's own transform (dwell needs the user's earlier events; later ones recompute)
         clock = time.monotonic()
-        interactions = self._interactions(pa.concat_tables([history, new_events]))
-        user_ids = self._ids(tables[C.SILVER_USER_INDEX], interactions.column(C.USER_ID).to_pylist())
-        item_ids = self._ids(tables[C.SILVER_ITEM_INDEX], interactions.column(C.ITEM_ID).to_pylist())
-        silver_rows = interactions.append_column(
-            C.USER_IDX, pa.array([user_ids[u] for u in interactions.column(C.USER_ID).to_pylist()], pa.int32())
-        ).append_column(
-            C.ITEM_IDX, pa.array([item_ids[i] for i in interactions.column(C.ITEM_ID).to_pylist()], pa.int32())
-        )
-        silver_dt = tables[C.SILVER_INTERACTIONS]
-        silver_rows = delta_rs.conform(silver_rows.select(list(SILVER_COLUMNS)), silver_dt)
-        changed = _changed(silver_rows, delta_rs.read_where_in(silver_dt, C.USER_ID, users, SILVER_COLUMNS))
-        if changed.num_rows:
-            delta_rs.merge_upsert(silver_dt, changed, keys=C.INTERACTION_KEYS)
+        def update_silver(attempt: int) -> tuple[Any, Any]:
+            # a batch ingest may MERGE the same users' rows meanwhile: redone from bronze re-read
+            events = pa.concat_tables([history, new_events])
+            silver_dt = tables[C.SILVER_INTERACTIONS]
+            if attempt > 1:
+                bronze_now = open_table(config, C.BRONZE_EVENTS)
+                events = delta_rs.conform(delta_rs.read_where_in(bronze_now, C.USER_ID, users, BRONZE_COLUMNS),
+                                          bronze_now)
+                silver_dt = open_table(config, C.SILVER_INTERACTIONS)
+            interactions = self._interactions(events)
+            user_ids = self._ids(tables[C.SILVER_USER_INDEX], interactions.column(C.USER_ID).to_pylist())
+            item_ids = self._ids(tables[C.SILVER_ITEM_INDEX], interactions.column(C.ITEM_ID).to_pylist())
+            rows = interactions.append_column(
+                C.USER_IDX, pa.array([user_ids[u] for u in interactions.column(C.USER_ID).to_pylist()], pa.int32())
+            ).append_column(
+                C.ITEM_IDX, pa.array([item_ids[i] for i in interactions.column(C.ITEM_ID).to_pylist()], pa.int32())
+            )
+            rows = delta_rs.conform(rows.select(list(SILVER_COLUMNS)), silver_dt)
+            changes = _changed(rows, delta_rs.read_where_in(silver_dt, C.USER_ID, users, SILVER_COLUMNS))
+            if changes.num_rows:
+                delta_rs.merge_upsert(silver_dt, changes, keys=C.INTERACTION_KEYS)
+            return rows, changes
+
+        silver_rows, changed = conflicts.retry_on_conflict(update_silver, what=C.SILVER_INTERACTIONS)
         info["interactions_changed"] = changed.num_rows
         timings["silver_s"] = time.monotonic() - clock
 
@@ -305,22 +320,36 @@ class BatchProcessor:
         ).toArrow()
 
     def _ids(self, index_dt: Any, keys: list[str]) -> dict[str, int]:
-        """The index ids of `keys`; keys it lacks are appended first (assign_new_ids' rule)."""
+        """The index ids of `keys`; keys it lacks are given ids first (assign_new_ids' rule).
+
+        A batch ingest may number new keys at the same time: new ids go in with a MERGE that
+        skips taken keys and ids and fails on a concurrent commit, and whatever did not get in
+        is numbered again from the table's newer version (see ingest._extend_index).
+        """
         import pyarrow as pa
+        from deltalake.exceptions import CommitFailedError
 
         from clickrec.transforms.index import number_new_keys
 
         wanted = sorted(set(keys))
-        known = delta_rs.read_where_in(index_dt, C.SOURCE_ID, wanted, (C.SOURCE_ID, C.IDX))
-        ids = dict(zip(known.column(C.SOURCE_ID).to_pylist(), known.column(C.IDX).to_pylist(), strict=True))
-        if len(ids) < len(wanted):
-            top = delta_rs.max_value(index_dt, C.IDX)
-            fresh = number_new_keys(wanted, ids, top)
-            delta_rs.append(self.config, index_dt, pa.table({
-                C.SOURCE_ID: pa.array([k for k, _ in fresh], pa.string()),
-                C.IDX: pa.array([i for _, i in fresh], pa.int32())}))
-            ids.update(fresh)
-        return ids
+        for attempt in range(1, conflicts.ATTEMPTS + 1):
+            known = delta_rs.read_where_in(index_dt, C.SOURCE_ID, wanted, (C.SOURCE_ID, C.IDX))
+            ids = dict(zip(known.column(C.SOURCE_ID).to_pylist(), known.column(C.IDX).to_pylist(), strict=True))
+            if len(ids) == len(wanted):
+                return ids
+            fresh = number_new_keys(wanted, ids, delta_rs.max_value(index_dt, C.IDX))
+            try:
+                inserted = delta_rs.insert_unless_taken(index_dt, pa.table({
+                    C.SOURCE_ID: pa.array([k for k, _ in fresh], pa.string()),
+                    C.IDX: pa.array([i for _, i in fresh], pa.int32())}), unique=(C.SOURCE_ID, C.IDX))
+            except CommitFailedError as exc:
+                log.warning("new ids: a concurrent writer committed first (attempt %d): %s", attempt, exc)
+                inserted = -1
+            if inserted == len(fresh):
+                ids.update(fresh)
+                return ids
+            index_dt.update_incremental()  # see the ids the other writer committed
+        raise ConcurrentWriteError(f"{index_dt.table_uri}: new ids kept colliding with a concurrent writer's")
 
     def _first_batch(self, staged: DataFrame, batch_id: int, run_id: str, now: datetime) -> dict[str, Any]:
         """Before batch ingest has created the tables: the batch path's Spark incremental update."""
@@ -367,13 +396,19 @@ class BatchProcessor:
              model.name, model.version, C.SOURCE_STREAM, now)
             for user, items in sorted(lists.items())
         ]
-        gold_dt = open_table(config, C.GOLD_RECOMMENDATIONS)
-        if gold_dt is None:  # created by Spark, partitioned by variant like publish's
-            delta.merge_upsert(self.spark, self.spark.createDataFrame(rows, GOLD_SCHEMA),
-                               delta.table_path(config, C.GOLD_RECOMMENDATIONS),
-                               keys=RECOMMENDATION_KEYS, partition_by=(C.VARIANT,))
-        else:
-            delta_rs.merge_upsert(gold_dt, _gold_arrow(rows), keys=RECOMMENDATION_KEYS)
+        path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
+
+        def write(_attempt: int) -> None:  # publish may MERGE into gold at the same time: redone
+            gold_dt = open_table(config, C.GOLD_RECOMMENDATIONS)
+            if gold_dt is None:  # created by Spark, partitioned by variant like publish's
+                delta.merge_upsert(self.spark, self.spark.createDataFrame(rows, GOLD_SCHEMA), path,
+                                   keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,))
+            else:
+                delta_rs.merge_upsert(gold_dt, _gold_arrow(rows), keys=C.RECOMMENDATION_KEYS,
+                                      update_when=STREAM_REPLACES,
+                                      target_filter=f"t.`{C.VARIANT}` = '{config.stream.variant}'")
+
+        conflicts.retry_on_conflict(write, what=C.GOLD_RECOMMENDATIONS)
         return len(rows)
 
 

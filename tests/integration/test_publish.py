@@ -205,25 +205,45 @@ def test_variants_new_champion_served_live_and_rollback(spark: SparkSession, lak
         assert served[C.MODEL_VERSION] == 2
         assert [it[C.ITEM_ID] for it in served[C.ITEMS]] == [it[C.ITEM_ID] for it in v2_lists["u3"]]
 
-        # Rollback: republish version 1 as the champion; v1's lists come back, served live. A
-        # batch list of a user the model does not have goes; a list the stream wrote stays.
+        # Rollback: republish version 1 as the champion; v1's lists come back, served live. Of the
+        # lists v1 does not compute, a batch list and a stream list of v2 go, and a stream list
+        # of v1 stays; a stream list of v1 for a user v1 has stays too (it folds in newer events),
+        # and one of v2 is replaced.
         path = table_path(config, C.GOLD_RECOMMENDATIONS)
-        u3 = spark.read.format("delta").load(path).where((F.col(C.USER_ID) == "u3") & (F.col(C.VARIANT) == "champion"))
-        for user, source in (("ghost", C.SOURCE_BATCH), ("newbie", C.SOURCE_STREAM)):
-            u3.withColumn(C.USER_ID, F.lit(user)).withColumn(C.SOURCE, F.lit(source)) \
-                .write.format("delta").mode("append").save(path)
+        champion = spark.read.format("delta").load(path).where(F.col(C.VARIANT) == "champion")
+        u3 = champion.where(F.col(C.USER_ID) == "u3")
+        planted = [
+            u3.withColumn(C.USER_ID, F.lit("ghost")),
+            u3.withColumn(C.USER_ID, F.lit("newbie_v2")).withColumn(C.SOURCE, F.lit(C.SOURCE_STREAM)),
+            u3.withColumn(C.USER_ID, F.lit("newbie_v1")).withColumn(C.SOURCE, F.lit(C.SOURCE_STREAM))
+            .withColumn(C.MODEL_VERSION, F.lit(1)),
+            champion.where(F.col(C.USER_ID) == "u10").withColumn(C.SOURCE, F.lit(C.SOURCE_STREAM))
+            .withColumn(C.MODEL_VERSION, F.lit(1)).withColumn(C.ITEMS, F.reverse(C.ITEMS)),
+            champion.where(F.col(C.USER_ID) == "u77").withColumn(C.SOURCE, F.lit(C.SOURCE_STREAM)),
+        ]
+        changed = {"ghost", "newbie_v2", "newbie_v1", "u10", "u77"}
+        rest = champion.where(~F.col(C.USER_ID).isin(*changed))
+        planted_df = planted[0]
+        for df in planted[1:]:
+            planted_df = planted_df.unionByName(df)
+        rest.unionByName(planted_df).write.format("delta").mode("overwrite") \
+            .option("replaceWhere", "variant = 'champion'").save(path)
         rolled = publish(spark, config, model_version=1)
         assert rolled["rollback"] is True and rolled["model_version"] == 1
-        assert rolled["changes"][C.GOLD_RECOMMENDATIONS]["deleted"] == 1
+        assert rolled["changes"][C.GOLD_RECOMMENDATIONS]["deleted"] == 2
         after = gold(spark, config)
-        assert "ghost" not in after and after.pop("newbie")[C.SOURCE] == C.SOURCE_STREAM
-        assert {u: r[C.ITEMS] for u, r in after.items()} == v1_lists
+        assert "ghost" not in after and "newbie_v2" not in after
+        assert after.pop("newbie_v1")[C.SOURCE] == C.SOURCE_STREAM
+        kept = after.pop("u10")
+        assert kept[C.SOURCE] == C.SOURCE_STREAM and kept[C.ITEMS] == list(reversed(v2_lists["u10"]))
+        assert after["u77"][C.SOURCE] == C.SOURCE_BATCH and after["u77"][C.MODEL_VERSION] == 1
+        assert {u: r[C.ITEMS] for u, r in after.items()} == {u: v for u, v in v1_lists.items() if u != "u10"}
         _wait_for_version(client, rolled["tables"][C.GOLD_RECOMMENDATIONS])
-        for user in ("u3", "u10", "u77"):
+        for user in ("u3", "u77"):
             got = client.get(f"/v1/recommendations/{user}", params={"n": N}).json()
             assert got[C.MODEL_VERSION] == 1
             assert [it[C.ITEM_ID] for it in got[C.ITEMS]] == [it[C.ITEM_ID] for it in v1_lists[user]]
-        # Every new Delta version seen was a reload (two publishes and the two appends: 2 or more;
+        # Every new Delta version seen was a reload (two publishes and the rewrite: 2 or more;
         # the two tables of a publish commit one after the other, so a poll may see them apart).
         reloads = [line for line in client.get("/metrics").text.splitlines()
                    if line.startswith("clickrec_serving_reloads_total ")]

@@ -84,6 +84,8 @@ def merge_changes(
     partition_by: Sequence[str] = (),
     ignore_changes: Sequence[str] = (),
     delete_unmatched_where: str | None = None,
+    keep_where: str | None = None,
+    target_filter: str | None = None,
 ) -> dict[str, int]:
     """Make the table at `path` hold `source_df`'s rows by `keys`, committing only differences.
 
@@ -92,7 +94,9 @@ def merge_changes(
     upserted, and target rows matching `delete_unmatched_where` (SQL on the target, alias `t`)
     whose keys are not in the source are deleted, in one MERGE. When nothing differs there is
     no commit at all, so a rerun leaves the table, its version and its files as they were.
-    Returns {"upserted", "deleted", "committed"}. Creates the table on first write.
+    `keep_where` (SQL over t and s) keeps a matched target row even when it differs;
+    `target_filter` (SQL over t, e.g. one partition) narrows what the MERGE reads, so commits
+    elsewhere in the table do not conflict with it. Returns {"upserted", "deleted", "committed"}. Creates the table on first write.
     """
     from delta.tables import DeltaTable
     from pyspark import StorageLevel
@@ -109,8 +113,9 @@ def merge_changes(
     compared = [*keys, *(c for c in value_cols if c not in ignore_changes)]
     same = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in compared)
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    unchanged = f"({same}) OR ({on} AND ({keep_where}))" if keep_where else same
     changed = (
-        source_df.alias("s").join(target_df.alias("t"), F.expr(same), "left_anti")
+        source_df.alias("s").join(target_df.alias("t"), F.expr(unchanged), "left_anti")
         .withColumn(_DELETE_FLAG, F.lit(False))
     )
     diff = changed
@@ -131,7 +136,7 @@ def merge_changes(
             return {"upserted": 0, "deleted": 0, "committed": 0}
         (
             DeltaTable.forPath(spark, path).alias("t")
-            .merge(diff.alias("s"), on)
+            .merge(diff.alias("s"), f"({target_filter}) AND {on}" if target_filter else on)
             .whenMatchedDelete(condition=f"s.`{_DELETE_FLAG}`")
             .whenMatchedUpdate(condition=f"NOT s.`{_DELETE_FLAG}`", set={c: f"s.`{c}`" for c in value_cols})
             .whenNotMatchedInsert(condition=f"NOT s.`{_DELETE_FLAG}`",
@@ -141,6 +146,34 @@ def merge_changes(
     finally:
         diff.unpersist()
     return {"upserted": upserted, "deleted": deleted, "committed": 1}
+
+
+def create(df: DataFrame, path: str, *, partition_by: Sequence[str] = ()) -> None:
+    """Create the table at `path` holding `df`; fails when a table is there already."""
+    writer = df.write.format("delta").mode("errorifexists")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.save(path)
+
+
+def insert_unless_taken(spark: SparkSession, source_df: DataFrame, path: str, *, unique: Sequence[str]) -> int:
+    """Insert the rows of `source_df` whose value in every `unique` column is new to the table.
+
+    A MERGE, not a blind append: it reads the table, so Delta fails it (a conflict exception)
+    when a concurrent commit added rows, and it skips a row that collides with a row already
+    committed. Returns how many rows it inserted.
+    """
+    from delta.tables import DeltaTable
+
+    on = " OR ".join(f"t.`{c}` = s.`{c}`" for c in unique)
+    metrics = (
+        DeltaTable.forPath(spark, path).alias("t")
+        .merge(source_df.alias("s"), on)
+        .whenNotMatchedInsertAll()
+        .execute()
+        .first()
+    )
+    return int(metrics["num_inserted_rows"]) if metrics is not None else 0
 
 
 def append_once(
@@ -176,9 +209,12 @@ def append(df: DataFrame, path: str, *, partition_by: Sequence[str] = ()) -> Non
     writer.save(path)
 
 
-def read_table(spark: SparkSession, path: str) -> DataFrame:
-    """The Delta table at `path` as a DataFrame (latest version)."""
-    return spark.read.format("delta").load(path)
+def read_table(spark: SparkSession, path: str, *, version: int | None = None) -> DataFrame:
+    """The Delta table at `path` as a DataFrame (latest version, or `version` by time travel)."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path)
 
 
 def count_rows(spark: SparkSession, path: str) -> int:

@@ -91,13 +91,36 @@ def append(config: ClickrecConfig, dt: DeltaTable, data: pa.Table) -> None:
                     storage_options=storage_options(config) or None)
 
 
-def merge_upsert(dt: DeltaTable, data: pa.Table, *, keys: Sequence[str]) -> dict[str, Any]:
-    """Upsert `data` on `keys`: matched rows are replaced, new rows inserted; returns the metrics."""
+def merge_upsert(dt: DeltaTable, data: pa.Table, *, keys: Sequence[str], update_when: str | None = None,
+                 target_filter: str | None = None) -> dict[str, Any]:
+    """Upsert `data` on `keys`: matched rows are replaced, new rows inserted; returns the metrics.
+
+    `update_when` (SQL over t and s) limits which matched rows are replaced; `target_filter`
+    (SQL over t, e.g. a partition) narrows what the MERGE reads, so commits to other
+    partitions do not conflict with it.
+    """
     predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    if target_filter:
+        predicate = f"({target_filter}) AND {predicate}"
     return dict(
         dt.merge(conform(data, dt), predicate, source_alias="s", target_alias="t")
-        .when_matched_update_all()
+        .when_matched_update_all(predicate=update_when)
         .when_not_matched_insert_all()
         .execute()
     )
 
+
+def insert_unless_taken(dt: DeltaTable, data: pa.Table, *, unique: Sequence[str]) -> int:
+    """Insert the rows of `data` whose value in every `unique` column is new to the table.
+
+    A MERGE, not a blind append, so a concurrent commit fails it with CommitFailedError instead
+    of letting both writers add the same id; rows colliding with committed ones are skipped.
+    Returns how many rows it inserted.
+    """
+    predicate = " OR ".join(f"t.`{c}` = s.`{c}`" for c in unique)
+    metrics = (
+        dt.merge(conform(data, dt), predicate, source_alias="s", target_alias="t")
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    return int(metrics.get("num_target_rows_inserted", 0))

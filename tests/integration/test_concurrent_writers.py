@@ -1,0 +1,139 @@
+"""Two writers on one table: the stream (delta-rs) and a batch job (Spark) racing to commit.
+
+The races are made deterministic: the losing writer holds a handle on an older version, or a
+hook commits the other writer's rows between a writer's read and its MERGE. Both engines and
+the tables are real; only the moment of the other commit is chosen by the test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from clickrec import columns as C
+from clickrec import ingest
+from clickrec.config import ClickrecConfig
+from clickrec.errors import ConcurrentWriteError
+from clickrec.io import conflicts, delta, delta_rs
+from clickrec.io.delta_reader import open_table
+from clickrec.stream import STREAM_REPLACES, BatchProcessor
+from tests.conftest import make_config
+
+
+def _index(spark: SparkSession, config: ClickrecConfig) -> dict[str, int]:
+    rows = spark.read.format("delta").load(delta.table_path(config, C.SILVER_USER_INDEX)).collect()
+    ids = [r[C.IDX] for r in rows]
+    keys = [r[C.SOURCE_ID] for r in rows]
+    assert len(set(keys)) == len(keys), f"a key has two ids: {sorted(keys)}"
+    assert len(set(ids)) == len(ids), f"an id was given twice: {sorted(ids)}"
+    assert sorted(ids) == list(range(len(ids))), f"ids are not dense: {sorted(ids)}"
+    return {r[C.SOURCE_ID]: r[C.IDX] for r in rows}
+
+
+def _extend(spark: SparkSession, config: ClickrecConfig, users: list[str]) -> int:
+    keys = spark.createDataFrame([(u,) for u in users], f"{C.USER_ID} string")
+    return ingest._extend_index(spark, keys, C.USER_ID, delta.table_path(config, C.SILVER_USER_INDEX))
+
+
+def test_stream_with_an_older_index_version_does_not_reuse_ids(spark: SparkSession, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    assert _extend(spark, config, ["u1", "u2"]) == 2
+    stale = open_table(config, C.SILVER_USER_INDEX)  # the stream read version 0 ...
+    assert _extend(spark, config, ["u3", "u4"]) == 2  # ... and an ingest gave ids 2 and 3 meanwhile
+
+    ids = BatchProcessor(spark, config)._ids(stale, ["u3", "u5"])
+
+    index = _index(spark, config)
+    assert index == {"u1": 0, "u2": 1, "u3": 2, "u4": 3, "u5": 4}
+    assert ids == {"u3": 2, "u5": 4}
+
+
+def test_ingest_numbers_again_the_ids_the_stream_took_before_its_merge(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_config(tmp_path)
+    _extend(spark, config, ["u1"])
+    real = delta.insert_unless_taken
+    calls = []
+
+    def stream_commits_first(*args: object, **kwargs: object) -> int:
+        if not calls:  # between the ingest's read of the index and its MERGE
+            BatchProcessor(spark, config)._ids(open_table(config, C.SILVER_USER_INDEX), ["s1", "u3"])
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(delta, "insert_unless_taken", stream_commits_first)
+    added = _extend(spark, config, ["u2", "u3"])
+
+    index = _index(spark, config)
+    assert set(index) == {"u1", "u2", "u3", "s1"}
+    assert index["s1"] == 1 and index["u3"] == 2  # the stream's, kept
+    assert index["u2"] == 3 and added == 1  # renumbered after them
+    assert len(calls) == 2
+
+
+def _stale_merge_table(tmp_path: Path) -> tuple[str, DeltaTable]:
+    """A delta-rs table, a handle on its version 0, and a commit after it (the handle is stale)."""
+    from deltalake import write_deltalake
+
+    uri = str(tmp_path / "t")
+    write_deltalake(uri, pa.table({"k": ["a"], "v": [1]}))
+    stale = DeltaTable(uri)
+    write_deltalake(uri, pa.table({"k": ["b"], "v": [2]}), mode="append")
+    return uri, stale
+
+
+def test_retry_on_conflict_redoes_the_work_from_a_fresh_read(tmp_path: Path) -> None:
+    uri, stale = _stale_merge_table(tmp_path)
+    attempts = []
+
+    def upsert(attempt: int) -> int:
+        attempts.append(attempt)
+        dt = stale if attempt == 1 else DeltaTable(uri)
+        return delta_rs.insert_unless_taken(dt, pa.table({"k": ["c"], "v": [3]}), unique=("k",))
+
+    assert conflicts.retry_on_conflict(upsert, what="t") == 1
+    assert attempts == [1, 2]
+    assert sorted(DeltaTable(uri).to_pyarrow_table().column("k").to_pylist()) == ["a", "b", "c"]
+
+
+def test_retry_on_conflict_gives_up_with_a_clear_error(tmp_path: Path) -> None:
+    _, stale = _stale_merge_table(tmp_path)
+
+    def always_stale(_: int) -> int:
+        return delta_rs.insert_unless_taken(stale, pa.table({"k": ["c"], "v": [3]}), unique=("k",))
+
+    with pytest.raises(ConcurrentWriteError, match=r"t: lost 2 commit races") as err:
+        conflicts.retry_on_conflict(always_stale, what="t", attempts=2)
+    assert isinstance(err.value.__cause__, CommitFailedError)
+    with pytest.raises(ValueError, match="not a conflict"):  # other errors are not retried
+        conflicts.retry_on_conflict(lambda _: (_ for _ in ()).throw(ValueError("not a conflict")), what="t")
+
+
+def test_stream_leaves_a_batch_list_of_another_model_version_alone(spark: SparkSession, tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
+    schema = (f"{C.USER_ID} string, {C.VARIANT} string, {C.MODEL_VERSION} int, {C.SOURCE} string, "
+              f"{C.UPDATED_AT} string")
+    spark.createDataFrame([
+        ("a", "champion", 2, C.SOURCE_BATCH, "publish v2"),  # published after the stream loaded v1
+        ("b", "champion", 1, C.SOURCE_BATCH, "publish v1"),
+        ("c", "champion", 2, C.SOURCE_STREAM, "stream v2"),
+        ("a", "challenger", 1, C.SOURCE_BATCH, "other variant"),
+    ], schema).withColumn(C.MODEL_NAME, F.lit("m")).write.format("delta").partitionBy(C.VARIANT).save(path)
+    rows = pa.table({C.USER_ID: ["a", "b", "c", "d"], C.VARIANT: ["champion"] * 4, C.MODEL_VERSION: [1] * 4,
+                     C.SOURCE: [C.SOURCE_STREAM] * 4, C.UPDATED_AT: ["stream v1"] * 4, C.MODEL_NAME: ["m"] * 4})
+
+    delta_rs.merge_upsert(open_table(config, C.GOLD_RECOMMENDATIONS), rows, keys=C.RECOMMENDATION_KEYS,
+                          update_when=STREAM_REPLACES, target_filter=f"t.`{C.VARIANT}` = 'champion'")
+
+    got = {(r[C.USER_ID], r[C.VARIANT]): r[C.UPDATED_AT]
+           for r in spark.read.format("delta").load(path).collect()}
+    assert got == {("a", "champion"): "publish v2", ("b", "champion"): "stream v1", ("c", "champion"): "stream v1",
+                   ("d", "champion"): "stream v1", ("a", "challenger"): "other variant"}
