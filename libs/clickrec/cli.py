@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -65,6 +67,8 @@ def _check_format(input_format: str | None) -> None:
 
 log = logging.getLogger("clickrec")
 
+SIGTERM_EXIT_CODE = 143  # 128 + 15: what a shell reports for a process SIGTERM ended
+
 
 def emit(summary: dict[str, Any]) -> None:
     """Print the one-line JSON summary that ends every command's stdout."""
@@ -73,17 +77,47 @@ def emit(summary: dict[str, Any]) -> None:
 
 
 def run(command: str, body: Callable[[], dict[str, Any]]) -> None:
-    """Run a command body, turning ClickrecError into a message, a JSON error line and an exit code."""
+    """Run a command body; its summary, or an error message, a JSON error line and an exit code.
+
+    A ClickrecError exits with its own code; any other exception (a bug, an unforeseen failure)
+    prints its traceback and exits 1, and still ends stdout with the JSON line scripts read.
+    """
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _terminated(command))
     try:
         summary = body()
     except ClickrecError as exc:
         print(f"clickrec {command}: error: {exc}", file=sys.stderr, flush=True)
         emit({"command": command, "ok": False, "error": str(exc), "error_type": type(exc).__name__})
         raise typer.Exit(code=exc.exit_code) from None
+    except Exception as exc:  # a bug or an unforeseen failure: the traceback, and still the JSON line
+        traceback.print_exc(file=sys.stderr)
+        print(f"clickrec {command}: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        emit({"command": command, "ok": False, "error": first, "error_type": type(exc).__name__})
+        raise typer.Exit(code=1) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     emit({"command": command, "ok": True, **summary})
+
+
+def _terminated(command: str) -> None:
+    """SIGTERM (a pod being stopped): end the MLflow run as KILLED, say so, and leave at once.
+
+    The process leaves without unwinding: an exception raised here could land inside a py4j
+    call and leave Spark's connection out of step for every cleanup after it. Nothing needs
+    unwinding: Delta commits are atomic, and scratch left behind is removed by the next run.
+    Without this handler the run would stay RUNNING in MLflow forever.
+    """
+    from clickrec.tracking import kill_active_runs
+
+    killed = kill_active_runs()
+    print(f"clickrec {command}: stopped by SIGTERM; MLflow run(s) marked KILLED: {killed}", file=sys.stderr, flush=True)
+    emit({"command": command, "ok": False, "error": "stopped by SIGTERM", "error_type": "Terminated",
+          "killed_runs": killed})
+    os._exit(SIGTERM_EXIT_CODE)
 
 
 def _config(path: Path, overrides: list[str] | None) -> ClickrecConfig:

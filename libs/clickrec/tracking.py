@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,11 @@ def configure(config: ClickrecConfig) -> None:
     """Point the mlflow client at the configured tracking and registry stores."""
     import mlflow
 
-    mlflow.set_tracking_uri(_resolve_uri(config.mlflow.tracking_uri))
-    if config.mlflow.registry_uri:
-        mlflow.set_registry_uri(_resolve_uri(config.mlflow.registry_uri))
+    tracking_uri = _resolve_uri(config.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    # Set even when it is the tracking store (MLflow's default): unset, every new client asks
+    # the active Spark session for spark.mlflow.modelRegistryUri over py4j.
+    mlflow.set_registry_uri(_resolve_uri(config.mlflow.registry_uri) if config.mlflow.registry_uri else tracking_uri)
 
 
 def ensure_experiment(config: ClickrecConfig) -> str:
@@ -58,9 +61,21 @@ def alias_versions(config: ClickrecConfig) -> dict[str, Any]:
         try:
             mv = client.get_model_version_by_alias(config.mlflow.model_name, alias)
             out[alias] = int(mv.version)
-        except MlflowException:
+        except MlflowException as exc:
+            if not _is_absent(exc):  # an unreachable or failing registry is not "no champion"
+                raise
             out[alias] = None
     return out
+
+
+def _is_absent(exc: Exception) -> bool:
+    """True when an MLflow registry error says the model or the alias does not exist.
+
+    The registry answers RESOURCE_DOES_NOT_EXIST for an unknown model and
+    INVALID_PARAMETER_VALUE "Registered model alias ... not found." for an unset alias; a
+    connection or server failure says neither.
+    """
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower()
 
 
 # --- training runs --------------------------------------------------------------------------
@@ -72,6 +87,33 @@ def start_parent_run(config: ClickrecConfig, run_name: str, tags: dict[str, str]
 
     exp_id = ensure_experiment(config)
     return mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+
+
+def kill_active_runs() -> list[str]:
+    """Mark this thread's active MLflow run, and its parent, KILLED; their ids. Never raises.
+
+    For a SIGTERM handler: a client with explicit URIs, so nothing asks Spark for settings.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    run = mlflow.active_run()
+    if run is None:
+        return []
+    uri = mlflow.get_tracking_uri()
+    ids = [run.info.run_id]
+    parent = run.data.tags.get("mlflow.parentRunId")
+    if parent:
+        ids.append(parent)
+    killed = []
+    try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=mlflow.get_registry_uri() or uri)
+        for run_id in ids:
+            client.set_terminated(run_id, "KILLED")
+            killed.append(run_id)
+    except Exception as exc:  # the process is leaving anyway; say why the run stays RUNNING
+        print(f"could not mark MLflow run(s) {ids} KILLED: {exc}", file=sys.stderr, flush=True)
+    return killed
 
 
 def log_grid(
@@ -174,17 +216,26 @@ def set_alias(config: ClickrecConfig, alias: str, version: int) -> None:
 
 
 def load_alias_model(config: ClickrecConfig, alias: str) -> Any | None:
-    """The ALSModel behind `alias`, or None when the alias is unset."""
+    """The ALSModel behind `alias`, or None when the alias is unset.
+
+    Raises ChampionUnavailableError when the alias is set but its model cannot be loaded: a
+    champion that cannot be scored is not "no champion" (train then does not promote).
+    """
     import mlflow.spark
-    from mlflow.exceptions import MlflowException
+
+    from clickrec.errors import ChampionUnavailableError
 
     configure(config)
-    if alias_versions(config).get(alias) is None:
+    version = alias_versions(config).get(alias)
+    if version is None:
         return None
     try:
         model = mlflow.spark.load_model(f"models:/{config.mlflow.model_name}@{alias}")
-    except MlflowException:
-        return None
+    except Exception as exc:  # MLflow, Spark and file-system errors alike
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ChampionUnavailableError(
+            f"{config.mlflow.model_name}@{alias} (v{version}) cannot be loaded: {reason}"
+        ) from exc
     stages = getattr(model, "stages", None)
     return stages[-1] if stages else model
 

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig, TrainConfig
-from clickrec.errors import InputError
+from clickrec.errors import ChampionUnavailableError, InputError
 from clickrec.io.delta import table_path, table_version
 from clickrec.ml.estimator import RankingALSModel
 from clickrec.ml.evaluate import catalogue_coverage, evaluate_ranking, metric_name, ranking_frame
@@ -39,6 +39,7 @@ class TrainingInputs:
 
     ratings_df: DataFrame
     tables: dict[str, tuple[str, int]]
+    interactions_df: DataFrame  # silver/interactions at the pinned version, before the filter
 
 
 def read_inputs(spark: SparkSession, config: ClickrecConfig) -> TrainingInputs:
@@ -60,7 +61,7 @@ def read_inputs(spark: SparkSession, config: ClickrecConfig) -> TrainingInputs:
             f"(columns: {', '.join(interactions.columns)})"
         )
     ratings_df = to_als_input(interactions, rating_col=rating_col)
-    return TrainingInputs(ratings_df, tables)
+    return TrainingInputs(ratings_df, tables, interactions)
 
 
 def to_als_input(interactions_df: DataFrame, *, rating_col: str = C.RATING) -> DataFrame:
@@ -75,6 +76,21 @@ def to_als_input(interactions_df: DataFrame, *, rating_col: str = C.RATING) -> D
         F.col(rating_col).cast("float").alias(C.RATING),
         F.col(C.LAST_SEEN),
     ).filter(F.col(C.RATING) > 0)
+
+
+def account_rows(inputs: TrainingInputs, n_train: int, n_test: int, *, rating_col: str) -> dict[str, int]:
+    """Where every silver row went: not positive (ALS skips it), train or test.
+
+    Raises RuntimeError when they do not add up: a split that loses or repeats rows is a bug.
+    """
+    interactions = inputs.interactions_df
+    read = int(interactions.count())
+    rating = F.col(rating_col)
+    not_positive = int(interactions.where(rating.isNull() | (rating.cast("float") <= 0)).count())
+    rows = {"read": read, "not_positive": not_positive, "train": n_train, "test": n_test}
+    if read != not_positive + n_train + n_test:
+        raise RuntimeError(f"silver rows do not add up: {rows}")
+    return rows
 
 
 def split(ratings_df: DataFrame, train: TrainConfig) -> tuple[DataFrame, DataFrame]:
@@ -132,6 +148,7 @@ def run_train(
         )
     catalogue = train_df.select(C.ITEM_IDX).distinct().count()
     log.info("split %s: %d train rows, %d test rows, %d items", tc.split, n_train, n_test, catalogue)
+    rows = account_rows(inputs, n_train, n_test, rating_col=tc.rating_col)
     fixed = {
         "implicit_prefs": tc.implicit_prefs, "nonnegative": tc.nonnegative, "seed": tc.seed,
         "k": tc.k, "rating_col": tc.rating_col,
@@ -161,8 +178,13 @@ def run_train(
         tracking.log_figure(grid_heatmap(result.points, result.mean_metric, selection), "grid_heatmap.png")
         tracking.log_figure(model_vs_baseline(metrics, baseline, tc.k), "model_vs_baseline.png")
 
-        champion = tracking.load_alias_model(config, "champion")
-        champion_score = None
+        champion_score, unavailable = None, None
+        try:
+            champion = tracking.load_alias_model(config, "champion")
+        except ChampionUnavailableError as exc:  # cannot compare: registered, not promoted (unless forced)
+            log.error("%s; the new model is registered as challenger and not promoted", exc)
+            champion, unavailable = None, str(exc)
+            tracking.set_tags({"champion_unavailable": unavailable})
         if champion is not None:
             champ = RankingALSModel(champion, None)
             champ._set(k=tc.k)
@@ -178,7 +200,8 @@ def run_train(
             },
         )
         tracking.set_alias(config, "challenger", version)
-        decision = decide_promotion(mode, metrics[selection], champion_score, tc.promotion_margin)
+        decision = decide_promotion(mode, metrics[selection], champion_score, tc.promotion_margin,
+                                    champion_unavailable=unavailable)
         if decision.promote:
             tracking.set_alias(config, "champion", version)
         tracking.set_tags({"promoted": decision.promote, "promotion_reason": decision.reason,
@@ -198,6 +221,7 @@ def run_train(
         "promoted": decision.promote,
         "promotion_reason": decision.reason,
         "input_versions": {t: v for t, (_, v) in inputs.tables.items()},
+        "rows": rows,
         "seconds": round(time.monotonic() - started, 1),
     }
 

@@ -42,6 +42,22 @@ def test_status_on_empty_lake(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()  # status creates nothing
 
 
+def test_an_unexpected_error_prints_its_traceback_and_still_ends_with_a_json_line(tmp_path: Path) -> None:
+    log = tmp_path / "lake" / "silver" / "interactions" / "_delta_log"
+    log.mkdir(parents=True)
+    (log / "00000000000000000000.json").write_text("this is not a Delta log\n")  # a corrupt table
+    result = clickrec(
+        "status", "--config", "conf/local.yaml",
+        "--set", f"lake.root={tmp_path / 'lake'}",
+        "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" in result.stderr and "clickrec status: unexpected error" in result.stderr
+    summary = last_json(result.stdout)
+    assert summary["ok"] is False and summary["command"] == "status"
+    assert summary["error_type"] not in ("", "ClickrecError") and summary["error"]
+
+
 def test_status_with_repo_default_config() -> None:
     """The README's `clickrec status --config conf/local.yaml` runs as written."""
     result = clickrec("status", "--config", "conf/local.yaml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,10 @@ def test_model_beats_popularity_and_is_reproducible(spark: SparkSession, trained
     assert 0 < m["coverage"] <= 1 and m["coverage"] > b["coverage"]
     assert first["promoted"] is True and first["model_version"] == 1  # no champion yet
     assert first["best_params"]["rank"] in (4, 8)
+    silver = spark.read.format("delta").load(f"{trained_config.lake.root}/silver/interactions")
+    rows = first["rows"]  # every silver row accounted for: planted data has no non-positive rating
+    assert rows["read"] == silver.count() and rows["not_positive"] == 0
+    assert rows["train"] + rows["test"] == rows["read"] and rows["test"] > 0
 
     # Same seed and input versions: same metrics. The champion now exists and ties, so no promotion.
     second = run_train(spark, trained_config)
@@ -60,3 +65,13 @@ def test_model_beats_popularity_and_is_reproducible(spark: SparkSession, trained
     forced = run_train(spark, worse, promote="always")
     assert forced["promoted"] is True
     assert int(client.get_model_version_by_alias(name, "champion").version) == 4
+    # A champion whose model cannot be loaded any more is not "no champion": the new model is
+    # registered as challenger and the champion alias stays where it is.
+    assert trained_config.mlflow.artifact_location is not None
+    shutil.rmtree(trained_config.mlflow.artifact_location)
+    orphaned = run_train(spark, worse)
+    assert orphaned["promoted"] is False and orphaned["champion_score"] is None
+    assert orphaned["promotion_reason"].startswith("champion not comparable: ")
+    assert "@champion (v4) cannot be loaded" in orphaned["promotion_reason"]
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 4
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 5
