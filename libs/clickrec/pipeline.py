@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from clickrec import tracking
 from clickrec.config import ClickrecConfig
 
 if TYPE_CHECKING:
@@ -23,7 +24,11 @@ log = logging.getLogger(__name__)
 def run_pipeline(
     spark: SparkSession, config: ClickrecConfig, *, input_path: str, input_format: str | None = None
 ) -> dict[str, Any]:
-    """Run the three steps; publish every alias of publish.pipeline_aliases. Returns the summary."""
+    """Run the three steps; publish every alias of publish.pipeline_aliases. Returns the summary.
+
+    An alias no model version has (train.promote=never before any champion) is skipped, and
+    the summary says so under its name.
+    """
     from clickrec.ingest import ingest
     from clickrec.publish import publish
     from clickrec.train import run_train
@@ -34,7 +39,13 @@ def run_pipeline(
     log.info("pipeline 2/3: train")
     train_summary = run_train(spark, config)
     published: dict[str, Any] = {}
+    aliases = tracking.alias_versions(config)
     for alias in config.publish.pipeline_aliases:
+        if aliases.get(alias) is None:  # e.g. train.promote=never before any champion exists
+            reason = f"no version of {config.mlflow.model_name} has the alias {alias} (see train.promotion_reason)"
+            log.warning("pipeline 3/3: publish %s skipped: %s", alias, reason)
+            published[alias] = {"skipped": reason}
+            continue
         log.info("pipeline 3/3: publish %s", alias)
         published[alias] = publish(spark, config, alias=alias)
     return {

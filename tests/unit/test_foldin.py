@@ -88,3 +88,10 @@ def test_unknown_items_only_gives_none_and_excluded_items_never_come_back() -> N
     ids, _ = top_n(items, x, n=3, exclude=[10])
     assert 10 not in ids.tolist() and len(ids) == 2
     assert top_n(items, np.zeros(3), n=2)[0].tolist() == [10, 11]  # ties by id
+
+
+def test_fold_in_without_regularisation_on_a_singular_system_gives_the_least_norm_factor() -> None:
+    items = ItemFactors(np.array([1, 2]), np.array([[1.0, 0.0], [1.0, 0.0]]))  # second dimension unused
+    x = fold_in(items, [1], [1.0], reg_param=0.0, alpha=1.0)
+    assert x is not None and np.all(np.isfinite(x))
+    assert x[1] == 0.0 and x[0] > 0  # np.linalg.solve raises LinAlgError on this system

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import pytest
+
 from clickrec.config import build_config
+from clickrec.errors import InputError
 from clickrec.ml.promotion import decide_promotion
-from clickrec.ml.tuning import build_estimator, expand_grid, param_maps
+from clickrec.ml.tuning import build_estimator, expand_grid, param_maps, select_best
 
 
 def test_grid_expansion_every_combination_in_order() -> None:
@@ -36,3 +39,13 @@ def test_promotion_rule() -> None:
     assert not decide_promotion("auto", 0.31, 0.30, margin=0.02).promote  # within the margin
     assert decide_promotion("always", 0.10, 0.30).promote
     assert not decide_promotion("never", 0.90, 0.30).promote
+    blocked = decide_promotion("auto", 0.90, None, champion_unavailable="m@champion (v3) cannot be loaded")
+    assert not blocked.promote and "cannot be loaded" in blocked.reason  # not "no champion"
+    assert decide_promotion("always", 0.90, None, champion_unavailable="gone").promote
+
+
+def test_best_point_is_the_first_highest_and_a_nan_metric_is_an_error() -> None:
+    points = [{"rank": 4}, {"rank": 8}, {"rank": 16}]
+    assert select_best([0.2, 0.3, 0.3], points) == 1  # ties: the first, as Spark's argmax
+    with pytest.raises(InputError, match=r"not a number for grid point\(s\) \[\{'rank': 8\}\]"):
+        select_best([0.2, float("nan"), 0.1], points)

@@ -70,7 +70,10 @@ def fold_in(
     b = ((1.0 + c1) * positive) @ y
     if n_explicit == 0:
         return np.zeros(items.rank)
-    return np.linalg.solve(a, b)
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:  # singular without regularisation (reg_param 0, few items)
+        return np.linalg.lstsq(a, b, rcond=None)[0]  # the least-norm solution, as a pseudo-inverse would
 
 
 def top_n(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationS
 from pyspark.sql import DataFrame
 
 from clickrec.config import TrainConfig
+from clickrec.errors import InputError
 from clickrec.ml.estimator import RankingALS, RankingALSModel
 from clickrec.ml.evaluate import LABEL, PREDICTION, SPARK_METRICS
 from clickrec.ml.split import assign_folds
@@ -73,6 +75,19 @@ class TuningResult:
         return self.points[self.best_index]
 
 
+def select_best(means: list[float], points: list[dict[str, Any]]) -> int:
+    """Index of the first grid point with the highest mean metric (Spark's argmax rule).
+
+    Raises InputError naming the points whose metric is not a number: numpy's argmax, which
+    Spark's bestModel follows, would pick a NaN point as the best one.
+    """
+    bad = [points[i] for i, m in enumerate(means) if not math.isfinite(m)]
+    if bad:
+        raise InputError(f"tuning: the selection metric is not a number for grid point(s) {bad}; "
+                         "check train.grid (e.g. reg_param 0, or a rank larger than the data supports)")
+    return max(range(len(means)), key=lambda i: (means[i], -i))
+
+
 def tune(train_df: DataFrame, train: TrainConfig) -> TuningResult:
     """Search the grid on the training part only; refit the best point on all of it."""
     grid = train.grid.model_dump()
@@ -97,9 +112,10 @@ def tune(train_df: DataFrame, train: TrainConfig) -> TuningResult:
         model = search.fit(train_df)
         means = [float(m) for m in model.validationMetrics]
         stds = [0.0] * len(means)
-    best = max(range(len(means)), key=lambda i: (means[i], -i))
+    points = expand_grid(grid)
+    best = select_best(means, points)
     best_model = model.bestModel
     if train.tuning == "cv":
         # bestModel was refitted on `data` (with the fold column); forget the fold column.
         best_model.seen_df = train_df.select(best_model.getOrDefault("userCol"), best_model.getOrDefault("itemCol"))
-    return TuningResult(expand_grid(grid), means, stds, best, best_model)
+    return TuningResult(points, means, stds, best, best_model)
