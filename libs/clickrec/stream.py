@@ -14,8 +14,9 @@ where a Spark Delta commit costs a second or two of fixed work):
 3. recompute those users' silver/interactions from all their events with the batch path's
    transform (clickrec.transforms.clickstream.events_to_interactions, Spark job 2 on local
    rows), so dwell that needed an event of a later batch is fixed when that batch comes; new
-   ids are appended to the index tables by assign_new_ids' rule; only rows whose values
-   changed are MERGEd;
+   ids go into the index tables by assign_new_ids' rule, with a MERGE that a concurrent batch
+   ingest's ids cannot slip past (BatchProcessor._ids); only rows whose values changed are
+   MERGEd, and a MERGE that lost a commit race is redone from a fresh read;
 4. fold each affected user in against the champion's item factors (clickrec.ml.foldin, with
    the champion run's reg_param and alpha), rescore their top-N without the bought (or seen)
    items, and MERGE the lists into gold/recommendations keyed by (user_id, variant) with
