@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
 from clickrec.errors import ConcurrentWriteError, InputError
-from clickrec.io import conflicts, delta
+from clickrec.io import conflicts, delta, leases
 from clickrec.io.files import (
     InputFile,
     delete_path,
@@ -196,6 +196,8 @@ def _extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: s
     skipped that way are numbered again from the newer version, so no key gets two ids and no
     id two keys.
     """
+    from pyspark.sql import functions as F
+
     from clickrec.transforms.index import assign_new_ids
 
     added = 0
@@ -212,11 +214,16 @@ def _extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: s
             return int(delta.last_operation_metrics(spark, path).get("numOutputRows", 0))
         index_df = delta.read_table(spark, path, version=version)
         new_df = assign_new_ids(keys_df, index_df, key_col=key_col)
-        wanted = int(new_df.count())
+        stats = new_df.agg(F.count(F.lit(1)).alias("n"), F.min(C.IDX).alias("first")).first()
+        wanted = int(stats["n"]) if stats is not None else 0
         if wanted == 0:
             return added
+        # Ids are dense, so every row committed after `version` has an id above those it held:
+        # only those rows can collide, and the MERGE reads and compares only them.
+        newer = f"t.`{C.IDX}` >= {int(stats['first'])}"
         inserted = conflicts.retry_on_conflict(
-            lambda _, rows=new_df: delta.insert_unless_taken(spark, rows, path, unique=(C.SOURCE_ID, C.IDX)),
+            lambda _, rows=new_df, newer=newer: delta.insert_unless_taken(
+                spark, rows, path, unique=(C.SOURCE_ID, C.IDX), target_filter=newer),
             what=f"new ids into {path}",
         )
         added += inserted
@@ -238,11 +245,13 @@ def _changed_rows(spark: SparkSession, rows_df: DataFrame, path: str) -> DataFra
 
 def _update_silver(
     spark: SparkSession, config: ClickrecConfig, interactions_df: DataFrame, staging: str,
-    *, scratch: bool = False,
+    *, scratch: bool = False, added: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Index new users/items and MERGE changed interactions; returns counts of what changed.
 
     `scratch`: `interactions_df` is already scratch Parquet (read once, not written again).
+    `added`, when given, receives the new ids as soon as they are committed, so that a retry
+    after a lost silver MERGE still counts the ids its first attempt gave.
     """
     from clickrec.transforms.index import attach_ids
 
@@ -260,6 +269,9 @@ def _update_silver(
         items_added = pool.submit(_extend_index, spark, inter, C.ITEM_ID, item_index)
         new_users, new_items = users_added.result(), items_added.result()
     log.info("indexes: %d new users, %d new items", new_users, new_items)
+    if added is not None:
+        added["new_users"] = added.get("new_users", 0) + new_users
+        added["new_items"] = added.get("new_items", 0) + new_items
     rows = attach_ids(
         inter, delta.read_table(spark, user_index), delta.read_table(spark, item_index)
     ).select(*SILVER_COLUMNS)
@@ -455,12 +467,21 @@ def ingest_valid_events(
 
     `phases`, when given, receives the seconds spent on bronze and on silver.
     """
+    if valid_rows == 0:
+        return {"accepted": 0, "duplicates": 0}
+    # The stream holds its silver commits meanwhile (a long MERGE would lose every race to it).
+    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):
+        return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging, phases)
+
+
+def _ingest_valid_events(
+    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
+    run_id: str, now: datetime, staging: str, phases: dict[str, float] | None,
+) -> dict[str, int]:
     from pyspark.sql import functions as F
 
     from clickrec.transforms.clickstream import events_to_interactions
 
-    if valid_rows == 0:
-        return {"accepted": 0, "duplicates": 0}
     started = time.monotonic()
     bronze = delta.table_path(config, C.BRONZE_EVENTS)
     bronze_existed = delta.table_exists(spark, bronze)
@@ -518,15 +539,18 @@ def ingest_valid_events(
     log.info("bronze/events: %d accepted, %d duplicates", accepted, valid_rows - accepted)
     bronze_done = time.monotonic()
 
+    ids_added: dict[str, int] = {}
+
     def update_silver(attempt: int) -> dict[str, int]:
         # The stream may MERGE the same users' rows meanwhile: redone from bronze re-read.
         if attempt == 1:
-            return _update_silver(spark, config, interactions, staging, scratch=scratch_interactions)
+            return _update_silver(spark, config, interactions, staging, scratch=scratch_interactions,
+                                  added=ids_added)
         affected = valid.select(C.USER_ID).distinct()
         events = delta.read_table(spark, bronze).join(affected, on=C.USER_ID, how="left_semi")
-        return _update_silver(spark, config, to_interactions(events), staging)
+        return _update_silver(spark, config, to_interactions(events), staging, added=ids_added)
 
-    silver = conflicts.retry_on_conflict(update_silver, what=C.SILVER_INTERACTIONS)
+    silver = {**conflicts.retry_on_conflict(update_silver, what=C.SILVER_INTERACTIONS), **ids_added}
     if phases is not None:
         phases["bronze"] = round(bronze_done - started, 2)
         phases["silver"] = round(time.monotonic() - bronze_done, 2)

@@ -31,7 +31,7 @@ from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError
-from clickrec.io import conflicts, delta
+from clickrec.io import conflicts, delta, leases
 from clickrec.io.kafka import send_json
 from clickrec.ml.recommend import recommend_top_k
 from clickrec.transforms.recommendations import (
@@ -167,18 +167,20 @@ def publish(
         )
         rec_path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
         same_model = f"t.`{C.MODEL_NAME}` = '{ref['model_name']}' AND t.`{C.MODEL_VERSION}` = {version}"
-        rec_changes = conflicts.retry_on_conflict(  # the stream MERGEs into the variant too
-            lambda _: delta.merge_changes(
-                spark, rows, rec_path, keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
-                ignore_changes=(C.UPDATED_AT,), target_filter=f"t.`{C.VARIANT}` = '{alias}'",
-                # the stream's list from this same model folds in newer events: it stays
-                keep_where=f"t.`{C.SOURCE}` = '{C.SOURCE_STREAM}' AND {same_model}",
-                # users without a list now: batch lists, and lists of another model, go
-                delete_unmatched_where=(f"t.`{C.VARIANT}` = '{alias}' AND "
-                                        f"(t.`{C.SOURCE}` = '{C.SOURCE_BATCH}' OR NOT ({same_model}))"),
-            ),
-            what=C.GOLD_RECOMMENDATIONS,
-        )
+        lease = leases.hold(config, C.GOLD_RECOMMENDATIONS, owner=f"publish-{alias}-v{version}-{now.isoformat()}")
+        with lease:  # the stream MERGEs into the variant too: it holds its commits meanwhile
+            rec_changes = conflicts.retry_on_conflict(
+                lambda _: delta.merge_changes(
+                    spark, rows, rec_path, keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
+                    ignore_changes=(C.UPDATED_AT,), target_filter=f"t.`{C.VARIANT}` = '{alias}'",
+                    # the stream's list from this same model folds in newer events: it stays
+                    keep_where=f"t.`{C.SOURCE}` = '{C.SOURCE_STREAM}' AND {same_model}",
+                    # users without a list now: batch lists, and lists of another model, go
+                    delete_unmatched_where=(f"t.`{C.VARIANT}` = '{alias}' AND "
+                                            f"(t.`{C.SOURCE}` = '{C.SOURCE_BATCH}' OR NOT ({same_model}))"),
+                ),
+                what=C.GOLD_RECOMMENDATIONS,
+            )
     finally:
         rows.unpersist()
     compute_s = time.monotonic() - started

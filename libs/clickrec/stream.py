@@ -59,7 +59,7 @@ from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.errors import ConcurrentWriteError, InputError, NotFoundError
-from clickrec.io import conflicts, delta, delta_rs
+from clickrec.io import conflicts, delta, delta_rs, leases
 from clickrec.io.delta_reader import open_table
 from clickrec.io.files import delete_path
 from clickrec.ml.foldin import ItemFactors, fold_in, top_n
@@ -201,7 +201,11 @@ class BatchProcessor:
         """Load the version gold serves (else the alias's) when it changed since the last batch."""
         version = served_version(self.config)
         if version is None:
-            version = tracking.alias_versions(self.config).get(self.config.stream.variant)
+            try:
+                version = tracking.alias_versions(self.config).get(self.config.stream.variant)
+            except Exception as exc:  # a registry blip must not end the query: keep the model it has
+                log.warning("model registry unavailable, keeping model version %s: %s", self.model_checked_version, exc)
+                return
         if version is None or version == self.model_checked_version:
             return
         self.model_checked_version = version
@@ -264,6 +268,8 @@ class BatchProcessor:
         new_events = new_events.append_column(C.INGESTED_AT, pa.array([now] * new_events.num_rows, pa.timestamp("us")))
         new_events = delta_rs.conform(new_events, bronze_dt)
         app_id = f"clickrec-stream-{config.stream.query_name}"
+        # bronze as `history` + `new_events` describe it: the version read, plus this batch's append
+        bronze_seen = bronze_dt.version() + (1 if new_events.num_rows else 0)
         if new_events.num_rows and not delta_rs.append_once(config, bronze_dt, new_events, app_id=app_id,
                                                             version=batch_id):
             # bronze records this batch id but not these events: the checkpoint was reset and
@@ -277,15 +283,18 @@ class BatchProcessor:
         # silver: the users' interactions recomputed from all their events, with the batch
         # path's own transform (dwell needs the user's earlier events; later ones recompute)
         clock = time.monotonic()
-        def update_silver(attempt: int) -> tuple[Any, Any]:
-            # a batch ingest may MERGE the same users' rows meanwhile: redone from bronze re-read
+        def update_silver(_attempt: int) -> tuple[Any, Any]:
+            # A batch ingest holds a lease on silver while it writes it: wait for it. Silver is
+            # opened before bronze is checked, so an ingest commit after the check fails this
+            # MERGE (and the attempt is redone); events another writer added to bronze since
+            # `history` was read are read again.
+            leases.wait_until_free(config, (C.SILVER_INTERACTIONS,))
+            silver_dt = open_table(config, C.SILVER_INTERACTIONS)
+            bronze_now = open_table(config, C.BRONZE_EVENTS)
             events = pa.concat_tables([history, new_events])
-            silver_dt = tables[C.SILVER_INTERACTIONS]
-            if attempt > 1:
-                bronze_now = open_table(config, C.BRONZE_EVENTS)
+            if bronze_now.version() != bronze_seen:
                 events = delta_rs.conform(delta_rs.read_where_in(bronze_now, C.USER_ID, users, BRONZE_COLUMNS),
                                           bronze_now)
-                silver_dt = open_table(config, C.SILVER_INTERACTIONS)
             interactions = self._interactions(events)
             user_ids = self._ids(tables[C.SILVER_USER_INDEX], interactions.column(C.USER_ID).to_pylist())
             item_ids = self._ids(tables[C.SILVER_ITEM_INDEX], interactions.column(C.ITEM_ID).to_pylist())
@@ -338,11 +347,13 @@ class BatchProcessor:
             ids = dict(zip(known.column(C.SOURCE_ID).to_pylist(), known.column(C.IDX).to_pylist(), strict=True))
             if len(ids) == len(wanted):
                 return ids
-            fresh = number_new_keys(wanted, ids, delta_rs.max_value(index_dt, C.IDX))
-            try:
+            top = delta_rs.max_value(index_dt, C.IDX)
+            fresh = number_new_keys(wanted, ids, top)
+            try:  # ids are dense: only rows committed since this read (ids above top) can collide
                 inserted = delta_rs.insert_unless_taken(index_dt, pa.table({
                     C.SOURCE_ID: pa.array([k for k, _ in fresh], pa.string()),
-                    C.IDX: pa.array([i for _, i in fresh], pa.int32())}), unique=(C.SOURCE_ID, C.IDX))
+                    C.IDX: pa.array([i for _, i in fresh], pa.int32())}), unique=(C.SOURCE_ID, C.IDX),
+                    target_filter=f"t.`{C.IDX}` > {-1 if top is None else int(top)}")
             except CommitFailedError as exc:
                 log.warning("new ids: a concurrent writer committed first (attempt %d): %s", attempt, exc)
                 inserted = -1
@@ -400,6 +411,7 @@ class BatchProcessor:
         path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
 
         def write(_attempt: int) -> None:  # publish may MERGE into gold at the same time: redone
+            leases.wait_until_free(config, (C.GOLD_RECOMMENDATIONS,))  # publish holds one while it writes
             gold_dt = open_table(config, C.GOLD_RECOMMENDATIONS)
             if gold_dt is None:  # created by Spark, partitioned by variant like publish's
                 delta.merge_upsert(self.spark, self.spark.createDataFrame(rows, GOLD_SCHEMA), path,

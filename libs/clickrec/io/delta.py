@@ -137,8 +137,11 @@ def merge_changes(
         (
             DeltaTable.forPath(spark, path).alias("t")
             .merge(diff.alias("s"), f"({target_filter}) AND {on}" if target_filter else on)
-            .whenMatchedDelete(condition=f"s.`{_DELETE_FLAG}`")
-            .whenMatchedUpdate(condition=f"NOT s.`{_DELETE_FLAG}`", set={c: f"s.`{c}`" for c in value_cols})
+            # The rules again, on the rows the MERGE finds: a concurrent writer may have
+            # committed between the read above and the MERGE's own snapshot.
+            .whenMatchedDelete(condition=f"s.`{_DELETE_FLAG}` AND ({delete_unmatched_where or 'false'})")
+            .whenMatchedUpdate(condition=f"NOT s.`{_DELETE_FLAG}` AND NOT ({keep_where or 'false'})",
+                               set={c: f"s.`{c}`" for c in value_cols})
             .whenNotMatchedInsert(condition=f"NOT s.`{_DELETE_FLAG}`",
                                   values={c: f"s.`{c}`" for c in source_df.columns})
             .execute()
@@ -156,16 +159,19 @@ def create(df: DataFrame, path: str, *, partition_by: Sequence[str] = ()) -> Non
     writer.save(path)
 
 
-def insert_unless_taken(spark: SparkSession, source_df: DataFrame, path: str, *, unique: Sequence[str]) -> int:
+def insert_unless_taken(spark: SparkSession, source_df: DataFrame, path: str, *, unique: Sequence[str],
+                        target_filter: str | None = None) -> int:
     """Insert the rows of `source_df` whose value in every `unique` column is new to the table.
 
     A MERGE, not a blind append: it reads the table, so Delta fails it (a conflict exception)
     when a concurrent commit added rows, and it skips a row that collides with a row already
-    committed. Returns how many rows it inserted.
+    committed. `target_filter` (SQL over t) limits the rows that can collide (and what the
+    MERGE reads and compares). Returns how many rows it inserted.
     """
     from delta.tables import DeltaTable
 
     on = " OR ".join(f"t.`{c}` = s.`{c}`" for c in unique)
+    on = f"({target_filter}) AND ({on})" if target_filter else on
     metrics = (
         DeltaTable.forPath(spark, path).alias("t")
         .merge(source_df.alias("s"), on)

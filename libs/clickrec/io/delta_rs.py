@@ -110,14 +110,16 @@ def merge_upsert(dt: DeltaTable, data: pa.Table, *, keys: Sequence[str], update_
     )
 
 
-def insert_unless_taken(dt: DeltaTable, data: pa.Table, *, unique: Sequence[str]) -> int:
+def insert_unless_taken(dt: DeltaTable, data: pa.Table, *, unique: Sequence[str],
+                        target_filter: str | None = None) -> int:
     """Insert the rows of `data` whose value in every `unique` column is new to the table.
 
     A MERGE, not a blind append, so a concurrent commit fails it with CommitFailedError instead
     of letting both writers add the same id; rows colliding with committed ones are skipped.
-    Returns how many rows it inserted.
+    `target_filter` (SQL over t) limits the rows that can collide. Returns how many it inserted.
     """
     predicate = " OR ".join(f"t.`{c}` = s.`{c}`" for c in unique)
+    predicate = f"({target_filter}) AND ({predicate})" if target_filter else predicate
     metrics = (
         dt.merge(conform(data, dt), predicate, source_alias="s", target_alias="t")
         .when_not_matched_insert_all()

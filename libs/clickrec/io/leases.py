@@ -1,0 +1,136 @@
+"""Writer leases: a batch job asks the stream to hold its commits to a table for a while.
+
+A batch MERGE (ingest's silver step, publish's lists) reads a whole table and runs for
+seconds to minutes, while the stream commits to the same table every trigger. Optimistic
+concurrency alone would fail the long MERGE on every retry, so the batch job holds a lease on
+the table for the duration: a row (resource, owner, until) in the small Delta table
+`<lake>/_control/leases`, renewed by a background thread and removed at the end. The stream
+waits while a live lease on a table it is about to write exists. A holder that dies stops
+renewing, and its lease expires after `ttl` seconds, so the stream never waits for ever.
+
+A lease is a courtesy, not a lock: the commits themselves stay safe through Delta's conflict
+checks (clickrec.io.conflicts), the lease only lets the long writer win the race.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from clickrec.config import ClickrecConfig
+from clickrec.io import conflicts
+from clickrec.io.delta_reader import reader_uri, storage_options
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+log = logging.getLogger(__name__)
+
+LEASES = "_control/leases"
+TTL_SECONDS = 120.0
+RENEW_SECONDS = 30.0
+POLL_SECONDS = 0.5
+
+
+def _schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([("resource", pa.string()), ("owner", pa.string()), ("until", pa.timestamp("us"))])
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _table(config: ClickrecConfig) -> DeltaTable:
+    """The leases table, created empty on first use."""
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake.exceptions import TableNotFoundError
+
+    uri, options = reader_uri(config, LEASES), storage_options(config) or None
+    try:
+        return DeltaTable(uri, storage_options=options)
+    except TableNotFoundError:
+        try:
+            write_deltalake(uri, _schema().empty_table(), mode="ignore", storage_options=options)
+        except Exception:  # another process created it first
+            log.debug("leases table created concurrently", exc_info=True)
+        return DeltaTable(uri, storage_options=options)
+
+
+def _put(config: ClickrecConfig, resource: str, owner: str, until: datetime) -> None:
+    import pyarrow as pa
+
+    row = pa.table({"resource": [resource], "owner": [owner], "until": [until]}, schema=_schema())
+
+    def upsert(_: int) -> None:
+        (_table(config).merge(row, "t.resource = s.resource AND t.owner = s.owner", source_alias="s", target_alias="t")
+         .when_matched_update_all().when_not_matched_insert_all().execute())
+
+    conflicts.retry_on_conflict(upsert, what=f"lease on {resource}")
+
+
+def _drop(config: ClickrecConfig, resource: str, owner: str) -> None:
+    conflicts.retry_on_conflict(
+        lambda _: _table(config).delete(f"resource = {_quoted(resource)} AND owner = {_quoted(owner)}"),
+        what=f"lease on {resource}",
+    )
+
+
+@contextmanager
+def hold(config: ClickrecConfig, resource: str, *, owner: str, ttl: float = TTL_SECONDS,
+         renew_every: float = RENEW_SECONDS) -> Iterator[None]:
+    """Hold a lease on `resource` (a table name) while the block runs; renewed, then removed."""
+    _put(config, resource, owner, _now() + timedelta(seconds=ttl))
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(renew_every):
+            try:
+                _put(config, resource, owner, _now() + timedelta(seconds=ttl))
+            except Exception:  # the lease then expires; the commits stay safe without it
+                log.warning("could not renew the lease on %s", resource, exc_info=True)
+
+    renewer = threading.Thread(target=renew, name=f"lease-{resource}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        _drop(config, resource, owner)
+
+
+def live(config: ClickrecConfig, resources: Sequence[str]) -> list[dict[str, object]]:
+    """The unexpired leases on any of `resources` (rows: resource, owner, until)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        dt = DeltaTable(reader_uri(config, LEASES), storage_options=storage_options(config) or None)
+    except TableNotFoundError:
+        return []
+    now = _now()
+    return [r for r in dt.to_pyarrow_table().to_pylist() if r["resource"] in resources and r["until"] > now]
+
+
+def wait_until_free(config: ClickrecConfig, resources: Sequence[str], *, poll: float = POLL_SECONDS) -> float:
+    """Block while a live lease on one of `resources` exists; the seconds waited."""
+    started = time.monotonic()
+    held = live(config, resources)
+    if held:
+        log.info("waiting while %s", ", ".join(f"{r['owner']} holds {r['resource']} (until {r['until']})" for r in held))
+    while held:
+        time.sleep(poll)
+        held = live(config, resources)
+    return time.monotonic() - started

@@ -1,0 +1,79 @@
+"""Writer leases: a batch job's lease holds the stream's commits to that table until it ends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from clickrec import columns as C
+from clickrec.generate import generate_clickstream
+from clickrec.ingest import ingest
+from clickrec.io import leases
+from clickrec.io.delta import table_path, table_version
+from clickrec.io.delta_reader import open_table
+from clickrec.stream import BatchProcessor, staged_events
+from tests.conftest import make_config
+
+
+def test_a_lease_is_live_while_held_and_an_expired_one_is_ignored(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    assert leases.live(config, ("t",)) == []  # no table yet
+    waited: list[float] = []
+    with leases.hold(config, "t", owner="job-1"):
+        assert [r["owner"] for r in leases.live(config, ("t",))] == ["job-1"]
+        assert leases.live(config, ("other",)) == []
+        waiter = threading.Thread(target=lambda: waited.append(leases.wait_until_free(config, ("t",), poll=0.1)))
+        waiter.start()
+        time.sleep(1.0)
+        assert waiter.is_alive()  # still waiting for the holder
+    waiter.join(timeout=10)
+    assert waited and waited[0] >= 0.9
+    assert leases.live(config, ("t",)) == []  # removed at the end of the block
+
+    # A holder that died leaves its row; once `until` has passed nobody waits for it.
+    leases._put(config, "t", "dead-job", leases._now() - timedelta(seconds=1))
+    assert leases.live(config, ("t",)) == []
+    assert leases.wait_until_free(config, ("t",), poll=0.1) < 0.1
+
+
+def test_a_stream_batch_holds_its_silver_commit_while_ingest_holds_the_lease(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, ingest={"data_docs": False})
+    generate_clickstream(tmp_path / "first.csv", events=600, seed=3)
+    ingest(spark, config, input_path=str(tmp_path / "first.csv"))
+    generate_clickstream(tmp_path / "later.jsonl", events=50, seed=4)
+    lines = (tmp_path / "later.jsonl").read_text().splitlines()
+    kafka_df = spark.createDataFrame(
+        [(line.encode(), "clicks", 0, n) for n, line in enumerate(lines)],
+        "value binary, topic string, partition int, offset long",
+    )
+    staged = staged_events(kafka_df, config)
+    silver = table_path(config, C.SILVER_INTERACTIONS)
+    before = table_version(spark, silver)
+    done: list[BaseException | None] = []
+
+    def micro_batch() -> None:
+        try:
+            BatchProcessor(spark, config)(staged, 0)
+            done.append(None)
+        except BaseException as exc:  # reported by the assertion below
+            done.append(exc)
+
+    bronze_before = open_table(config, C.BRONZE_EVENTS).version()  # type: ignore[union-attr]
+    with leases.hold(config, C.SILVER_INTERACTIONS, owner="ingest-test"):
+        batch = threading.Thread(target=micro_batch)
+        batch.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and open_table(config, C.BRONZE_EVENTS).version() == bronze_before:  # type: ignore[union-attr]
+            time.sleep(0.2)
+        assert open_table(config, C.BRONZE_EVENTS).version() == bronze_before + 1  # type: ignore[union-attr]
+        time.sleep(3.0)  # bronze is not held; silver, a second later in the batch, is
+        assert batch.is_alive() and table_version(spark, silver) == before
+    batch.join(timeout=120)
+    assert done == [None]
+    assert table_version(spark, silver) == (before or 0) + 1  # silver written once the lease was gone
