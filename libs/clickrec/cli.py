@@ -76,7 +76,7 @@ def emit(summary: dict[str, Any]) -> None:
     print(json.dumps(summary, default=str, sort_keys=False), flush=True)
 
 
-def run(command: str, body: Callable[[], dict[str, Any]]) -> None:
+def run(command: str, body: Callable[[], dict[str, Any]], *, on_sigterm: bool = True) -> None:
     """Run a command body; its summary, or an error message, a JSON error line and an exit code.
 
     A ClickrecError exits with its own code; any other exception (a bug, an unforeseen failure)
@@ -85,7 +85,8 @@ def run(command: str, body: Callable[[], dict[str, Any]]) -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _terminated(command))
+    # `serve` leaves SIGTERM to uvicorn, which shuts the server down gracefully.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _terminated(command)) if on_sigterm else None
     try:
         summary = body()
     except ClickrecError as exc:
@@ -99,7 +100,8 @@ def run(command: str, body: Callable[[], dict[str, Any]]) -> None:
         emit({"command": command, "ok": False, "error": first, "error_type": type(exc).__name__})
         raise typer.Exit(code=1) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
     emit({"command": command, "ok": True, **summary})
 
 
@@ -354,7 +356,7 @@ def serve(
 
         return run_serve(_config(config, set_), host=host, port=port)
 
-    run("serve", body)
+    run("serve", body, on_sigterm=False)
 
 
 @services_app.command("up")

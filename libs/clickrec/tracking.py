@@ -25,11 +25,9 @@ def configure(config: ClickrecConfig) -> None:
     """Point the mlflow client at the configured tracking and registry stores."""
     import mlflow
 
-    tracking_uri = _resolve_uri(config.mlflow.tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    # Set even when it is the tracking store (MLflow's default): unset, every new client asks
-    # the active Spark session for spark.mlflow.modelRegistryUri over py4j.
-    mlflow.set_registry_uri(_resolve_uri(config.mlflow.registry_uri) if config.mlflow.registry_uri else tracking_uri)
+    mlflow.set_tracking_uri(_resolve_uri(config.mlflow.tracking_uri))
+    if config.mlflow.registry_uri:
+        mlflow.set_registry_uri(_resolve_uri(config.mlflow.registry_uri))
 
 
 def ensure_experiment(config: ClickrecConfig) -> str:
@@ -75,7 +73,9 @@ def _is_absent(exc: Exception) -> bool:
     INVALID_PARAMETER_VALUE "Registered model alias ... not found." for an unset alias; a
     connection or server failure says neither.
     """
-    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower()
+    code, text = getattr(exc, "error_code", ""), str(exc).lower()
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "alias" in text
+                                                  and "not found" in text)
 
 
 # --- training runs --------------------------------------------------------------------------
@@ -92,7 +92,8 @@ def start_parent_run(config: ClickrecConfig, run_name: str, tags: dict[str, str]
 def kill_active_runs() -> list[str]:
     """Mark this thread's active MLflow run, and its parent, KILLED; their ids. Never raises.
 
-    For a SIGTERM handler: a client with explicit URIs, so nothing asks Spark for settings.
+    For a SIGTERM handler: a client with explicit URIs (the registry is not used), so that
+    nothing asks the Spark session for settings over py4j in the middle of another call.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -107,7 +108,7 @@ def kill_active_runs() -> list[str]:
         ids.append(parent)
     killed = []
     try:
-        client = MlflowClient(tracking_uri=uri, registry_uri=mlflow.get_registry_uri() or uri)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         for run_id in ids:
             client.set_terminated(run_id, "KILLED")
             killed.append(run_id)

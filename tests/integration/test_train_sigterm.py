@@ -28,7 +28,8 @@ def test_sigterm_during_tuning_ends_the_run_killed_with_a_json_line(spark: Spark
     config = make_config(tmp_path, train={"grid": GRID, "num_folds": 3, "num_blocks": 2},
                          spark={"driver_memory": "1g", "conf": {"spark.ui.showConsoleProgress": "false"}})
     write_planted_silver(spark, config, users=200, items=80)
-    client = MlflowClient(tracking_uri=config.mlflow.tracking_uri)
+    uri = config.mlflow.tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the registry an earlier test configured
     log = tmp_path / "train.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "clickrec.cli", "train", "--config", str(write_config_file(config, tmp_path / "c.yaml"))],

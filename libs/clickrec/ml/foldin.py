@@ -70,10 +70,11 @@ def fold_in(
     b = ((1.0 + c1) * positive) @ y
     if n_explicit == 0:
         return np.zeros(items.rank)
-    try:
+    if reg_param > 0:  # a is positive definite
         return np.linalg.solve(a, b)
-    except np.linalg.LinAlgError:  # singular without regularisation (reg_param 0, few items)
-        return np.linalg.lstsq(a, b, rcond=None)[0]  # the least-norm solution, as a pseudo-inverse would
+    # Without regularisation a can be singular or nearly so (where solve would raise or blow up):
+    # the least-norm solution, as a pseudo-inverse gives.
+    return np.linalg.lstsq(a, b, rcond=None)[0]
 
 
 def top_n(
