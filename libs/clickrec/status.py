@@ -1,4 +1,4 @@
-"""`clickrec status`: every table's path, Delta version and row count, and the model aliases."""
+"""`clickrec status`: every table's path, Delta version and row count, the model aliases, live leases."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
+from clickrec.io import leases
 from clickrec.io.delta_reader import open_table, reader_uri
 
 
@@ -38,4 +39,6 @@ def collect_status(config: ClickrecConfig) -> dict[str, Any]:
         "lake_root": config.lake.root,
         "tables": [table_status(config, t) for t in C.ALL_TABLES],
         "models": model_status(config),
+        # a live lease is why the stream holds its silver or gold commits (clickrec.io.leases)
+        "leases": [{**r, "until": str(r["until"])} for r in leases.live(config, C.ALL_TABLES)],
     }

@@ -15,6 +15,7 @@ from clickrec.ingest import ingest
 from clickrec.io import leases
 from clickrec.io.delta import table_path, table_version
 from clickrec.io.delta_reader import open_table
+from clickrec.status import collect_status
 from clickrec.stream import BatchProcessor, staged_events
 from tests.conftest import make_config
 
@@ -23,8 +24,10 @@ def test_a_lease_is_live_while_held_and_an_expired_one_is_ignored(tmp_path: Path
     config = make_config(tmp_path)
     assert leases.live(config, ("t",)) == []  # no table yet
     waited: list[float] = []
-    with leases.hold(config, "t", owner="job-1"):
+    with leases.hold(config, "t", owner="job-1"), leases.hold(config, C.SILVER_INTERACTIONS, owner="job-2"):
         assert [r["owner"] for r in leases.live(config, ("t",))] == ["job-1"]
+        shown = collect_status(config)["leases"]  # what `clickrec status` prints
+        assert [(r["resource"], r["owner"]) for r in shown] == [(C.SILVER_INTERACTIONS, "job-2")]
         assert leases.live(config, ("other",)) == []
         waiter = threading.Thread(target=lambda: waited.append(leases.wait_until_free(config, ("t",), poll=0.1)))
         waiter.start()
