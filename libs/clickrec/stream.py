@@ -289,8 +289,9 @@ class BatchProcessor:
             # MERGE (and the attempt is redone); events another writer added to bronze since
             # `history` was read are read again.
             leases.wait_until_free(config, (C.SILVER_INTERACTIONS,))
-            silver_dt = open_table(config, C.SILVER_INTERACTIONS)
-            bronze_now = open_table(config, C.BRONZE_EVENTS)
+            silver_dt, bronze_now = tables[C.SILVER_INTERACTIONS], tables[C.BRONZE_EVENTS]
+            silver_dt.update_incremental()  # the commits since the batch opened them, not a fresh open
+            bronze_now.update_incremental()
             events = pa.concat_tables([history, new_events])
             if bronze_now.version() != bronze_seen:
                 events = delta_rs.conform(delta_rs.read_where_in(bronze_now, C.USER_ID, users, BRONZE_COLUMNS),

@@ -96,7 +96,8 @@ def merge_changes(
     no commit at all, so a rerun leaves the table, its version and its files as they were.
     `keep_where` (SQL over t and s) keeps a matched target row even when it differs;
     `target_filter` (SQL over t, e.g. one partition) narrows what the MERGE reads, so commits
-    elsewhere in the table do not conflict with it. Returns {"upserted", "deleted", "committed"}. Creates the table on first write.
+    elsewhere in the table do not conflict with it. Returns {"upserted", "deleted",
+    "committed"} as computed before the MERGE. Creates the table on first write.
     """
     from delta.tables import DeltaTable
     from pyspark import StorageLevel
