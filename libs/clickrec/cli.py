@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from clickrec.config import DEFAULT_CONFIG, ClickrecConfig, load_config
-from clickrec.errors import ClickrecError
+from clickrec.errors import ClickrecError, first_line
 
 app = typer.Typer(
     name="clickrec",
@@ -96,8 +96,7 @@ def run(command: str, body: Callable[[], dict[str, Any]], *, on_sigterm: bool = 
     except Exception as exc:  # a bug or an unforeseen failure: the traceback, and still the JSON line
         traceback.print_exc(file=sys.stderr)
         print(f"clickrec {command}: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        emit({"command": command, "ok": False, "error": first, "error_type": type(exc).__name__})
+        emit({"command": command, "ok": False, "error": first_line(exc), "error_type": type(exc).__name__})
         raise typer.Exit(code=1) from None
     finally:
         if on_sigterm:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message (its type name when the message is empty), for one-line reports."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class ClickrecError(Exception):
     """Base class for every error clickrec reports to its user."""
 

@@ -224,7 +224,7 @@ def load_alias_model(config: ClickrecConfig, alias: str) -> Any | None:
     """
     import mlflow.spark
 
-    from clickrec.errors import ChampionUnavailableError
+    from clickrec.errors import ChampionUnavailableError, first_line
 
     configure(config)
     version = alias_versions(config).get(alias)
@@ -233,9 +233,8 @@ def load_alias_model(config: ClickrecConfig, alias: str) -> Any | None:
     try:
         model = mlflow.spark.load_model(f"models:/{config.mlflow.model_name}@{alias}")
     except Exception as exc:  # MLflow, Spark and file-system errors alike
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ChampionUnavailableError(
-            f"{config.mlflow.model_name}@{alias} (v{version}) cannot be loaded: {reason}"
+            f"{config.mlflow.model_name}@{alias} (v{version}) cannot be loaded: {first_line(exc)}"
         ) from exc
     stages = getattr(model, "stages", None)
     return stages[-1] if stages else model

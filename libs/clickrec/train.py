@@ -83,10 +83,12 @@ def account_rows(inputs: TrainingInputs, n_train: int, n_test: int, *, rating_co
 
     Raises RuntimeError when they do not add up: a split that loses or repeats rows is a bug.
     """
-    interactions = inputs.interactions_df
-    read = int(interactions.count())
     rating = F.col(rating_col)
-    not_positive = int(interactions.where(rating.isNull() | (rating.cast("float") <= 0)).count())
+    counts = inputs.interactions_df.agg(
+        F.count(F.lit(1)).alias("read"),
+        F.count(F.when(rating.isNull() | (rating.cast("float") <= 0), 1)).alias("not_positive"),
+    ).first()
+    read, not_positive = (int(counts["read"]), int(counts["not_positive"])) if counts is not None else (0, 0)
     rows = {"read": read, "not_positive": not_positive, "train": n_train, "test": n_test}
     if read != not_positive + n_train + n_test:
         raise RuntimeError(f"silver rows do not add up: {rows}")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from clickrec.errors import ConcurrentWriteError
+from clickrec.errors import ConcurrentWriteError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,6 @@ def conflict_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def is_conflict(exc: BaseException) -> bool:
-    """True when `exc` is a lost Delta commit race (the work can be redone from a fresh read)."""
-    return isinstance(exc, conflict_errors())
-
-
 def retry_on_conflict(work: Callable[[int], T], *, what: str, attempts: int = ATTEMPTS) -> T:
     """Run `work(attempt)` (1, 2, ...) until it commits; a lost commit race runs it again.
 
@@ -61,7 +56,7 @@ def retry_on_conflict(work: Callable[[int], T], *, what: str, attempts: int = AT
         try:
             return work(attempt)
         except errors as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             if attempt == attempts:
                 raise ConcurrentWriteError(
                     f"{what}: lost {attempts} commit races to concurrent writers ({reason}); "

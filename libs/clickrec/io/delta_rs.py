@@ -30,7 +30,8 @@ def conform(data: pa.Table, dt: DeltaTable) -> pa.Table:
     return data.select(schema.names).cast(schema)
 
 
-def _quoted(value: str) -> str:
+def sql_string(value: str) -> str:
+    """`value` as a SQL string literal (quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -55,7 +56,7 @@ def read_where_in(dt: DeltaTable, column: str, values: Sequence[str], columns: S
     if not values:
         return wanted.empty_table()
     select = ", ".join(f'"{c}"' for c in columns)
-    found = query(dt, f'SELECT {select} FROM t WHERE "{column}" IN ({", ".join(_quoted(v) for v in values)})')
+    found = query(dt, f'SELECT {select} FROM t WHERE "{column}" IN ({", ".join(sql_string(v) for v in values)})')
     return found.select(list(columns)).cast(wanted)
 
 

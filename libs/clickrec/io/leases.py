@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from clickrec.config import ClickrecConfig
 from clickrec.io import conflicts
 from clickrec.io.delta_reader import reader_uri, storage_options
+from clickrec.io.delta_rs import sql_string
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -46,10 +47,6 @@ def _schema() -> pa.Schema:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _quoted(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _table(config: ClickrecConfig) -> DeltaTable:
@@ -82,7 +79,7 @@ def _put(config: ClickrecConfig, resource: str, owner: str, until: datetime) -> 
 
 def _drop(config: ClickrecConfig, resource: str, owner: str) -> None:
     conflicts.retry_on_conflict(
-        lambda _: _table(config).delete(f"resource = {_quoted(resource)} AND owner = {_quoted(owner)}"),
+        lambda _: _table(config).delete(f"resource = {sql_string(resource)} AND owner = {sql_string(owner)}"),
         what=f"lease on {resource}",
     )
 
