@@ -196,6 +196,10 @@ class BatchProcessor:
         "users_refreshed": 0, "model_reloads": 0})
     last_batch: dict[str, Any] = field(default_factory=dict)
     model_checked_version: int | None = None
+    lease_view: leases.LeaseView = field(init=False, repr=False)  # asked before every silver and gold commit
+
+    def __post_init__(self) -> None:
+        self.lease_view = leases.LeaseView(self.config)
 
     def refresh_model(self) -> None:
         """Load the version gold serves (else the alias's) when it changed since the last batch."""
@@ -288,7 +292,7 @@ class BatchProcessor:
             # opened before bronze is checked, so an ingest commit after the check fails this
             # MERGE (and the attempt is redone); events another writer added to bronze since
             # `history` was read are read again.
-            leases.wait_until_free(config, (C.SILVER_INTERACTIONS,))
+            self.lease_view.wait_until_free((C.SILVER_INTERACTIONS,))
             silver_dt, bronze_now = tables[C.SILVER_INTERACTIONS], tables[C.BRONZE_EVENTS]
             silver_dt.update_incremental()  # the commits since the batch opened them, not a fresh open
             bronze_now.update_incremental()
@@ -412,7 +416,7 @@ class BatchProcessor:
         path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
 
         def write(_attempt: int) -> None:  # publish may MERGE into gold at the same time: redone
-            leases.wait_until_free(config, (C.GOLD_RECOMMENDATIONS,))  # publish holds one while it writes
+            self.lease_view.wait_until_free((C.GOLD_RECOMMENDATIONS,))  # publish holds one while it writes
             gold_dt = open_table(config, C.GOLD_RECOMMENDATIONS)
             if gold_dt is None:  # created by Spark, partitioned by variant like publish's
                 delta.merge_upsert(self.spark, self.spark.createDataFrame(rows, GOLD_SCHEMA), path,

@@ -43,6 +43,20 @@ def test_a_lease_is_live_while_held_and_an_expired_one_is_ignored(tmp_path: Path
     assert leases.wait_until_free(config, ("t",), poll=0.1) < 0.1
 
 
+
+def test_a_kept_lease_view_sees_leases_come_and_go(tmp_path: Path) -> None:
+    """The stream's view opens the table once and follows its later commits."""
+    config = make_config(tmp_path)
+    view = leases.LeaseView(config)
+    assert view.live(("t",)) == []  # no table yet: opened later, on a later call
+    with leases.hold(config, "t", owner="job-1"):
+        assert [r["owner"] for r in view.live(("t",))] == ["job-1"]
+        with leases.hold(config, "t", owner="job-2"):
+            assert sorted(r["owner"] for r in view.live(("t",))) == ["job-1", "job-2"]
+        assert [r["owner"] for r in view.live(("t", "u"))] == ["job-1"]
+    assert view.live(("t",)) == []
+    assert view.wait_until_free(("t",), poll=0.1) < 0.1
+
 def test_a_stream_batch_holds_its_silver_commit_while_ingest_holds_the_lease(
     spark: SparkSession, tmp_path: Path
 ) -> None:

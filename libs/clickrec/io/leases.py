@@ -108,26 +108,56 @@ def hold(config: ClickrecConfig, resource: str, *, owner: str, ttl: float = TTL_
         _drop(config, resource, owner)
 
 
-def live(config: ClickrecConfig, resources: Sequence[str]) -> list[dict[str, object]]:
-    """The unexpired leases on any of `resources` (rows: resource, owner, until)."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+class LeaseView:
+    """A reader of the leases table kept open and brought up to date, not opened again.
 
-    try:
-        dt = DeltaTable(reader_uri(config, LEASES), storage_options=storage_options(config) or None)
-    except TableNotFoundError:
-        return []
-    now = _now()
-    return [r for r in dt.to_pyarrow_table().to_pylist() if r["resource"] in resources and r["until"] > now]
+    The stream asks before every silver and gold commit. Opening the table replays its log
+    (tens of milliseconds once a few hundred leases have come and gone); an open handle reads
+    only the commits since its last look, and the rows are read again only when one came.
+    """
+
+    def __init__(self, config: ClickrecConfig) -> None:
+        self._config = config
+        self._dt: DeltaTable | None = None
+        self._rows: list[dict[str, object]] = []
+        self._version: int | None = None
+
+    def live(self, resources: Sequence[str]) -> list[dict[str, object]]:
+        """The unexpired leases on any of `resources` (rows: resource, owner, until)."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        if self._dt is None:
+            try:
+                self._dt = DeltaTable(reader_uri(self._config, LEASES),
+                                      storage_options=storage_options(self._config) or None)
+            except TableNotFoundError:
+                return []
+        else:
+            self._dt.update_incremental()
+        if self._dt.version() != self._version:
+            self._rows, self._version = self._dt.to_pyarrow_table().to_pylist(), self._dt.version()
+        now = _now()
+        return [r for r in self._rows if r["resource"] in resources and r["until"] > now]  # type: ignore[operator]
+
+    def wait_until_free(self, resources: Sequence[str], *, poll: float = POLL_SECONDS) -> float:
+        """Block while a live lease on one of `resources` exists; the seconds waited."""
+        started = time.monotonic()
+        held = self.live(resources)
+        if held:
+            log.info("waiting while %s",
+                     ", ".join(f"{r['owner']} holds {r['resource']} (until {r['until']})" for r in held))
+        while held:
+            time.sleep(poll)
+            held = self.live(resources)
+        return time.monotonic() - started
+
+
+def live(config: ClickrecConfig, resources: Sequence[str]) -> list[dict[str, object]]:
+    """The unexpired leases on any of `resources`, read once (see LeaseView to ask often)."""
+    return LeaseView(config).live(resources)
 
 
 def wait_until_free(config: ClickrecConfig, resources: Sequence[str], *, poll: float = POLL_SECONDS) -> float:
     """Block while a live lease on one of `resources` exists; the seconds waited."""
-    started = time.monotonic()
-    held = live(config, resources)
-    if held:
-        log.info("waiting while %s", ", ".join(f"{r['owner']} holds {r['resource']} (until {r['until']})" for r in held))
-    while held:
-        time.sleep(poll)
-        held = live(config, resources)
-    return time.monotonic() - started
+    return LeaseView(config).wait_until_free(resources, poll=poll)
