@@ -386,7 +386,7 @@ def ingest(
                 spark, config, valid, rows_read - quarantined, run_id, now, staging, phases=phases
             )
         else:
-            counts = _ingest_valid_ratings(spark, config, valid, rows_read - quarantined, staging)
+            counts = _ingest_valid_ratings(spark, config, valid, rows_read - quarantined, run_id, staging)
             phase("silver")
     finally:
         delete_path(spark, staging)
@@ -558,14 +558,25 @@ def _ingest_valid_events(
 
 
 def _ingest_valid_ratings(
-    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int, staging: str
+    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int, run_id: str, staging: str
 ) -> dict[str, int]:
-    """Accepted explicit ratings -> silver directly; accepted = (user, item) rows that changed."""
+    """Accepted explicit ratings -> silver directly; accepted = (user, item) rows that changed.
+
+    Like the events path: a lease asks the stream to hold its silver commits, and a MERGE a
+    concurrent commit raced is redone (the ratings do not depend on silver's content).
+    """
     from clickrec.transforms.clickstream import ratings_to_interactions
 
     if valid_rows == 0:
         return {"accepted": 0, "duplicates": 0}
-    silver = _update_silver(spark, config, valid.transform(ratings_to_interactions), staging)
+    interactions = valid.transform(ratings_to_interactions)
+    ids_added: dict[str, int] = {}
+    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):
+        silver = conflicts.retry_on_conflict(
+            lambda _: _update_silver(spark, config, interactions, staging, added=ids_added),
+            what=C.SILVER_INTERACTIONS,
+        )
+    silver.update(ids_added)
     accepted = silver["interactions_changed"]
     return {"accepted": accepted, "duplicates": valid_rows - accepted, **silver}
 

@@ -94,3 +94,17 @@ def test_a_stream_batch_holds_its_silver_commit_while_ingest_holds_the_lease(
     batch.join(timeout=120)
     assert done == [None]
     assert table_version(spark, silver) == (before or 0) + 1  # silver written once the lease was gone
+
+
+def test_a_ratings_ingest_holds_the_silver_lease_while_it_writes(spark: SparkSession, tmp_path: Path) -> None:
+    """The ratings path writes silver straight away, so it asks the stream to wait too."""
+    from deltalake import DeltaTable
+
+    config = make_config(tmp_path, ingest={"data_docs": False})
+    (tmp_path / "u.data").write_text("1\t10\t4\t881250949\n1\t11\t3\t881250950\n2\t10\t5\t881250951\n")
+    summary = ingest(spark, config, input_path=str(tmp_path / "u.data"), input_format="ratings")
+    assert summary["interactions"] == 3
+    table = DeltaTable(str(tmp_path / "lake" / leases.LEASES))
+    held = DeltaTable(table.table_uri, version=table.version() - 1).to_pyarrow_table().to_pylist()  # before the drop
+    assert [(r["resource"], r["owner"]) for r in held] == [(C.SILVER_INTERACTIONS, f"ingest-{summary['run_id']}")]
+    assert leases.live(config, (C.SILVER_INTERACTIONS,)) == []
