@@ -109,6 +109,21 @@ def _check_columns(df: DataFrame, table: str, needed: tuple[str, ...], why: str)
                          f"(columns: {', '.join(df.columns)})")
 
 
+def _restore_popular(spark: SparkSession, path: str, popular: DataFrame, *, variant: str,
+                     version: int | None) -> None:
+    """Give `variant`'s row in gold/popular_items back the content it had at `version`."""
+    from pyspark.sql import functions as F
+
+    before = (delta.read_table(spark, path, version=version).where(F.col(C.VARIANT) == variant)
+              if version is not None else spark.createDataFrame([], popular.schema))
+    try:
+        conflicts.retry_on_conflict(lambda _: delta.merge_changes(
+            spark, before, path, keys=(C.VARIANT,), delete_unmatched_where=f"t.`{C.VARIANT}` = '{variant}'",
+        ), what=C.GOLD_POPULAR_ITEMS)
+    except Exception:  # the original error is the one to report; a rerun repairs the row
+        log.exception("could not restore %s for variant %s to version %s", C.GOLD_POPULAR_ITEMS, variant, version)
+
+
 def publish(
     spark: SparkSession,
     config: ClickrecConfig,
@@ -161,6 +176,7 @@ def publish(
         popular = popular_items(trained_inter, n=pc.popular_n, variant=alias, model_name=ref["model_name"],
                                 model_version=version, updated_at=now)
         pop_path = delta.table_path(config, C.GOLD_POPULAR_ITEMS)
+        pop_before = delta.table_version(spark, pop_path)
         pop_changes = conflicts.retry_on_conflict(
             lambda _: delta.merge_changes(spark, popular, pop_path, keys=(C.VARIANT,), ignore_changes=(C.UPDATED_AT,)),
             what=C.GOLD_POPULAR_ITEMS,
@@ -168,19 +184,25 @@ def publish(
         rec_path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
         same_model = f"t.`{C.MODEL_NAME}` = '{ref['model_name']}' AND t.`{C.MODEL_VERSION}` = {version}"
         lease = leases.hold(config, C.GOLD_RECOMMENDATIONS, owner=f"publish-{alias}-v{version}-{now.isoformat()}")
-        with lease:  # the stream MERGEs into the variant too: it holds its commits meanwhile
-            rec_changes = conflicts.retry_on_conflict(
-                lambda _: delta.merge_changes(
-                    spark, rows, rec_path, keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
-                    ignore_changes=(C.UPDATED_AT,), target_filter=f"t.`{C.VARIANT}` = '{alias}'",
-                    # the stream's list from this same model folds in newer events: it stays
-                    keep_where=f"t.`{C.SOURCE}` = '{C.SOURCE_STREAM}' AND {same_model}",
-                    # users without a list now: batch lists, and lists of another model, go
-                    delete_unmatched_where=(f"t.`{C.VARIANT}` = '{alias}' AND "
-                                            f"(t.`{C.SOURCE}` = '{C.SOURCE_BATCH}' OR NOT ({same_model}))"),
-                ),
-                what=C.GOLD_RECOMMENDATIONS,
-            )
+        try:
+            with lease:  # the stream MERGEs into the variant too: it holds its commits meanwhile
+                rec_changes = conflicts.retry_on_conflict(
+                    lambda _: delta.merge_changes(
+                        spark, rows, rec_path, keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
+                        ignore_changes=(C.UPDATED_AT,), target_filter=f"t.`{C.VARIANT}` = '{alias}'",
+                        # the stream's list from this same model folds in newer events: it stays
+                        keep_where=f"t.`{C.SOURCE}` = '{C.SOURCE_STREAM}' AND {same_model}",
+                        # users without a list now: batch lists, and lists of another model, go
+                        delete_unmatched_where=(f"t.`{C.VARIANT}` = '{alias}' AND "
+                                                f"(t.`{C.SOURCE}` = '{C.SOURCE_BATCH}' OR NOT ({same_model}))"),
+                    ),
+                    what=C.GOLD_RECOMMENDATIONS,
+                )
+        except BaseException:
+            # popular_items already names the new version; put this variant's row back, so
+            # that a failed publish leaves gold as it was and a rerun does the whole switch.
+            _restore_popular(spark, pop_path, popular, variant=alias, version=pop_before)
+            raise
     finally:
         rows.unpersist()
     compute_s = time.monotonic() - started

@@ -269,3 +269,34 @@ def test_missing_model_and_bad_alias_are_clear_errors(spark: SparkSession, lake:
         publish(spark, lake["config"], alias="default")
     with pytest.raises(NotFoundError, match="alias 'champion'"):
         publish(spark, make_config(tmp_path))
+
+
+def test_a_failed_recommendations_merge_puts_the_popular_row_back(
+    spark: SparkSession, lake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """popular_items is switched first; when the lists' MERGE then fails, the switch is undone."""
+    from clickrec import publish as publish_module
+
+    config = lake["config"]
+    pop_path, rec_path = table_path(config, C.GOLD_POPULAR_ITEMS), table_path(config, C.GOLD_RECOMMENDATIONS)
+
+    def popular_rows() -> list[dict[str, Any]]:
+        df = spark.read.format("delta").load(pop_path)
+        return sorted((r.asDict(recursive=True) for r in df.collect()), key=lambda r: r[C.VARIANT])
+
+    before, rec_before, pop_before = popular_rows(), table_version(spark, rec_path), table_version(spark, pop_path)
+    assert {r[C.VARIANT]: r[C.MODEL_VERSION] for r in before}["champion"] == 1  # the rollback's
+    assert tracking.alias_versions(config)["champion"] == 2  # so publishing the alias switches
+    real_merge = publish_module.delta.merge_changes
+
+    def failing_merge(spark_: SparkSession, df: Any, path: str, **kwargs: Any) -> dict[str, int]:
+        if path == rec_path:
+            raise RuntimeError("disk full (injected)")
+        return real_merge(spark_, df, path, **kwargs)
+
+    monkeypatch.setattr(publish_module.delta, "merge_changes", failing_merge)
+    with pytest.raises(RuntimeError, match="injected"):
+        publish(spark, config)
+    assert table_version(spark, rec_path) == rec_before
+    assert table_version(spark, pop_path) == pop_before + 2  # switched to v2, then back
+    assert popular_rows() == before
