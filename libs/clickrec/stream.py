@@ -86,6 +86,12 @@ REG_PARAM_KEYS = ("best_reg_param", "reg_param", "regParam")
 ALPHA_KEYS = ("best_alpha", "alpha")
 
 
+# Up to this many events (a micro-batch's users' whole history) are turned into interactions
+# in one Spark task: the window and the aggregation then need no shuffle, which is most of the
+# cost of a small job (0.35-0.40 s against 0.53-0.71 s for 16,000 events).
+SINGLE_TASK_ROWS = 500_000
+
+
 def checkpoint_path(config: ClickrecConfig) -> str:
     """The query's own checkpoint, under the lake so it travels with the tables it protects."""
     return delta.table_path(config, f"_checkpoints/stream/{config.stream.query_name}")
@@ -329,7 +335,10 @@ class BatchProcessor:
         from clickrec.transforms.clickstream import events_to_interactions
 
         ic = self.config.ingest
-        return self.spark.createDataFrame(events).transform(
+        df = self.spark.createDataFrame(events)
+        if events.num_rows <= SINGLE_TASK_ROWS:  # one task, no shuffle: a third faster on a batch
+            df = df.coalesce(1)
+        return df.transform(
             events_to_interactions, cap_seconds=ic.dwell_cap_seconds,
             last_view_seconds=ic.last_view_dwell_seconds, rating=ic.rating.model_dump(),
         ).toArrow()
@@ -456,15 +465,30 @@ def _first_unseen(table: Any, key: str, seen: set[str]) -> Any:
 
 
 def _changed(rows: Any, current: Any) -> Any:
-    """Rows of `rows` that `current` does not hold with exactly the same values (arrow tables)."""
-    import pyarrow as pa
+    """Rows of `rows` that `current` does not hold with exactly the same values (arrow tables).
 
-    if current.num_rows == 0:
+    Both are silver rows in the table's types, unique on the interaction keys: joined on them,
+    a row is unchanged when every other column is equal (two nulls count as equal).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if current.num_rows == 0 or rows.num_rows == 0:
         return rows
-    held = set(zip(*(current.column(c).to_pylist() for c in rows.column_names), strict=True))
-    keep = [n for n, row in enumerate(zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True))
-            if row not in held]
-    return rows.take(pa.array(keep, pa.int64()))
+    keys = list(C.INTERACTION_KEYS)
+    values = [c for c in rows.column_names if c not in keys]
+    left = rows.select(keys + values).append_column("_n", pa.array(np.arange(rows.num_rows), pa.int64()))
+    right = current.select(keys + values).rename_columns(keys + [f"_held_{c}" for c in values])
+    pairs = left.join(right, keys=keys, join_type="inner")
+    same = pa.array(np.ones(pairs.num_rows, dtype=bool))
+    for c in values:
+        a, b = pairs.column(c), pairs.column(f"_held_{c}")
+        equal = pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
+        same = pc.and_(same, equal)
+    unchanged = np.zeros(rows.num_rows, dtype=bool)
+    unchanged[pc.filter(pairs.column("_n"), same).to_numpy()] = True
+    return rows.filter(pa.array(~unchanged))
 
 
 def _rounded(timings: dict[str, float]) -> dict[str, float]:

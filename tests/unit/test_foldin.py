@@ -95,3 +95,21 @@ def test_fold_in_without_regularisation_on_a_singular_system_gives_the_least_nor
     x = fold_in(items, [1], [1.0], reg_param=0.0, alpha=1.0)
     assert x is not None and np.all(np.isfinite(x))
     assert x[1] == 0.0 and x[0] > 0  # np.linalg.solve raises LinAlgError on this system
+
+
+def test_top_n_equals_a_full_sort_with_many_ties_and_exclusions() -> None:
+    """top_n sorts only the candidates at least as good as the n-th; the result is a full sort's."""
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        count = int(rng.integers(1, 40))
+        ids = rng.permutation(1000)[:count]
+        matrix = rng.integers(-2, 3, size=(count, 2)).astype(float)  # few distinct scores: many ties
+        items = ItemFactors(ids, matrix)
+        factor = rng.integers(-2, 3, size=2).astype(float)
+        exclude = rng.choice(ids, size=int(rng.integers(0, count + 1)), replace=False)
+        n = int(rng.integers(1, count + 3))
+        got_ids, got_scores = top_n(items, factor, n=n, exclude=exclude)
+        scores = matrix @ factor
+        expected = sorted(((-s, int(i)) for i, s in zip(ids, scores, strict=True) if i not in set(exclude.tolist())))[:n]
+        assert got_ids.tolist() == [i for _, i in expected], trial
+        assert got_scores.tolist() == [-s for s, _ in expected], trial

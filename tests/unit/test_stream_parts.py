@@ -70,3 +70,33 @@ def test_stream_config_rejects_bad_values() -> None:
         build_config({"stream": {"starting_offsets": "middle"}})
     with pytest.raises(ConfigError, match=r"stream\.typo"):
         build_config({"stream": {"typo": 1}})
+
+
+def test_changed_keeps_new_and_different_rows_in_order_and_drops_identical_ones() -> None:
+    from datetime import datetime
+
+    import pyarrow as pa
+
+    from clickrec.stream import _changed
+
+    t = datetime(2019, 10, 1)
+    schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("views", pa.int64()),
+                        ("dwell_seconds", pa.float64()), ("last_seen", pa.timestamp("us")), ("rating", pa.float64())])
+
+    def table(rows: list[tuple[object, ...]]) -> pa.Table:
+        return pa.Table.from_pylist([dict(zip(schema.names, r, strict=True)) for r in rows], schema=schema)
+
+    held = table([("u1", "a", 1, 5.0, t, 1.5), ("u1", "b", 2, None, t, 2.0), ("u2", "a", 1, 1.0, t, 1.0),
+                  ("u3", "z", 9, 9.0, t, 9.0)])
+    rows = table([
+        ("u2", "a", 1, 1.0, t, 1.0000001),                # rating differs
+        ("u1", "b", 2, None, t, 2.0),                     # same, a null on both sides
+        ("u1", "a", 1, 5.0, t, 1.5),                      # same
+        ("u1", "c", 1, 0.0, t, 1.0),                      # new pair
+        ("u2", "b", 1, None, t, 1.0),                     # new pair, with a null
+        ("u3", "z", 9, 9.0, datetime(2019, 10, 2), 9.0),  # last_seen differs
+    ])
+    got = _changed(rows, held).to_pylist()
+    assert [(r["user_id"], r["item_id"]) for r in got] == [("u2", "a"), ("u1", "c"), ("u2", "b"), ("u3", "z")]
+    assert _changed(rows, held.slice(0, 0)).num_rows == rows.num_rows
+    assert _changed(rows.slice(0, 0), held).num_rows == 0
