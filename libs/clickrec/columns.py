@@ -59,6 +59,8 @@ ITEM_IDX: Final = "item_idx"
 SOURCE_ID: Final = "source_id"
 IDX: Final = "idx"
 INTERACTION_KEYS: Final = (USER_ID, ITEM_ID)
+# The bronze columns the interactions transform reads (what a job carries or reads for it).
+INTERACTION_INPUTS: Final = (USER_ID, USER_SESSION, PRODUCT_ID, EVENT_TYPE, EVENT_TIME)
 
 # --- gold ------------------------------------------------------------------------------------
 VARIANT: Final = "variant"

@@ -493,7 +493,7 @@ def _ingest_valid_events(
         # One shuffle by user serves both the per-(user, session) dwell window and the
         # per-(user, item) aggregation (a partitioning by user satisfies both).
         # Only the columns the transform reads cross the shuffle (not the whole bronze row).
-        narrow = events_df.select(C.USER_ID, C.USER_SESSION, C.PRODUCT_ID, C.EVENT_TYPE, C.EVENT_TIME)
+        narrow = events_df.select(*C.INTERACTION_INPUTS)
         return narrow.repartition(C.USER_ID).transform(
             events_to_interactions,
             cap_seconds=ic.dwell_cap_seconds,
