@@ -184,8 +184,8 @@ def publish(
         rec_path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
         same_model = f"t.`{C.MODEL_NAME}` = '{ref['model_name']}' AND t.`{C.MODEL_VERSION}` = {version}"
         lease = leases.hold(config, C.GOLD_RECOMMENDATIONS, owner=f"publish-{alias}-v{version}-{now.isoformat()}")
-        try:
-            with lease:  # the stream MERGEs into the variant too: it holds its commits meanwhile
+        with lease:  # the stream MERGEs into the variant too: it holds its commits meanwhile
+            try:
                 rec_changes = conflicts.retry_on_conflict(
                     lambda _: delta.merge_changes(
                         spark, rows, rec_path, keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
@@ -198,11 +198,12 @@ def publish(
                     ),
                     what=C.GOLD_RECOMMENDATIONS,
                 )
-        except BaseException:
-            # popular_items already names the new version; put this variant's row back, so
-            # that a failed publish leaves gold as it was and a rerun does the whole switch.
-            _restore_popular(spark, pop_path, popular, variant=alias, version=pop_before)
-            raise
+            except Exception:
+                # popular_items already names the new version: put this variant's row back while
+                # the lease still holds the stream, so a failed publish leaves gold describing
+                # the old model; a rerun does the whole switch.
+                _restore_popular(spark, pop_path, popular, variant=alias, version=pop_before)
+                raise
     finally:
         rows.unpersist()
     compute_s = time.monotonic() - started
