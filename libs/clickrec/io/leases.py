@@ -127,14 +127,18 @@ class LeaseView:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
+        if self._dt is not None:
+            try:
+                self._dt.update_incremental()
+            except Exception:  # e.g. its log was cleaned up while the stream idled: open it again
+                log.debug("reopening the leases table", exc_info=True)
+                self._dt, self._version = None, None
         if self._dt is None:
             try:
                 self._dt = DeltaTable(reader_uri(self._config, LEASES),
                                       storage_options=storage_options(self._config) or None)
             except TableNotFoundError:
                 return []
-        else:
-            self._dt.update_incremental()
         if self._dt.version() != self._version:
             self._rows, self._version = self._dt.to_pyarrow_table().to_pylist(), self._dt.version()
         now = _now()
