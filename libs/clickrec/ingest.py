@@ -471,7 +471,17 @@ def ingest_valid_events(
         return {"accepted": 0, "duplicates": 0}
     # The stream holds its silver commits meanwhile (a long MERGE would lose every race to it).
     with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):
-        return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging, phases)
+        try:
+            return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging, phases)
+        except _BronzeCreatedMeanwhile:
+            # Another writer created bronze while this run was writing it first: redo the
+            # batch as an update of the table that now exists, deduplicated against it.
+            log.warning("bronze/events was created by another writer meanwhile; deduplicating against it")
+            return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging, phases)
+
+
+class _BronzeCreatedMeanwhile(Exception):
+    """The first write of bronze lost to another writer's: nothing of this run was committed."""
 
 
 def _ingest_valid_events(
@@ -514,7 +524,12 @@ def _ingest_valid_events(
             inter_done = pool.submit(
                 lambda: to_interactions(new_events).write.mode("overwrite").parquet(inter_path)
             )
-            delta.append(new_events, bronze, partition_by=[C.EVENT_DATE])
+            try:  # create, not append: appending to a table created meanwhile would skip the dedup
+                delta.create(new_events, bronze, partition_by=[C.EVENT_DATE])
+            except Exception as exc:
+                if not delta.table_exists(spark, bronze):  # not a race: the error itself
+                    raise
+                raise _BronzeCreatedMeanwhile(bronze) from exc
             inter_done.result()
         accepted = int(delta.last_operation_metrics(spark, bronze).get("numOutputRows", 0))
         interactions = spark.read.parquet(inter_path)

@@ -137,3 +137,43 @@ def test_stream_leaves_a_batch_list_of_another_model_version_alone(spark: SparkS
            for r in spark.read.format("delta").load(path).collect()}
     assert got == {("a", "champion"): "publish v2", ("b", "champion"): "stream v1", ("c", "champion"): "stream v1",
                    ("d", "champion"): "stream v1", ("a", "challenger"): "other variant"}
+
+
+def test_a_first_ingest_that_finds_bronze_created_meanwhile_deduplicates_against_it(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bronze did not exist when the run looked, but another writer created it before the write.
+
+    The first write creates the table (it does not append), so it fails instead of adding the
+    other writer's events twice; the run is redone as an update deduplicated against bronze.
+    """
+    from clickrec.generate import generate_clickstream
+
+    config = make_config(tmp_path, ingest={"data_docs": False})
+    generate_clickstream(tmp_path / "other.csv", events=300, seed=5)
+    generate_clickstream(tmp_path / "mine.csv", events=200, seed=6)
+    other = ingest.ingest(spark, config, input_path=str(tmp_path / "other.csv"))  # the other writer
+    header, *other_lines = (tmp_path / "other.csv").read_text().splitlines()
+    mine_lines = (tmp_path / "mine.csv").read_text().splitlines()[1:]
+    (tmp_path / "both.csv").write_text("\n".join([header, *other_lines, *mine_lines]) + "\n")
+
+    bronze = delta.table_path(config, C.BRONZE_EVENTS)
+    real_exists, stale_looks = delta.table_exists, []
+
+    def looked_before_it_was_created(spark_: SparkSession, path: str) -> bool:
+        if path == bronze and not stale_looks:
+            stale_looks.append(path)
+            return False
+        return real_exists(spark_, path)
+
+    monkeypatch.setattr(ingest.delta, "table_exists", looked_before_it_was_created)
+    mine = ingest.ingest(spark, config, input_path=str(tmp_path / "both.csv"))
+    assert stale_looks == [bronze]
+    events = spark.read.format("delta").load(bronze)
+    assert events.count() == events.select(C.EVENT_ID).distinct().count()  # nothing twice
+    assert events.count() == other["accepted"] + mine["accepted"]
+    assert mine["rows_read"] == mine["accepted"] + mine["duplicates"] + mine["quarantined"]
+    assert mine["duplicates"] >= other["accepted"]  # every event the other writer holds
+    silver = spark.read.format("delta").load(delta.table_path(config, C.SILVER_INTERACTIONS))
+    assert sorted(silver.drop(C.USER_IDX, C.ITEM_IDX).collect()) == sorted(
+        ingest.recompute_interactions(spark, config).drop(C.USER_IDX, C.ITEM_IDX).collect())
