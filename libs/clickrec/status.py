@@ -1,7 +1,10 @@
-"""`clickrec status`: every table's path, Delta version and row count, the model aliases, live leases."""
+"""`clickrec status`: every table's path, Delta version and row count, the model aliases, live
+leases, and the stream query's latest progress."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,36 @@ def model_status(config: ClickrecConfig) -> dict[str, Any]:
     return {"model_name": config.mlflow.model_name, **alias_versions(config)}
 
 
+STREAM_FIELDS = ("batch_id", "timestamp", "num_input_rows", "processed_rows_per_second", "batch_duration_ms",
+                 "offsets_behind_latest")
+
+
+def stream_status(config: ClickrecConfig) -> dict[str, Any] | None:
+    """The stream query's latest progress, from the file its listener keeps on a local lake.
+
+    None when the query never ran here (or the lake is on an object store, where the log and
+    Spark's metrics carry it). `seconds_since` is how long ago that batch was reported: a
+    running query reports at least every trigger, so a large value means it is stopped or stuck.
+    """
+    from clickrec.stream import metrics_path
+
+    path = metrics_path(config)
+    if "://" in path or not Path(path).is_file():
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        latest = data["latest"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return {"query": config.stream.query_name, "metrics_file": path, "error": f"unreadable: {exc}"}
+    out = {"query": data.get("query"), "metrics_file": path, **{k: latest.get(k) for k in STREAM_FIELDS}}
+    try:
+        reported = datetime.fromisoformat(str(latest.get("timestamp")).replace("Z", "+00:00"))
+        out["seconds_since"] = round((datetime.now(UTC) - reported).total_seconds(), 1)
+    except ValueError:
+        out["seconds_since"] = None
+    return out
+
+
 def collect_status(config: ClickrecConfig) -> dict[str, Any]:
     """The whole status object printed by `clickrec status`."""
     return {
@@ -41,4 +74,5 @@ def collect_status(config: ClickrecConfig) -> dict[str, Any]:
         "models": model_status(config),
         # a live lease is why the stream holds its silver or gold commits (clickrec.io.leases)
         "leases": [{**r, "until": str(r["until"])} for r in leases.live(config, C.ALL_TABLES)],
+        "stream": stream_status(config),
     }

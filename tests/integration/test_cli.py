@@ -39,6 +39,7 @@ def test_status_on_empty_lake(tmp_path: Path) -> None:
                            "gold/popular_items"}
     assert all(t["exists"] is False and t["version"] is None for t in tables.values())
     assert summary["models"]["champion"] is None
+    assert summary["stream"] is None  # no query has run on this lake
     assert not (tmp_path / "mlflow.db").exists()  # status creates nothing
 
 

@@ -25,6 +25,7 @@ from clickrec.ingest import ingest, recompute_interactions
 from clickrec.io.delta import table_path
 from clickrec.io.kafka import send_events
 from clickrec.services import ServiceProcess
+from clickrec.status import collect_status
 from clickrec.stream import checkpoint_path, metrics_path, replay, run_stream
 from tests.conftest import make_config
 from tests.stream_support import (
@@ -96,6 +97,9 @@ def test_gold_holds_one_fold_in_list_per_streamed_user(spark: SparkSession, worl
     latest = metrics["latest"]
     assert latest["batch_id"] >= 2 and latest["processed_rows_per_second"] is not None
     assert latest["offsets_behind_latest"] == 0
+    shown = collect_status(config)["stream"]  # what `clickrec status` prints about the query
+    assert shown["query"] == config.stream.query_name and shown["batch_id"] == latest["batch_id"]
+    assert shown["num_input_rows"] == latest["num_input_rows"] and 0 <= shown["seconds_since"] < 3600
 
 
 def test_purchase_and_new_user_within_the_next_micro_batch(spark: SparkSession, world: dict[str, Any]) -> None:
