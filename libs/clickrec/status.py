@@ -45,7 +45,8 @@ def stream_status(config: ClickrecConfig) -> dict[str, Any] | None:
 
     None when the query never ran here (or the lake is on an object store, where the log and
     Spark's metrics carry it). `seconds_since` is how long ago that batch was reported: a
-    running query reports at least every trigger, so a large value means it is stopped or stuck.
+    running query reports after every batch that had events, so a large value means it is
+    stopped, stuck, or has had no new events since.
     """
     from clickrec.stream import metrics_path
 
