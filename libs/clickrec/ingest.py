@@ -65,7 +65,6 @@ SUMMARY_TABLES: tuple[str, ...] = (
     C.SILVER_ITEM_INDEX,
 )
 _JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
-_RATINGS_HEADER = r'(?i)^\s*"?user'
 
 
 def _file_format(config: ClickrecConfig, files: Sequence[InputFile]) -> str:
@@ -151,9 +150,10 @@ def stage_ratings(spark: SparkSession, config: ClickrecConfig, files: Sequence[I
 
     from clickrec.transforms import clickstream as T
 
-    lines = _read_lines(spark, files).where(~F.col(C.VALUE).rlike(_RATINGS_HEADER))
+    delimiter = config.ingest.ratings_delimiter
+    lines = _read_lines(spark, files).where(~T.is_ratings_header(F.col(C.VALUE), delimiter_regex=delimiter))
     return (
-        lines.transform(T.parse_ratings_lines, delimiter_regex=config.ingest.ratings_delimiter)
+        lines.transform(T.parse_ratings_lines, delimiter_regex=delimiter)
         .transform(T.flag_rejections, checks=rejection_checks(suite))
         .withColumn(
             C.RAW_LINE,
@@ -577,8 +577,11 @@ def _ingest_valid_ratings(
 ) -> dict[str, int]:
     """Accepted explicit ratings -> silver directly; accepted = (user, item) rows that changed.
 
+    The latest rating of a (user, item) wins across batches as it does within one: a rating
+    older than the one silver holds changes nothing, so the result does not depend on how the
+    ratings were split into batches. Rows that change nothing count as duplicates.
     Like the events path: a lease asks the stream to hold its silver commits, and a MERGE a
-    concurrent commit raced is redone (the ratings do not depend on silver's content).
+    concurrent commit raced is redone from a fresh read of silver.
     """
     from clickrec.transforms.clickstream import ratings_to_interactions
 
@@ -588,12 +591,36 @@ def _ingest_valid_ratings(
     ids_added: dict[str, int] = {}
     with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):
         silver = conflicts.retry_on_conflict(
-            lambda _: _update_silver(spark, config, interactions, staging, added=ids_added),
+            lambda _: _update_silver(
+                spark, config, _not_older_than_silver(spark, config, interactions), staging, added=ids_added
+            ),
             what=C.SILVER_INTERACTIONS,
         )
     silver.update(ids_added)
     accepted = silver["interactions_changed"]
     return {"accepted": accepted, "duplicates": valid_rows - accepted, **silver}
+
+
+def _not_older_than_silver(spark: SparkSession, config: ClickrecConfig, ratings: DataFrame) -> DataFrame:
+    """The (user, item) ratings at least as recent as silver's: later time, or same time and
+    a rating not lower (the tie rule of `ratings_to_interactions`)."""
+    from pyspark.sql import functions as F
+
+    path = delta.table_path(config, C.SILVER_INTERACTIONS)
+    if not delta.table_exists(spark, path):
+        return ratings
+    held = delta.read_table(spark, path).select(
+        C.USER_ID, C.ITEM_ID, F.col(C.LAST_SEEN).alias("_held_seen"), F.col(C.RATING).alias("_held_rating")
+    )
+    seen, held_seen = F.col(C.LAST_SEEN), F.col("_held_seen")
+    newer = (
+        held_seen.isNull() | (seen > held_seen)
+        | ((seen == held_seen) & (F.col(C.RATING) >= F.col("_held_rating")))
+    )
+    return (
+        ratings.join(held, on=list(C.INTERACTION_KEYS), how="left")
+        .where(newer).select(*ratings.columns)
+    )
 
 
 def recompute_interactions(spark: SparkSession, config: ClickrecConfig) -> DataFrame:

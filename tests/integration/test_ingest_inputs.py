@@ -148,6 +148,32 @@ def test_movielens_100k_through_the_ratings_format(spark: SparkSession, config: 
     assert silver.agg(F.max(C.USER_IDX), F.max(C.ITEM_IDX)).first() == (942, 1681)
 
 
+def test_ratings_header_user_like_ids_huge_timestamps_and_a_late_older_rating(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, ingest={"data_docs": False})
+    first = tmp_path / "ratings-1.csv"
+    first.write_text(
+        "userId,movieId,rating,timestamp\n"  # a header: not a row
+        "user42,item7,4,881250949\n"  # ids that start with "user" are rows, not headers
+        "user42,item8,5,881250950\n"
+        "u1,item7,3,1700000000000000\n"  # epoch microseconds: too large for seconds
+    )
+    s1 = ingest(spark, config, input_path=str(first), input_format="ratings")
+    assert (s1["rows_read"], s1["accepted"], s1["duplicates"], s1["quarantined"]) == (3, 2, 0, 1)
+    assert s1["quarantined_by_reason"] == {"timestamp_invalid": 1}
+
+    # A later batch holds an older rating of (user42, item7) and a newer one of item8: the
+    # latest rating wins across batches as it does within one.
+    second = tmp_path / "ratings-2.tsv"
+    second.write_text("user42\titem7\t1\t881250000\nuser42\titem8\t2\t881250951\n")
+    s2 = ingest(spark, config, input_path=str(second), input_format="ratings")
+    assert (s2["rows_read"], s2["accepted"], s2["duplicates"], s2["quarantined"]) == (2, 1, 1, 0)
+    silver = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
+    got = {(r[C.USER_ID], r[C.ITEM_ID]): r[C.RATING] for r in silver.collect()}
+    assert got == {("user42", "item7"): 4.0, ("user42", "item8"): 2.0}
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600, check=False)

@@ -300,6 +300,21 @@ def test_parse_ratings_lines(spark: SparkSession) -> None:
     assert [r[C.COLUMN_COUNT] for r in rows] == [4, 4, 4, 4, 3]
 
 
+def test_ratings_header_is_a_user_column_name_and_a_non_numeric_rating(spark: SparkSession) -> None:
+    values = ["userId,movieId,rating,timestamp", '"user_id"\t"item_id"\t"rating"\t"ts"', "user::item::rating::t",
+              "user42\titem7\t4\t881250949", "User_1,31,2.5,1260759144", "username,5,1,1",
+              "user,5,3,881250949", "196\t242\t3\t881250949"]
+    df = lines(spark, *values).select(F.col(C.VALUE), T.is_ratings_header(F.col(C.VALUE)).alias("h"))
+    got = {r[C.VALUE]: r["h"] for r in df.collect()}
+    assert got == {v: i < 3 for i, v in enumerate(values)}
+
+
+def test_parse_ratings_lines_too_large_a_timestamp_is_null_not_an_error(spark: SparkSession) -> None:
+    rows = lines(spark, "1\t2\t3\t1700000000000000", "1\t2\t3\t-99999999999999999").transform(
+        T.parse_ratings_lines).collect()
+    assert [r[C.EVENT_TIME] for r in rows] == [None, None]
+
+
 def test_ratings_to_interactions_keeps_the_latest_rating(spark: SparkSession) -> None:
     df = spark.createDataFrame(
         [("1", "a", 2.0, t(0)), ("1", "a", 4.0, t(10)), ("1", "b", 5.0, t(5))],

@@ -27,6 +27,9 @@ from clickrec import columns as C
 CANONICAL_COLUMNS: tuple[str, ...] = (*C.REES46_COLUMNS, C.EVENT_ID)
 _ID_COLUMNS: tuple[str, ...] = (C.PRODUCT_ID, C.CATEGORY_ID, C.USER_ID, C.USER_SESSION, C.EVENT_ID)
 _SEP = "\u0001"  # separator of the normalised row that the event_id hash is taken over
+RATINGS_DELIMITER = "\\t|,|::"  # tab (MovieLens u.data), comma (ratings.csv) or :: (ml-1m)
+_RATINGS_USER_HEADERS: tuple[str, ...] = ("user", "userid", "user_id", "user id")
+_MAX_EPOCH_SECONDS = 9_223_372_036_854  # Long.MAX_VALUE / 1e6: the largest timestamp_seconds takes
 
 
 def _blank_to_null(col: Column) -> Column:
@@ -366,7 +369,7 @@ def events_to_interactions(
 def parse_ratings_lines(
     lines_df: DataFrame,
     *,
-    delimiter_regex: str = "\\t|,|::",
+    delimiter_regex: str = RATINGS_DELIMITER,
     value_col: str = C.VALUE,
     column_count_col: str = C.COLUMN_COUNT,
     utf8_valid_col: str = C.UTF8_VALID,
@@ -385,15 +388,32 @@ def parse_ratings_lines(
         return _blank_to_null(F.get(parts, i))
 
     seconds = part(3).try_cast("long")
+    # timestamp_seconds throws on overflow (|seconds| above ~9.2e12, e.g. epoch microseconds):
+    # out of that range the time is null, so the row is quarantined instead of failing the job.
+    in_range = seconds.between(-_MAX_EPOCH_SECONDS, _MAX_EPOCH_SECONDS)
     return lines_df.select(
         "*",
         part(0).alias(C.USER_ID),
         part(1).alias(C.ITEM_ID),
         part(2).try_cast("double").alias(C.RATING),
-        F.when(seconds.isNotNull(), F.timestamp_seconds(seconds)).alias(C.EVENT_TIME),
+        F.when(in_range, F.timestamp_seconds(seconds)).alias(C.EVENT_TIME),
         n.cast("int").alias(column_count_col),
         F.is_valid_utf8(value).alias(utf8_valid_col),
     )
+
+
+def is_ratings_header(value: Column, *, delimiter_regex: str = RATINGS_DELIMITER) -> Column:
+    """True for a `user item rating timestamp` header line, e.g. `userId,movieId,rating,timestamp`.
+
+    A header is a line whose first field, unquoted, is a user column name and whose rating
+    field is not a number. A data row whose user id merely starts with "user" (`user42`) is
+    not one: a header line is dropped before rows are counted, so a looser test would lose
+    rows without a trace.
+    """
+    parts = F.split(F.trim(value), delimiter_regex)
+    first = F.lower(F.trim(F.translate(F.get(parts, 0), '"', "")))
+    rating = F.trim(F.translate(F.get(parts, 2), '"', ""))
+    return first.isin(*_RATINGS_USER_HEADERS) & rating.try_cast("double").isNull()
 
 
 def ratings_to_interactions(
