@@ -44,6 +44,22 @@ def test_top_k_scores_excludes_seen_and_breaks_ties_by_id() -> None:
     assert ids[0].tolist() == []  # everything seen: an empty list, not seen items
 
 
+def test_top_k_scores_ties_across_the_cut_go_by_id_whatever_the_row_order() -> None:
+    # Many items tie at the k-th score (the popularity baseline's integer counts do): the k
+    # kept are the lowest ids, not whichever the partition happened to pick.
+    rng = np.random.default_rng(11)
+    for case in range(200):
+        n_items, k = int(rng.integers(1, 60)), int(rng.integers(1, 12))
+        item_ids = rng.permutation(n_items * 3)[:n_items].astype(np.int64)
+        items = rng.integers(0, 3, size=(n_items, 1)).astype(np.float32)  # few distinct scores
+        seen = rng.choice(item_ids, size=int(rng.integers(0, n_items)), replace=False)
+        ids, scores = top_k_scores(np.ones((1, 1), np.float32), item_ids, items, [seen], k=k)
+        keep = ~np.isin(item_ids, seen)
+        full = np.lexsort((item_ids[keep], -items[keep, 0]))[:k]
+        assert ids[0].tolist() == item_ids[keep][full].tolist(), case
+        assert scores[0].tolist() == items[keep, 0][full].tolist(), case
+
+
 def test_recommend_top_k_in_spark_matches_numpy(spark: SparkSession) -> None:
     rng = np.random.default_rng(3)
     u, it = rng.normal(size=(20, 4)).astype(np.float32), rng.normal(size=(30, 4)).astype(np.float32)

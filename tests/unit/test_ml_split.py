@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+from fractions import Fraction
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -69,12 +71,14 @@ def test_folds_deal_each_user_over_all_folds(spark: SparkSession) -> None:
 def test_stratified_split_sizes_follow_microsoft_recommenders_rule(spark: SparkSession) -> None:
     # python_stratified_split puts a user's row of rank (cumcount + 1) / count <= 1 - f in
     # train, i.e. floor(n * (1 - f)) rows; ours keeps at least one row in train on top.
-    sizes, fractions = range(1, 41), (0.1, 0.2, 0.25, 0.3)
+    # Expected sizes are exact (decimal fractions), so float rounding of 1 - f cannot hide:
+    # 0.8, 0.55 and 0.9 are fractions where (k + 1) / n <= 1 - f in floats drops a row.
+    sizes, fractions = range(1, 41), (0.1, 0.2, 0.25, 0.3, 0.55, 0.8, 0.9)
     rows = [(f_i * 100 + n, i, 1.0) for f_i in range(len(fractions)) for n in sizes for i in range(n)]
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, rating FLOAT")
     for f_i, f in enumerate(fractions):
         users = df.filter((F.col("user_idx") / 100).cast("int") == f_i)
         train, _ = split_stratified_random(users, test_fraction=f, seed=3)
         got = {r.user_idx % 100: r["count"] for r in train.groupBy("user_idx").count().collect()}
-        expected = {n: max(1, sum(1 for k in range(n) if (k + 1) / n <= 1 - f)) for n in sizes}
+        expected = {n: max(1, math.floor(n * (1 - Fraction(repr(f))))) for n in sizes}
         assert got == expected, (f, {n: (got[n], expected[n]) for n in sizes if got[n] != expected[n]})

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import math
+from datetime import datetime
+
 import pytest
+from pyspark.sql import SparkSession
 
 from clickrec.config import build_config
 from clickrec.errors import InputError
 from clickrec.ml.promotion import decide_promotion
-from clickrec.ml.tuning import build_estimator, expand_grid, param_maps, select_best
+from clickrec.ml.tuning import build_estimator, expand_grid, param_maps, select_best, tune
+from clickrec.train import to_als_input
 
 
 def test_grid_expansion_every_combination_in_order() -> None:
@@ -49,3 +54,18 @@ def test_best_point_is_the_first_highest_and_a_nan_metric_is_an_error() -> None:
     assert select_best([0.2, 0.3, 0.3], points) == 1  # ties: the first, as Spark's argmax
     with pytest.raises(InputError, match=r"not a number for grid point\(s\) \[\{'rank': 8\}\]"):
         select_best([0.2, float("nan"), 0.1], points)
+
+
+def test_tuning_works_when_train_rating_col_is_not_rating(spark: SparkSession) -> None:
+    # to_als_input renames the configured column to `rating`; the estimator must read that
+    # name, not train.rating_col (which no longer exists after the rename).
+    silver = spark.createDataFrame(
+        [(u, i, float(1 + (u * i) % 3), datetime(2024, 1, 1 + i)) for u in range(8) for i in range(6)],
+        "user_idx INT, item_idx INT, purchases DOUBLE, last_seen TIMESTAMP",
+    )
+    train = build_config({"train": {
+        "rating_col": "purchases", "num_folds": 2,
+        "grid": {"rank": [2], "reg_param": [0.1], "alpha": [1.0], "max_iter": [2]},
+    }}).train
+    result = tune(to_als_input(silver, rating_col="purchases"), train)
+    assert len(result.mean_metric) == 1 and math.isfinite(result.mean_metric[0])

@@ -57,13 +57,18 @@ def top_k_scores(
     kk = min(k, n_items)
     out_ids: list[np.ndarray] = []
     out_scores: list[np.ndarray] = []
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n_items else np.tile(np.arange(n_items), (scores.shape[0], 1))
+    # The k-th best score of each row; every item scoring at least that is a candidate, so that
+    # ties across the cut are decided by item id (argpartition alone picks an arbitrary subset
+    # of them, which then depends on the row order of the factors).
+    if kk < n_items:
+        kth = -np.partition(-scores, kk - 1, axis=1)[:, kk - 1]
+    else:
+        kth = np.full(scores.shape[0], -np.inf)
     for row in range(scores.shape[0]):
-        cand = part[row]
-        s = scores[row, cand]
-        keep = np.isfinite(s)
-        cand, s = cand[keep], s[keep]
-        order = np.lexsort((item_ids[cand], -s))
+        s_row = scores[row]
+        cand = np.flatnonzero(np.isfinite(s_row) & (s_row >= kth[row]))
+        s = s_row[cand]
+        order = np.lexsort((item_ids[cand], -s))[:kk]
         out_ids.append(item_ids[cand[order]].astype(np.int64))
         out_scores.append(s[order].astype(np.float32))
     return out_ids, out_scores

@@ -11,6 +11,7 @@ from pyspark.ml.evaluation import RankingEvaluator
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import DataFrame
 
+from clickrec import columns as C
 from clickrec.config import TrainConfig
 from clickrec.errors import InputError
 from clickrec.ml.estimator import RankingALS, RankingALSModel
@@ -37,7 +38,7 @@ def build_estimator(train: TrainConfig) -> RankingALS:
         seed=train.seed,
         numBlocks=train.num_blocks,
         k=train.k,
-        ratingCol=train.rating_col,
+        ratingCol=C.RATING,  # to_als_input has already renamed train.rating_col to this
     )
 
 
