@@ -135,6 +135,13 @@ def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, version: int
     ref = tracking.resolve_model_version(config, version=version)
     params = tracking.run_params(config, ref["run_id"]) if ref["run_id"] else {}
     reg_param, alpha = _param(params, REG_PARAM_KEYS), _param(params, ALPHA_KEYS)
+    if params.get("implicit_prefs", "True") != "True" or params.get("nonnegative", "False") != "False":
+        # fold_in solves the implicit, unconstrained user equations; an explicit or NNLS model's
+        # users would get factors (and lists) that model would not give them.
+        log.error("model %s v%d: fold-in solves implicit, unconstrained ALS and this model has "
+                  "implicit_prefs=%s, nonnegative=%s; fold-in is off for it (its published lists stay)",
+                  ref["model_name"], version, params.get("implicit_prefs"), params.get("nonnegative"))
+        return None
     if reg_param is None or alpha is None:
         log.error("model %s v%d: its run %s logs no %s/%s params; fold-in is off until a model has them",
                   ref["model_name"], version, ref["run_id"], REG_PARAM_KEYS[0], ALPHA_KEYS[0])
@@ -220,8 +227,14 @@ class BatchProcessor:
                 return
         if version is None or version == self.model_checked_version:
             return
+        try:
+            model = load_fold_in_model(self.spark, self.config, version)
+        except Exception as exc:  # the registry or its artifacts unreachable: try again next batch
+            log.warning("cannot load model version %s yet, keeping version %s: %s",
+                        version, self.model_checked_version, exc)
+            return
         self.model_checked_version = version
-        self.model = load_fold_in_model(self.spark, self.config, version)
+        self.model = model
         self.totals["model_reloads"] += 1
 
     def __call__(self, staged: DataFrame, batch_id: int) -> None:

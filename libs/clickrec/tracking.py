@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from clickrec.config import ClickrecConfig
+from clickrec.errors import first_line
 
 ALIASES = ("champion", "challenger")
 
@@ -224,7 +225,7 @@ def load_alias_model(config: ClickrecConfig, alias: str) -> Any | None:
     """
     import mlflow.spark
 
-    from clickrec.errors import ChampionUnavailableError, first_line
+    from clickrec.errors import ChampionUnavailableError
 
     configure(config)
     version = alias_versions(config).get(alias)
@@ -254,7 +255,7 @@ def resolve_model_version(config: ClickrecConfig, *, alias: str | None = None,
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from clickrec.errors import NotFoundError
+    from clickrec.errors import NotFoundError, ServiceError
 
     configure(config)
     client = MlflowClient()
@@ -265,6 +266,8 @@ def resolve_model_version(config: ClickrecConfig, *, alias: str | None = None,
         else:
             mv = client.get_model_version_by_alias(name, alias or "champion")
     except MlflowException as exc:
+        if not _is_absent(exc):  # an unreachable or failing registry is not "no such model"
+            raise ServiceError(f"MLflow registry at {config.mlflow.tracking_uri}: {first_line(exc)}") from exc
         what = f"version {version}" if version is not None else f"alias '{alias or 'champion'}'"
         raise NotFoundError(
             f"registered model '{name}' has no {what} in {config.mlflow.tracking_uri} "
@@ -322,12 +325,20 @@ def load_model_version(config: ClickrecConfig, version: int) -> Any:
 
 
 def run_params(config: ClickrecConfig, run_id: str) -> dict[str, str]:
-    """The params logged on a run (empty when the run is gone): the stream reads regParam/alpha here."""
+    """The params logged on a run (empty when the run is gone): the stream reads regParam/alpha here.
+
+    A registry that cannot be reached raises (ServiceError) instead of looking like a run
+    without params.
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from clickrec.errors import ServiceError
 
     configure(config)
     try:
         return dict(MlflowClient().get_run(run_id).data.params)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _is_absent(exc):
+            raise ServiceError(f"MLflow at {config.mlflow.tracking_uri}: {first_line(exc)}") from exc
         return {}

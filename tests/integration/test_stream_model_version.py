@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 
+from clickrec import tracking
+from clickrec.errors import ServiceError
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
 from clickrec.publish import publish
@@ -44,3 +47,30 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     assert served_version(other) is None
     renamed = make_config(tmp_path, mlflow={"model_name": "another-model"})
     assert served_version(renamed) is None
+
+
+def test_an_unreachable_registry_is_a_service_error_and_the_stream_keeps_its_model(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_config(tmp_path, ingest={"data_docs": False}, publish={"n": 5})
+    source = tmp_path / "events.csv"
+    generate_clickstream(source, events=600, seed=12)
+    ingest(spark, config, input_path=str(source))
+    version = register_model(spark, config, max_iter=2, seed=1)
+    publish(spark, config)
+    processor = BatchProcessor(spark, config)
+    processor.refresh_model()
+    assert processor.model is not None and processor.model.version == version
+
+    # The same lake, the registry unreachable (nothing listens on port 9); no retries, so the
+    # test does not wait for MLflow's backoff.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    down = make_config(tmp_path, mlflow={"tracking_uri": "http://127.0.0.1:9"})
+    with pytest.raises(ServiceError):  # not NotFoundError: "run `clickrec train` first" would mislead
+        tracking.resolve_model_version(down, version=version)
+    # A stream that has a model keeps it through the outage instead of failing its batch.
+    processor.config = down
+    processor.model_checked_version = None
+    processor.refresh_model()
+    assert processor.model.version == version and processor.model_checked_version is None
