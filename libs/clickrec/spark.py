@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,10 +170,25 @@ def _require_delta_on_launched_jvm() -> None:
         ) from exc
 
 
+def use_utc_in_this_process() -> None:
+    """Pin this Python process (and the JVM and workers it starts) to UTC.
+
+    PySpark turns naive Python datetimes into timestamps, and timestamps back into naive
+    datetimes on collect, with the Python process's local zone, while every timestamp here is
+    UTC (the session time zone, the JVM's user.timezone, delta-rs and arrow). On a laptop with
+    TZ=Europe/Berlin an `ingested_at` of "now in UTC" would otherwise land an hour early, and a
+    suite bound of "2100-01-01 00:00:00" would mean 23:00 the day before.
+    """
+    if os.environ.get("TZ") != "UTC":
+        os.environ["TZ"] = "UTC"
+        time.tzset()
+
+
 def build_spark_session(config: ClickrecConfig) -> SparkSession:
     """Return the Delta-enabled SparkSession described by `config` (getOrCreate)."""
     from pyspark.sql import SparkSession
 
+    use_utc_in_this_process()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     _require_delta_on_launched_jvm()
     builder = SparkSession.builder
