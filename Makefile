@@ -6,7 +6,7 @@ CLICKREC := $(VENV)/bin/clickrec
 CONFIG ?= conf/local.yaml
 EVENTS ?= 200000
 
-.PHONY: help setup test test-unit test-fast demo lint services-up services-down services-status \
+.PHONY: help setup test test-unit demo lint services-up services-down services-status \
         mlflow-ui bench clean image manifests
 
 help:  ## list the targets

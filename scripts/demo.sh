@@ -18,7 +18,7 @@ if [ ! -f "$INPUT" ]; then
 fi
 step "pipeline: ingest $INPUT -> train (CV, MLflow, registry, promotion) -> publish (gold, top-N)"
 $CLICKREC pipeline --config "$CONFIG" --input "$INPUT" --format rees46 \
-  --set train.num_folds=2 --set train.num_blocks=4 | tail -n 1 > .lake/demo/pipeline.json
+  --set train.num_folds=2 | tail -n 1 > .lake/demo/pipeline.json
 .venv/bin/python - .lake/demo/pipeline.json >&2 <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
-from clickrec.errors import InputError
+from clickrec.errors import InputError, NotFoundError
 from clickrec.io import conflicts, delta, leases
 from clickrec.io.kafka import send_json
 from clickrec.ml.recommend import recommend_top_k
@@ -57,7 +57,7 @@ def read_pinned(spark: SparkSession, config: ClickrecConfig, table: str, version
     path = delta.table_path(config, table)
     latest = delta.table_version(spark, path)
     if latest is None:
-        raise InputError(f"table {table} not found at {path}: run `clickrec ingest` first")
+        raise NotFoundError(f"table {table} not found at {path}: run `clickrec ingest` first")
     if version is not None and version <= latest:
         try:
             df = spark.read.format("delta").option("versionAsOf", version).load(path)
@@ -133,8 +133,8 @@ def publish(
 ) -> dict[str, Any]:
     """Publish the top-N lists of `alias` (or of `model_version`, as variant `alias`); the summary.
 
-    Raises NotFoundError when the registry has no such alias or version, InputError when silver
-    is missing or lacks a column the exclusion rule needs, ServiceError when a configured Kafka
+    Raises NotFoundError when the registry has no such alias or version or silver is missing,
+    InputError when silver lacks a column the exclusion rule needs, ServiceError when a configured Kafka
     does not acknowledge the announcement (the tables are already written then; a rerun
     rewrites nothing and announces again).
     """

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig, TrainConfig
-from clickrec.errors import ChampionUnavailableError, InputError
+from clickrec.errors import ChampionUnavailableError, InputError, NotFoundError
 from clickrec.io.delta import table_path, table_version
 from clickrec.ml.estimator import RankingALSModel
 from clickrec.ml.evaluate import catalogue_coverage, evaluate_ranking, metric_name, ranking_frame
@@ -50,7 +50,7 @@ def read_inputs(spark: SparkSession, config: ClickrecConfig) -> TrainingInputs:
         path = table_path(config, table)
         version = table_version(spark, path)
         if version is None:
-            raise InputError(f"table {table} not found at {path}: run `clickrec ingest` first")
+            raise NotFoundError(f"table {table} not found at {path}: run `clickrec ingest` first")
         tables[table] = (path, version)
         frames[table] = spark.read.format("delta").option("versionAsOf", version).load(path)
     rating_col = config.train.rating_col
