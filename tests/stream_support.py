@@ -35,8 +35,9 @@ def split_csv(source: Path, first: Path, second: Path, fraction: float) -> tuple
 
 
 def register_model(spark: SparkSession, config: ClickrecConfig, *, alias: str = "champion",
-                   max_iter: int = 8, seed: int = 7) -> int:
-    """Fit implicit ALS on all of silver and register it with its run's best_reg_param/best_alpha."""
+                   max_iter: int = 8, seed: int = 7, params: dict[str, Any] | None = None) -> int:
+    """Fit implicit ALS on all of silver and register it with its run's best_reg_param/best_alpha
+    (and `params`, logged on the run as train logs its fixed params)."""
     tables = {}
     for t in (C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX):
         path = table_path(config, t)
@@ -48,7 +49,7 @@ def register_model(spark: SparkSession, config: ClickrecConfig, *, alias: str = 
                 numUserBlocks=2, numItemBlocks=2).fit(ratings)
     with tracking.start_parent_run(config, "test-stream-model", {"clickrec.job": "test"}) as run:
         tracking.log_input_tables(tables)
-        tracking.log_params({"best_reg_param": REG_PARAM, "best_alpha": ALPHA, "best_rank": RANK})
+        tracking.log_params({"best_reg_param": REG_PARAM, "best_alpha": ALPHA, "best_rank": RANK, **(params or {})})
         version = tracking.log_spark_model(
             model, config, metadata={**{f"input.{t}.version": v for t, (_, v) in tables.items()},
                                      "run_id": run.info.run_id})

@@ -74,3 +74,20 @@ def test_an_unreachable_registry_is_a_service_error_and_the_stream_keeps_its_mod
     processor.model_checked_version = None
     processor.refresh_model()
     assert processor.model.version == version and processor.model_checked_version is None
+
+
+def test_fold_in_is_off_for_a_model_trained_explicit_or_nonnegative(spark: SparkSession, tmp_path: Path) -> None:
+    # fold_in solves implicit, unconstrained ALS; such a model's users would get lists it would
+    # not give them, so the stream leaves its lists alone.
+    config = make_config(tmp_path, ingest={"data_docs": False})
+    source = tmp_path / "events.csv"
+    generate_clickstream(source, events=600, seed=13)
+    ingest(spark, config, input_path=str(source))
+    implicit = register_model(spark, config, max_iter=2, params={"implicit_prefs": True, "nonnegative": False})
+    processor = BatchProcessor(spark, config)
+    processor.refresh_model()
+    assert processor.model is not None and processor.model.version == implicit
+    for params in ({"implicit_prefs": False, "nonnegative": False}, {"implicit_prefs": True, "nonnegative": True}):
+        version = register_model(spark, config, max_iter=2, params=params)
+        processor.refresh_model()
+        assert processor.model is None and processor.model_checked_version == version, params
