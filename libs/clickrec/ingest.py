@@ -289,8 +289,14 @@ def _update_silver(
 
 
 def quarantine_rejected(spark: SparkSession, config: ClickrecConfig, staged: DataFrame, *, fmt: str, input_key: str,
-                        run_id: str, now: datetime, txn_version: int = 1) -> None:
-    """Append the batch's rejected rows to bronze/quarantine once per (input_key, txn_version)."""
+                        run_id: str, now: datetime, txn_version: int = 1, skip_held: bool = False) -> None:
+    """Append the batch's rejected rows to bronze/quarantine once per (input_key, txn_version).
+
+    `skip_held` (batch ingest): leave out the rows bronze/quarantine already holds from the same
+    source file, so ingesting a landing folder again after a file was added (another input_key)
+    does not write the older files' rejected rows twice. The stream's rows name their Kafka
+    offset, so they are new by construction and it does not pay for that read.
+    """
     from pyspark.sql import functions as F
 
     rejected = staged.where(F.size(C.REASONS) > 0).select(
@@ -299,11 +305,39 @@ def quarantine_rejected(spark: SparkSession, config: ClickrecConfig, staged: Dat
         F.lit(run_id).alias(C.INGEST_RUN_ID),
         F.lit(now).cast("timestamp").alias(C.INGESTED_AT),
     )
+    if skip_held:
+        rejected = _not_yet_quarantined(spark, config, rejected)
     delta.append_once(
         rejected.select(*QUARANTINE_COLUMNS),
         delta.table_path(config, C.BRONZE_QUARANTINE),
         app_id=f"clickrec-ingest-quarantine-{input_key[:40]}",
         version=txn_version,
+    )
+
+
+def _not_yet_quarantined(spark: SparkSession, config: ClickrecConfig, rejected: DataFrame) -> DataFrame:
+    """Rejected rows beyond the copies of the same (source file, raw line) quarantine holds.
+
+    Counted per line, not deduplicated: a file with the same bad line twice keeps both rows.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    path = delta.table_path(config, C.BRONZE_QUARANTINE)
+    if not delta.table_exists(spark, path):
+        return rejected
+    keys = [C.SOURCE_FILE, C.RAW_LINE]
+    held = (
+        delta.read_table(spark, path)
+        .join(rejected.select(C.SOURCE_FILE).distinct(), on=C.SOURCE_FILE, how="left_semi")
+        .groupBy(*keys).agg(F.count(F.lit(1)).alias("_held"))
+    )
+    copy = F.row_number().over(Window.partitionBy(*keys).orderBy(C.RAW_LINE))
+    return (
+        rejected.withColumn("_copy", copy)
+        .join(held, on=keys, how="left")
+        .where(F.col("_copy") > F.coalesce(F.col("_held"), F.lit(0)))
+        .select(*rejected.columns)
     )
 
 
@@ -378,7 +412,8 @@ def ingest(
                 f"{quality['data_docs']}; nothing was written"
             )
         if quarantined:
-            quarantine_rejected(spark, config, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now)
+            quarantine_rejected(spark, config, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now,
+                                skip_held=True)
         phase("quarantine")
         valid = staged.where(F.size(C.REASONS) == 0)
         if fmt == "rees46":

@@ -75,6 +75,28 @@ def test_bad_rows_are_quarantined_with_their_reason(spark: SparkSession, config:
     assert spark.read.format("delta").load(table_path(config, C.BRONZE_QUARANTINE)).count() == len(expected)
 
 
+def test_a_landing_folder_ingested_again_with_a_new_file_quarantines_old_rows_once(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, ingest={"data_docs": False, "max_rejected_fraction": 0.9})
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    bad, reason = BAD_ROWS[1]
+    # the same bad line twice in one file: two rows read, two rows quarantined
+    (landing / "day1.csv").write_bytes(b"\n".join([good_line(0).encode(), bad, bad, BAD_ROWS[2][0]]) + b"\n")
+    first = ingest(spark, config, input_path=str(landing))
+    assert first["quarantined"] == 3
+    (landing / "day2.csv").write_bytes(b"\n".join([good_line(1).encode(), bad]) + b"\n")
+    second = ingest(spark, config, input_path=str(landing))  # another input: day1 + day2
+    assert second["quarantined"] == 4  # every rejected row read is counted, as before
+    rows = spark.read.format("delta").load(table_path(config, C.BRONZE_QUARANTINE)).collect()
+    per_file: dict[str, int] = {}
+    for r in rows:
+        per_file[Path(r[C.SOURCE_FILE]).name] = per_file.get(Path(r[C.SOURCE_FILE]).name, 0) + 1
+    assert per_file == {"day1.csv": 3, "day2.csv": 1}
+    assert all(reason in r[C.REASONS] for r in rows if r[C.RAW_LINE] == bad.decode())
+
+
 def test_the_quality_gate_stops_a_broken_feed_before_any_write(spark: SparkSession, tmp_path: Path) -> None:
     config = make_config(tmp_path, ingest={"max_rejected_fraction": 0.2})
     data = tmp_path / "broken.csv"
