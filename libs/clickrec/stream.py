@@ -58,7 +58,7 @@ import numpy as np
 from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
-from clickrec.errors import ConcurrentWriteError, InputError, NotFoundError
+from clickrec.errors import ConcurrentWriteError, InputError, NotFoundError, ServiceError
 from clickrec.io import conflicts, delta, delta_rs, leases
 from clickrec.io.delta_reader import open_table
 from clickrec.io.files import delete_path
@@ -229,10 +229,17 @@ class BatchProcessor:
             return
         try:
             model = load_fold_in_model(self.spark, self.config, version)
-        except Exception as exc:  # the registry or its artifacts unreachable: try again next batch
-            log.warning("cannot load model version %s yet, keeping version %s: %s",
-                        version, self.model_checked_version, exc)
+        except ServiceError as exc:
+            # The registry is unreachable: try again next batch. Meanwhile fold in only with the
+            # version gold serves, never with another one (lists of two models would mix).
+            if self.model is not None and self.model.version != version:
+                self.model = None
+            log.warning("model registry unavailable, cannot load version %s yet (fold-in %s): %s",
+                        version, "keeps it" if self.model else "is off until it loads", exc)
             return
+        except NotFoundError as exc:  # the version is gone from the registry: not worth retrying
+            log.error("model version %s cannot be found, fold-in is off until another is served: %s", version, exc)
+            model = None
         self.model_checked_version = version
         self.model = model
         self.totals["model_reloads"] += 1

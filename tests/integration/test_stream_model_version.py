@@ -75,6 +75,18 @@ def test_an_unreachable_registry_is_a_service_error_and_the_stream_keeps_its_mod
     processor.refresh_model()
     assert processor.model.version == version and processor.model_checked_version is None
 
+    # Gold now serves a newer version the stream cannot load during the outage: fold-in stops
+    # rather than mixing the old model's lists with the new one's, and it tries again later.
+    processor.config, processor.model_checked_version = config, version
+    newer = register_model(spark, config, max_iter=2, seed=2)
+    publish(spark, config)
+    processor.config = down
+    processor.refresh_model()
+    assert processor.model is None and processor.model_checked_version == version
+    processor.config = config  # the registry is back
+    processor.refresh_model()
+    assert processor.model is not None and processor.model.version == newer
+
 
 def test_fold_in_is_off_for_a_model_trained_explicit_or_nonnegative(spark: SparkSession, tmp_path: Path) -> None:
     # fold_in solves implicit, unconstrained ALS; such a model's users would get lists it would
