@@ -60,6 +60,13 @@ def test_top_k_scores_ties_across_the_cut_go_by_id_whatever_the_row_order() -> N
         assert scores[0].tolist() == items[keep, 0][full].tolist(), case
 
 
+def test_top_k_scores_skips_nan_scores_instead_of_dropping_the_list() -> None:
+    item_ids = np.arange(6, dtype=np.int64)
+    items = np.array([[2], [3], [np.nan], [np.nan], [np.nan], [np.nan]], dtype=np.float32)
+    ids, scores = top_k_scores(np.ones((1, 1), np.float32), item_ids, items, [None], k=3)
+    assert ids[0].tolist() == [1, 0] and scores[0].tolist() == [3.0, 2.0]
+
+
 def test_recommend_top_k_in_spark_matches_numpy(spark: SparkSession) -> None:
     rng = np.random.default_rng(3)
     u, it = rng.normal(size=(20, 4)).astype(np.float32), rng.normal(size=(30, 4)).astype(np.float32)

@@ -60,8 +60,10 @@ def top_k_scores(
     # The k-th best score of each row; every item scoring at least that is a candidate, so that
     # ties across the cut are decided by item id (argpartition alone picks an arbitrary subset
     # of them, which then depends on the row order of the factors).
+    # Masked and NaN scores are -inf here, so that the k-th best is a real score when there is one.
+    ranked = np.where(np.isfinite(scores), scores, -np.inf)
     if kk < n_items:
-        kth = -np.partition(-scores, kk - 1, axis=1)[:, kk - 1]
+        kth = -np.partition(-ranked, kk - 1, axis=1)[:, kk - 1]
     else:
         kth = np.full(scores.shape[0], -np.inf)
     for row in range(scores.shape[0]):
