@@ -245,13 +245,14 @@ def _changed_rows(spark: SparkSession, rows_df: DataFrame, path: str) -> DataFra
 
 def _update_silver(
     spark: SparkSession, config: ClickrecConfig, interactions_df: DataFrame, staging: str,
-    *, scratch: bool = False, added: dict[str, int] | None = None,
+    *, scratch: bool = False, added: dict[str, int] | None = None, update_when: str | None = None,
 ) -> dict[str, int]:
     """Index new users/items and MERGE changed interactions; returns counts of what changed.
 
     `scratch`: `interactions_df` is already scratch Parquet (read once, not written again).
     `added`, when given, receives the new ids as soon as they are committed, so that a retry
-    after a lost silver MERGE still counts the ids its first attempt gave.
+    after a lost silver MERGE still counts the ids its first attempt gave. `update_when` goes
+    to the MERGE (see delta.merge_upsert).
     """
     from clickrec.transforms.index import attach_ids
 
@@ -283,7 +284,7 @@ def _update_silver(
         changes = _changed_rows(spark, rows, silver)
         changed = int(changes.count())
         if changed:
-            delta.merge_upsert(spark, changes, silver, keys=C.INTERACTION_KEYS)
+            delta.merge_upsert(spark, changes, silver, keys=C.INTERACTION_KEYS, update_when=update_when)
     log.info("silver/interactions: %d rows inserted or updated", changed)
     return {"interactions_changed": changed, "new_users": new_users, "new_items": new_items}
 
@@ -627,13 +628,22 @@ def _ingest_valid_ratings(
     with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):
         silver = conflicts.retry_on_conflict(
             lambda _: _update_silver(
-                spark, config, _not_older_than_silver(spark, config, interactions), staging, added=ids_added
+                spark, config, _not_older_than_silver(spark, config, interactions), staging, added=ids_added,
+                update_when=_NEWER_RATING,
             ),
             what=C.SILVER_INTERACTIONS,
         )
     silver.update(ids_added)
     accepted = silver["interactions_changed"]
     return {"accepted": accepted, "duplicates": valid_rows - accepted, **silver}
+
+
+# The same rule inside the MERGE, so that a rating committed by another ingest between the
+# check above and the MERGE is not overwritten by an older one.
+_NEWER_RATING = (
+    f"t.`{C.LAST_SEEN}` IS NULL OR s.`{C.LAST_SEEN}` > t.`{C.LAST_SEEN}` OR "
+    f"(s.`{C.LAST_SEEN}` = t.`{C.LAST_SEEN}` AND s.`{C.RATING}` >= t.`{C.RATING}`)"
+)
 
 
 def _not_older_than_silver(spark: SparkSession, config: ClickrecConfig, ratings: DataFrame) -> DataFrame:

@@ -171,7 +171,7 @@ def test_movielens_100k_through_the_ratings_format(spark: SparkSession, config: 
 
 
 def test_ratings_header_user_like_ids_huge_timestamps_and_a_late_older_rating(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = make_config(tmp_path, ingest={"data_docs": False})
     first = tmp_path / "ratings-1.csv"
@@ -194,6 +194,15 @@ def test_ratings_header_user_like_ids_huge_timestamps_and_a_late_older_rating(
     silver = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
     got = {(r[C.USER_ID], r[C.ITEM_ID]): r[C.RATING] for r in silver.collect()}
     assert got == {("user42", "item7"): 4.0, ("user42", "item8"): 2.0}
+
+    # The MERGE keeps the rule on its own, for a newer rating another ingest committed after
+    # the check: with the check bypassed, an older rating still does not overwrite.
+    monkeypatch.setattr("clickrec.ingest._not_older_than_silver", lambda spark, config, ratings: ratings)
+    third = tmp_path / "ratings-3.tsv"
+    third.write_text("user42\titem8\t5\t881250000\n")
+    ingest(spark, config, input_path=str(third), input_format="ratings")
+    silver = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
+    assert {(r[C.USER_ID], r[C.ITEM_ID]): r[C.RATING] for r in silver.collect()}[("user42", "item8")] == 2.0
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -45,11 +45,14 @@ def merge_upsert(
     *,
     keys: Sequence[str],
     partition_by: Sequence[str] = (),
+    update_when: str | None = None,
 ) -> None:
     """Upsert `source_df` into the table at `path` by `keys`; create it on first write.
 
     Rows whose values already equal the target's are left alone, so rerunning the same MERGE
-    rewrites nothing and the table content stays the same.
+    rewrites nothing and the table content stays the same. `update_when` (SQL over t and s)
+    further limits which matched rows are updated, checked against the snapshot the MERGE
+    writes to (e.g. "the source row is newer").
     """
     from delta.tables import DeltaTable
 
@@ -63,6 +66,8 @@ def merge_upsert(
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     value_cols = [c for c in source_df.columns if c not in keys]
     changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in value_cols) or "false"
+    if update_when:
+        changed = f"({changed}) AND ({update_when})"
     (
         target.alias("t")
         .merge(source_df.alias("s"), on)

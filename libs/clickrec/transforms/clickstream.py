@@ -413,7 +413,9 @@ def is_ratings_header(value: Column, *, delimiter_regex: str = RATINGS_DELIMITER
     parts = F.split(F.trim(value), delimiter_regex)
     first = F.lower(F.trim(F.translate(F.get(parts, 0), '"', "")))
     rating = F.trim(F.translate(F.get(parts, 2), '"', ""))
-    return first.isin(*_RATINGS_USER_HEADERS) & rating.try_cast("double").isNull()
+    # The cheap test first (And stops there for almost every line): the split is for candidates.
+    maybe = value.rlike(r'(?i)^\s*"?user')
+    return maybe & first.isin(*_RATINGS_USER_HEADERS) & rating.try_cast("double").isNull()
 
 
 def ratings_to_interactions(
