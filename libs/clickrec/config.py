@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clickrec.errors import ConfigError
 
@@ -134,6 +134,18 @@ class TrainConfig(_Section):
     # A challenger replaces the champion when its metric on the same test split exceeds the
     # champion's by more than this (absolute) margin.
     promotion_margin: float = Field(default=0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _tuning_follows_the_split(self) -> TrainConfig:
+        # k-fold CV deals validation rows at random; tuning a temporal model on them would
+        # select on a protocol the test does not follow (and train on each user's future).
+        if self.split == "temporal" and self.tuning == "cv":
+            raise ValueError(
+                "train.split=temporal needs train.tuning=train_validation (each user's latest "
+                "1 - train.train_ratio of the training part is the validation set); "
+                "train.tuning=cv deals its folds at random"
+            )
+        return self
 
 
 class RatingConfig(_Section):

@@ -68,3 +68,9 @@ def test_shipped_configs_validate(name: str, monkeypatch: pytest.MonkeyPatch) ->
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config("conf/nope.yaml")
+
+
+def test_temporal_split_refuses_random_cv_folds() -> None:
+    with pytest.raises(ConfigError, match=r"train.split=temporal needs train.tuning=train_validation"):
+        build_config(overrides=["train.split=temporal"])
+    assert build_config(overrides=["train.split=temporal", "train.tuning=train_validation"]).train.split == "temporal"

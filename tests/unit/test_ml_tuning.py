@@ -69,3 +69,26 @@ def test_tuning_works_when_train_rating_col_is_not_rating(spark: SparkSession) -
     }}).train
     result = tune(to_als_input(silver, rating_col="purchases"), train)
     assert len(result.mean_metric) == 1 and math.isfinite(result.mean_metric[0])
+
+
+def _early_shared_late_cold(spark: SparkSession):  # type: ignore[no-untyped-def]
+    """8 users: items 0-5 early (shared by all), then 3 items of their own, latest."""
+    rows = [(u, i, 1.0, datetime(2024, 1, 1 + i)) for u in range(8) for i in range(6)]
+    rows += [(u, 100 + 3 * u + j, 1.0, datetime(2024, 2, 1 + j)) for u in range(8) for j in range(3)]
+    return to_als_input(spark.createDataFrame(
+        rows, "user_idx INT, item_idx INT, rating DOUBLE, last_seen TIMESTAMP"))
+
+
+def test_temporal_split_tunes_on_each_users_latest_rows(spark: SparkSession) -> None:
+    # Each user's latest 3 of 9 rows are items nobody has earlier, so a model fitted on the
+    # earlier 6 cannot recommend them: validated on the latest rows, every point scores 0.
+    # Random validation rows would include the shared early items and score above 0.
+    grid = {"rank": [2, 3], "reg_param": [0.1], "alpha": [1.0], "max_iter": [2]}
+    temporal = build_config({"train": {
+        "split": "temporal", "tuning": "train_validation", "train_ratio": 0.67, "grid": grid,
+    }}).train
+    result = tune(_early_shared_late_cold(spark), temporal)
+    assert result.mean_metric == [0.0, 0.0]
+    assert result.best_model.als_model.rank == 2  # refitted at the first best point
+    shuffled = build_config({"train": {"tuning": "train_validation", "train_ratio": 0.67, "grid": grid}}).train
+    assert max(tune(_early_shared_late_cold(spark), shuffled).mean_metric) > 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from multiprocessing.pool import ThreadPool
 from typing import Any
 
 from pyspark.ml.evaluation import RankingEvaluator
@@ -16,7 +17,7 @@ from clickrec.config import TrainConfig
 from clickrec.errors import InputError
 from clickrec.ml.estimator import RankingALS, RankingALSModel
 from clickrec.ml.evaluate import LABEL, PREDICTION, SPARK_METRICS
-from clickrec.ml.split import assign_folds
+from clickrec.ml.split import assign_folds, split_temporal
 
 FOLD_COL = "fold"
 # config grid key -> RankingALS param name
@@ -89,12 +90,57 @@ def select_best(means: list[float], points: list[dict[str, Any]]) -> int:
     return max(range(len(means)), key=lambda i: (means[i], -i))
 
 
+def temporal_validation(
+    train_df: DataFrame,
+    estimator: RankingALS,
+    maps: list[dict[Any, Any]],
+    evaluator: RankingEvaluator,
+    *,
+    train_ratio: float,
+    parallelism: int,
+) -> list[float]:
+    """The selection metric of every grid point, fitted on each user's earlier rows of the
+    training part and validated on their latest 1 - train_ratio, as the temporal test split is.
+
+    Spark's TrainValidationSplit can only split at random, so the split is ours and the fits
+    run like its own: `fitMultiple` over a thread pool of `parallelism`.
+    """
+    fit_part, valid_part = split_temporal(train_df, test_fraction=1.0 - train_ratio)
+    fit_part, valid_part = fit_part.persist(), valid_part.persist()
+    try:
+        models = estimator.fitMultiple(fit_part, maps)
+
+        def fit_and_score(_: int) -> tuple[int, float]:
+            index, model = next(models)
+            return index, float(evaluator.evaluate(model.transform(valid_part, maps[index])))
+
+        with ThreadPool(processes=min(parallelism, len(maps))) as pool:
+            scored = pool.map(fit_and_score, range(len(maps)))
+    finally:
+        fit_part.unpersist()
+        valid_part.unpersist()
+    metrics = [math.nan] * len(maps)
+    for index, metric in scored:
+        metrics[index] = metric
+    return metrics
+
+
 def tune(train_df: DataFrame, train: TrainConfig) -> TuningResult:
-    """Search the grid on the training part only; refit the best point on all of it."""
+    """Search the grid on the training part only; refit the best point on all of it.
+
+    Validation follows the outer split: per-user random folds (or Spark's random
+    train/validation split) for `stratified_random`, each user's latest rows for `temporal`.
+    """
     grid = train.grid.model_dump()
+    points = expand_grid(grid)
     estimator = build_estimator(train)
     maps = param_maps(estimator, grid)
     evaluator = build_evaluator(train)
+    if train.split == "temporal":  # the config allows only tuning=train_validation with it
+        means = temporal_validation(train_df, estimator, maps, evaluator,
+                                    train_ratio=train.train_ratio, parallelism=train.parallelism)
+        best = select_best(means, points)
+        return TuningResult(points, means, [0.0] * len(means), best, estimator.fit(train_df, maps[best]))
     if train.tuning == "cv":
         data = assign_folds(train_df, num_folds=train.num_folds, seed=train.seed, fold_col=FOLD_COL)
         search: CrossValidator | TrainValidationSplit = CrossValidator(
@@ -113,7 +159,6 @@ def tune(train_df: DataFrame, train: TrainConfig) -> TuningResult:
         model = search.fit(train_df)
         means = [float(m) for m in model.validationMetrics]
         stds = [0.0] * len(means)
-    points = expand_grid(grid)
     best = select_best(means, points)
     best_model = model.bestModel
     if train.tuning == "cv":
