@@ -78,3 +78,17 @@ def test_recommend_top_k_in_spark_matches_numpy(spark: SparkSession) -> None:
         s = u[i] @ it.T
         s[(i * 7) % 30] = -np.inf
         assert got[i] == np.argsort(-s, kind="stable")[:5].tolist()
+
+
+def test_top_k_scores_of_a_row_do_not_depend_on_its_block() -> None:
+    # A rerun whose partitioning differs must give the same lists and scores bit for bit, or
+    # every row is rewritten: a one-row block (a partition of 1025 users) must not take a
+    # different BLAS path (gemv sums in another order than gemm).
+    rng = np.random.default_rng(5)
+    users = rng.normal(size=(6, 64)).astype(np.float32)
+    items = rng.normal(size=(2000, 64)).astype(np.float32)
+    item_ids = np.arange(2000, dtype=np.int64)
+    _, block_scores = top_k_scores(users, item_ids, items, [None] * 6, k=50)
+    for row in range(6):
+        _, alone = top_k_scores(users[row : row + 1], item_ids, items, [None], k=50)
+        assert alone[0].tobytes() == block_scores[row].tobytes(), row

@@ -46,7 +46,13 @@ def top_k_scores(
     """
     if item_mat.shape[0] == 0 or user_mat.shape[0] == 0:
         return [np.zeros(0, np.int64)] * user_mat.shape[0], [np.zeros(0, np.float32)] * user_mat.shape[0]
-    scores = user_mat @ item_mat.T  # (users, items)
+    if user_mat.shape[0] == 1:
+        # numpy sends a one-row product to gemv, which sums in another order than gemm: the
+        # row's scores would then depend on its block's size, i.e. on the partitioning, and a
+        # rerun would rewrite unchanged lists. Two rows go through gemm like every block.
+        scores = (np.vstack([user_mat, user_mat]) @ item_mat.T)[:1]
+    else:
+        scores = user_mat @ item_mat.T  # (users, items)
     pos = {int(i): j for j, i in enumerate(item_ids)} if any(s is not None and len(s) for s in seen) else {}
     for row, seen_ids in enumerate(seen):
         if seen_ids is None or len(seen_ids) == 0:
