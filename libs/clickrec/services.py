@@ -408,6 +408,7 @@ def start_mlflow(
         **minio.env,
         "MLFLOW_S3_ENDPOINT_URL": minio.url,
         "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",  # a local server reports nothing out
     }
     argv = [
         sys.executable, "-m", "mlflow", "server",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,11 @@ from clickrec.config import ClickrecConfig
 from clickrec.errors import first_line
 
 ALIASES = ("champion", "challenger")
+
+# MLflow 3 sends usage telemetry by default, fetching its config from the internet on first
+# use. Jobs talk only to the services they are configured for (and run offline), so it is off
+# unless the user's environment says otherwise. Set before MLflow is imported, below.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _resolve_uri(uri: str) -> str:
