@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,33 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from clickrec.errors import ConfigError
 
 DEFAULT_CONFIG = Path("conf/local.yaml")
+
+
+class _TextTimesLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that dates and times stay text (the fields are ISO strings:
+    unquoted `start: 2019-10-01` would otherwise be a date object, not a valid string)."""
+
+
+_TextTimesLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_TextTimesLoader)  # a SafeLoader: no arbitrary objects
+
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _iso_datetime(value: str) -> str:
+    """Refuse a date or time that is not ISO 8601 ("2019-10-01" or "2019-10-01 00:00:00")."""
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("not an ISO date or time, e.g. 2019-10-01 or 2019-10-01 00:00:00") from None
+    return value
 
 
 class _Section(BaseModel):
@@ -186,6 +213,11 @@ class IngestConfig(_Section):
     )
     event_time_min: str = "1995-01-01 00:00:00"
     event_time_max: str = "2100-01-01 00:00:00"
+
+    @field_validator("event_time_min", "event_time_max")
+    @classmethod
+    def _bound_is_a_time(cls, value: str) -> str:
+        return _iso_datetime(value)
     dwell_cap_seconds: float = Field(default=1800.0, gt=0)
     last_view_dwell_seconds: float = Field(default=30.0, ge=0)
     rating: RatingConfig = Field(default_factory=RatingConfig)
@@ -220,6 +252,11 @@ class GenerateConfig(_Section):
 
     seed: int = 42
     start: str = "2019-10-01"
+
+    @field_validator("start")
+    @classmethod
+    def _start_is_a_date(cls, value: str) -> str:
+        return _iso_datetime(value)
     days: int = Field(default=30, ge=1)
     events_per_user: float = Field(default=40.0, gt=0)
     events_per_item: float = Field(default=80.0, gt=0)
@@ -324,7 +361,12 @@ def _expand_env(value: Any, key: str) -> Any:
     expanded = _ENV_REF.sub(replace, value)
     # A whole-value reference may stand for a non-string (port number, boolean, null).
     if _ENV_REF.fullmatch(value):
-        return yaml.safe_load(expanded) if expanded != "" else None
+        if expanded == "":
+            return None
+        try:
+            return _load_yaml(expanded)
+        except yaml.YAMLError:  # not a YAML scalar (e.g. "{oops"): the text itself
+            return expanded
     return expanded
 
 
@@ -337,7 +379,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip() or any(not p for p in parts):
         raise ConfigError(f"--set '{text}': the key must be dotted names like spark.master")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set '{text}': value is not valid YAML: {exc}") from exc
     return parts, value
@@ -400,7 +442,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             f"{DEFAULT_CONFIG} and the relative paths in it are read from the repository root)"
         )
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        data = _load_yaml(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

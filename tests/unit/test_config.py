@@ -74,3 +74,25 @@ def test_temporal_split_refuses_random_cv_folds() -> None:
     with pytest.raises(ConfigError, match=r"train.split=temporal needs train.tuning=train_validation"):
         build_config(overrides=["train.split=temporal"])
     assert build_config(overrides=["train.split=temporal", "train.tuning=train_validation"]).train.split == "temporal"
+
+
+def test_dates_are_checked_when_the_config_loads() -> None:
+    with pytest.raises(ConfigError, match=r"config key 'generate.start': .*not an ISO date"):
+        build_config(overrides=["generate.start=bogus"])
+    with pytest.raises(ConfigError, match=r"config key 'ingest.event_time_max': .*not an ISO date"):
+        build_config(overrides=["ingest.event_time_max=2100-13-01"])
+    assert build_config(overrides=["ingest.event_time_min=2001-02-03 04:05:06"]).ingest.event_time_min
+
+
+def test_a_whole_value_env_reference_that_is_not_yaml_stays_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLICKREC_TEST_EXPERIMENT", "{oops")
+    config = build_config({"mlflow": {"experiment": "${CLICKREC_TEST_EXPERIMENT}"}})
+    assert config.mlflow.experiment == "{oops"
+
+
+def test_unquoted_dates_in_yaml_and_set_stay_text(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("generate:\n  start: 2019-11-01\ningest:\n  event_time_min: 2000-01-01 00:00:00\n")
+    config = load_config(file, overrides=["ingest.event_time_max=2030-01-01 00:00:00"])
+    assert (config.generate.start, config.ingest.event_time_min, config.ingest.event_time_max) == (
+        "2019-11-01", "2000-01-01 00:00:00", "2030-01-01 00:00:00")
