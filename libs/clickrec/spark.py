@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,9 +98,19 @@ def is_local_master(master: str | None) -> bool:
     return master is not None and (master == "local" or master.startswith("local["))
 
 
-def session_conf(config: ClickrecConfig) -> dict[str, str]:
-    """Every Spark option the factory sets, as a dict (testable without a JVM)."""
+_JAVA_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
+_UTC_JAVA_OPTION = "-Duser.timezone=UTC"
+
+
+def session_conf(config: ClickrecConfig, launched: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every Spark option the factory sets, as a dict (testable without a JVM).
+
+    `launched`: the conf spark-submit started the JVM with. The builder's values replace
+    those, so JVM options are appended to them instead: the spark-operator passes its
+    Prometheus agent (and a user's `javaOptions`) to executors in extraJavaOptions.
+    """
     sc = config.spark
+    launched = launched or {}
     conf: dict[str, str] = {
         "spark.app.name": sc.app_name,
         "spark.ui.enabled": str(sc.ui_enabled).lower(),
@@ -109,8 +120,6 @@ def session_conf(config: ClickrecConfig) -> dict[str, str]:
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
-        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.sql.adaptive.enabled": "true",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         # Bronze is append-only with small batches; keep Delta's logs compact.
@@ -128,6 +137,9 @@ def session_conf(config: ClickrecConfig) -> dict[str, str]:
         conf["spark.jars"] = ",".join(jars)
     conf.update(s3a_conf(config.s3))
     conf.update(sc.conf)
+    for key in _JAVA_OPTIONS:
+        parts = (launched.get(key), sc.conf.get(key), _UTC_JAVA_OPTION)
+        conf[key] = " ".join(dict.fromkeys(p.strip() for p in parts if p and p.strip()))
     if jars and local:
         # Driver and executors share one JVM, so the jars go on its classpath (after the
         # user's own entries). `spark.jars` would copy each into the session's temp dir (the
@@ -170,6 +182,16 @@ def _require_delta_on_launched_jvm() -> None:
         ) from exc
 
 
+def _launched_conf() -> dict[str, str]:
+    """The conf of a JVM that spark-submit started (empty when the factory starts it)."""
+    from pyspark import SparkConf, SparkContext
+
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return {}
+    SparkContext._ensure_initialized()
+    return dict(SparkConf().getAll())
+
+
 def use_utc_in_this_process() -> None:
     """Pin this Python process (and the JVM and workers it starts) to UTC.
 
@@ -192,7 +214,7 @@ def build_spark_session(config: ClickrecConfig) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     _require_delta_on_launched_jvm()
     builder = SparkSession.builder
-    for key, value in session_conf(config).items():
+    for key, value in session_conf(config, launched=_launched_conf()).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.spark.log_level)

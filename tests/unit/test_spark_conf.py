@@ -74,3 +74,14 @@ def test_no_artifact_is_on_the_classpath_twice() -> None:
     cached = {_artifact(p.name) for p in paths.jars_dir("spark").glob("*.jar")}
     assert cached, "no cached jars: run make setup"
     assert not (wheel & cached)
+
+
+def test_jvm_options_add_to_what_spark_submit_was_given() -> None:
+    # The spark-operator hands executors its Prometheus agent in extraJavaOptions; the
+    # builder's value would replace it, so the factory appends instead.
+    agent = "-javaagent:/prometheus/jmx_prometheus_javaagent.jar=8090:/etc/metrics/conf/prometheus.yaml"
+    conf = session_conf(build_config({}), launched={"spark.executor.extraJavaOptions": agent})
+    assert conf["spark.executor.extraJavaOptions"] == f"{agent} -Duser.timezone=UTC"
+    assert conf["spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC"
+    own = session_conf(build_config({"spark": {"conf": {"spark.executor.extraJavaOptions": "-XX:+UseG1GC"}}}))
+    assert own["spark.executor.extraJavaOptions"] == "-XX:+UseG1GC -Duser.timezone=UTC"
