@@ -39,6 +39,11 @@ class NotFoundError(ClickrecError):
     exit_code = 5
 
 
+class NotPublishedError(NotFoundError):
+    """Gold has nothing to answer with yet (no table, or lists without their popular row):
+    temporary, so the HTTP API says 503, not 404."""
+
+
 class InputError(ClickrecError):
     """Input data or a command-line argument cannot be used; the message names it."""
 

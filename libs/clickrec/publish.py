@@ -172,19 +172,22 @@ def publish(
         model_users = model.userFactors.count()
         # gold/popular_items first: it names the version a variant is published with, and the
         # stream folds users in with that version, so it stops writing the old model's lists
-        # before this MERGE replaces them (see stream.served_version).
+        # before this MERGE replaces them (see stream.served_version). Both writes happen under
+        # the lease, so a lease that cannot be taken changes nothing, and the stream holds its
+        # gold commits from the switch on.
         popular = popular_items(trained_inter, n=pc.popular_n, variant=alias, model_name=ref["model_name"],
                                 model_version=version, updated_at=now)
         pop_path = delta.table_path(config, C.GOLD_POPULAR_ITEMS)
-        pop_before = delta.table_version(spark, pop_path)
-        pop_changes = conflicts.retry_on_conflict(
-            lambda _: delta.merge_changes(spark, popular, pop_path, keys=(C.VARIANT,), ignore_changes=(C.UPDATED_AT,)),
-            what=C.GOLD_POPULAR_ITEMS,
-        )
         rec_path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
         same_model = f"t.`{C.MODEL_NAME}` = '{ref['model_name']}' AND t.`{C.MODEL_VERSION}` = {version}"
         lease = leases.hold(config, C.GOLD_RECOMMENDATIONS, owner=f"publish-{alias}-v{version}-{now.isoformat()}")
         with lease:  # the stream MERGEs into the variant too: it holds its commits meanwhile
+            pop_before = delta.table_version(spark, pop_path)
+            pop_changes = conflicts.retry_on_conflict(
+                lambda _: delta.merge_changes(spark, popular, pop_path, keys=(C.VARIANT,),
+                                              ignore_changes=(C.UPDATED_AT,)),
+                what=C.GOLD_POPULAR_ITEMS,
+            )
             try:
                 rec_changes = conflicts.retry_on_conflict(
                     lambda _: delta.merge_changes(
@@ -201,7 +204,8 @@ def publish(
             except Exception:
                 # popular_items already names the new version: put this variant's row back while
                 # the lease still holds the stream, so a failed publish leaves gold describing
-                # the old model; a rerun does the whole switch.
+                # the old model; a rerun does the whole switch. (A killed publish cannot do this:
+                # rerun it with the same arguments.)
                 _restore_popular(spark, pop_path, popular, variant=alias, version=pop_before)
                 raise
     finally:

@@ -300,3 +300,25 @@ def test_a_failed_recommendations_merge_puts_the_popular_row_back(
     assert table_version(spark, rec_path) == rec_before
     assert table_version(spark, pop_path) == pop_before + 2  # switched to v2, then back
     assert popular_rows() == before
+
+
+def test_a_lease_that_cannot_be_taken_changes_no_gold_table(
+    spark: SparkSession, lake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease is taken before popular_items switches: failing to take it leaves gold as it was."""
+    from clickrec import publish as publish_module
+    from clickrec.errors import ConcurrentWriteError
+
+    config = lake["config"]
+    pop_path, rec_path = table_path(config, C.GOLD_POPULAR_ITEMS), table_path(config, C.GOLD_RECOMMENDATIONS)
+    before = {p: table_version(spark, p) for p in (pop_path, rec_path)}
+    assert tracking.alias_versions(config)["champion"] != spark.read.format("delta").load(pop_path).where(
+        F.col(C.VARIANT) == "champion").first()[C.MODEL_VERSION]  # so a publish would switch it
+
+    def busy(*_: Any, **__: Any) -> None:
+        raise ConcurrentWriteError("_control/leases: lost the commit race 5 times (injected)")
+
+    monkeypatch.setattr(publish_module.leases, "_put", busy)
+    with pytest.raises(ConcurrentWriteError, match="injected"):
+        publish(spark, config)
+    assert {p: table_version(spark, p) for p in (pop_path, rec_path)} == before

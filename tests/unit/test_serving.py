@@ -174,3 +174,18 @@ def test_the_read_path_imports_no_spark() -> None:
     code = ("import sys, clickrec.serving, clickrec.serving.api, clickrec.cli; "
             "assert 'pyspark' not in sys.modules, sorted(m for m in sys.modules if 'spark' in m)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_lists_without_a_popular_row_are_not_ready_not_missing() -> None:
+    # The stream can write a variant's lists before the first publish writes its popular row:
+    # an unknown user then gets "not published yet" (503 over HTTP), not "no such variant".
+    from clickrec.errors import NotPublishedError
+    from clickrec.serving.reader import Snapshot, VariantLists, render
+
+    snap = Snapshot(table_version=3, popular_version=None,
+                    variants={"champion": VariantLists(rows={"u1": 0}, columns={})}, popular={})
+    with pytest.raises(NotPublishedError, match="no popular list"):
+        render(snap, "nobody", 5, "champion")
+    with pytest.raises(NotFoundError, match="variant 'shadow' is not published") as missing:
+        render(snap, "nobody", 5, "shadow")
+    assert not isinstance(missing.value, NotPublishedError)

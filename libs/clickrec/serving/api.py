@@ -2,7 +2,8 @@
 
 - `GET /v1/recommendations/{user_id}?n=&variant=`: the user's list, or the popular list
   (source `popular`) for an unknown user; 404 for a variant that is not published, 422 with
-  FastAPI's usual `detail` body for a bad parameter, 503 before anything is published.
+  FastAPI's usual `detail` body for a bad parameter, 503 before anything is published (also for
+  an unknown user of a variant whose lists the stream wrote before its first publish).
 - `GET /healthz`: the versions served; 503 until a variant is published.
 - `GET /metrics`: Prometheus text: requests by endpoint and status, latency histogram, the
   Delta versions served and the reload count.
@@ -23,7 +24,7 @@ from typing import Annotated, Any
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.errors import InputError, NotFoundError
+from clickrec.errors import InputError, NotFoundError, NotPublishedError
 from clickrec.serving.reader import RecommendationReader, Snapshot, render, validate_request
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,8 @@ def create_app(config: ClickrecConfig, reader: RecommendationReader | None = Non
             return _json({"detail": f"{C.GOLD_RECOMMENDATIONS} is not published yet"}, status=503)  # type: ignore[no-any-return]
         try:
             body = render(snap, user_id, n, variant)
+        except NotPublishedError as exc:  # lists without a popular row yet: temporary
+            return _json({"detail": str(exc)}, status=503)  # type: ignore[no-any-return]
         except NotFoundError as exc:
             return _json({"detail": str(exc)}, status=404)  # type: ignore[no-any-return]
         return _json(body)  # type: ignore[no-any-return]

@@ -20,7 +20,7 @@ from typing import Any
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.errors import InputError, NotFoundError
+from clickrec.errors import InputError, NotFoundError, NotPublishedError
 from clickrec.io.delta_reader import open_table, reader_uri
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,16 @@ def render(snapshot: Snapshot, user_id: str, n: int, variant: str) -> dict[str, 
     NotFoundError when nothing is published for `variant` or for any variant at all.
     """
     if snapshot.table_version is None and snapshot.popular_version is None:
-        raise NotFoundError(f"{C.GOLD_RECOMMENDATIONS} is not published yet: run `clickrec publish`")
+        raise NotPublishedError(f"{C.GOLD_RECOMMENDATIONS} is not published yet: run `clickrec publish`")
     lists = snapshot.variants.get(variant)
     row = lists.row(user_id) if lists is not None else None
     if row is None:
         row = snapshot.popular.get(variant)
+        if row is None and lists is not None:  # the stream wrote lists before any publish
+            raise NotPublishedError(
+                f"variant {variant!r} has lists but no popular list for users without one yet "
+                f"({C.GOLD_POPULAR_ITEMS}): run `clickrec publish`"
+            )
         if row is None:
             raise NotFoundError(
                 f"variant {variant!r} is not published (published: {', '.join(snapshot.published) or 'none'})"
