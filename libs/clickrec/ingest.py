@@ -290,13 +290,15 @@ def _update_silver(
 
 
 def quarantine_rejected(spark: SparkSession, config: ClickrecConfig, staged: DataFrame, *, fmt: str, input_key: str,
-                        run_id: str, now: datetime, txn_version: int = 1, skip_held: bool = False) -> None:
+                        run_id: str, now: datetime, txn_version: int | None = 1, skip_held: bool = False) -> None:
     """Append the batch's rejected rows to bronze/quarantine once per (input_key, txn_version).
 
-    `skip_held` (batch ingest): leave out the rows bronze/quarantine already holds from the same
-    source file, so ingesting a landing folder again after a file was added (another input_key)
-    does not write the older files' rejected rows twice. The stream's rows name their Kafka
-    offset, so they are new by construction and it does not pay for that read.
+    `skip_held`: leave out the rows bronze/quarantine already holds from the same source file,
+    so ingesting a landing folder again after a file was added (another input_key) does not
+    write the older files' rejected rows twice. `txn_version=None` (the stream) appends without
+    Delta's (app id, version) guard and relies on `skip_held` alone: its rows name their Kafka
+    offset, and after a checkpoint reset batch ids restart at 0, so the guard would skip new
+    rows whose batch id it has seen.
     """
     from pyspark.sql import functions as F
 
@@ -308,12 +310,14 @@ def quarantine_rejected(spark: SparkSession, config: ClickrecConfig, staged: Dat
     )
     if skip_held:
         rejected = _not_yet_quarantined(spark, config, rejected)
-    delta.append_once(
-        rejected.select(*QUARANTINE_COLUMNS),
-        delta.table_path(config, C.BRONZE_QUARANTINE),
-        app_id=f"clickrec-ingest-quarantine-{input_key[:40]}",
-        version=txn_version,
-    )
+    path = delta.table_path(config, C.BRONZE_QUARANTINE)
+    if txn_version is None:
+        if not skip_held:
+            raise ValueError("an unguarded quarantine append needs skip_held, or a rerun doubles it")
+        delta.append(rejected.select(*QUARANTINE_COLUMNS), path)
+        return
+    delta.append_once(rejected.select(*QUARANTINE_COLUMNS), path,
+                      app_id=f"clickrec-ingest-quarantine-{input_key[:40]}", version=txn_version)
 
 
 def _not_yet_quarantined(spark: SparkSession, config: ClickrecConfig, rejected: DataFrame) -> DataFrame:

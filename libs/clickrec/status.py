@@ -31,9 +31,13 @@ def model_status(config: ClickrecConfig) -> dict[str, Any]:
         db = Path(uri[len("sqlite:///") :])
         if not db.exists():
             return {"model_name": config.mlflow.model_name, "champion": None, "challenger": None}
+    from clickrec.errors import ServiceError
     from clickrec.tracking import alias_versions
 
-    return {"model_name": config.mlflow.model_name, **alias_versions(config)}
+    try:
+        return {"model_name": config.mlflow.model_name, **alias_versions(config)}
+    except ServiceError as exc:  # the tables are still worth reporting
+        return {"model_name": config.mlflow.model_name, "error": str(exc)}
 
 
 STREAM_FIELDS = ("batch_id", "timestamp", "num_input_rows", "processed_rows_per_second", "batch_duration_ms",

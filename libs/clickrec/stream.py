@@ -58,7 +58,13 @@ import numpy as np
 from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
-from clickrec.errors import ConcurrentWriteError, InputError, NotFoundError, ServiceError
+from clickrec.errors import (
+    ClickrecError,
+    ConcurrentWriteError,
+    InputError,
+    NotFoundError,
+    ServiceError,
+)
 from clickrec.io import conflicts, delta, delta_rs, leases
 from clickrec.io.delta_reader import open_table
 from clickrec.io.files import delete_path
@@ -210,6 +216,9 @@ class BatchProcessor:
         "batches": 0, "rows_read": 0, "accepted": 0, "duplicates": 0, "quarantined": 0,
         "users_refreshed": 0, "model_reloads": 0})
     last_batch: dict[str, Any] = field(default_factory=dict)
+    # the ClickrecError that failed a batch: the query reports it only as text, and its exit
+    # code (6 for a lost commit race, 4 for a service) must reach the user
+    error: ClickrecError | None = field(default=None, repr=False)
     model_checked_version: int | None = None
     lease_view: leases.LeaseView = field(init=False, repr=False)  # asked before every silver and gold commit
 
@@ -246,6 +255,13 @@ class BatchProcessor:
 
     def __call__(self, staged: DataFrame, batch_id: int) -> None:
         """One micro-batch of `staged_events` rows (parsed, flagged and hashed by the query)."""
+        try:
+            self._process(staged, batch_id)
+        except ClickrecError as exc:
+            self.error = exc
+            raise
+
+    def _process(self, staged: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         self.refresh_model()
         config = self.config
@@ -278,9 +294,9 @@ class BatchProcessor:
         rows = batch.num_rows
         flagged = pc.greater(pc.list_value_length(batch.column(C.REASONS)), 0)
         rejected = int(pc.sum(flagged).as_py() or 0)
-        if rejected:  # rare: Spark's shared quarantine writer, once per batch id
+        if rejected:  # rare: Spark's shared quarantine writer; a replayed offset is already held
             quarantine_rejected(spark, config, staged, fmt="rees46", input_key=f"stream-{config.stream.query_name}",
-                                run_id=run_id, now=now, txn_version=batch_id)
+                                run_id=run_id, now=now, txn_version=None, skip_held=True)
         data_columns = [c for c in BRONZE_COLUMNS if c not in (C.INGEST_RUN_ID, C.INGESTED_AT)]
         valid = batch.filter(pc.invert(flagged)).select(data_columns)
         timings["stage_s"] = time.monotonic() - clock
@@ -413,7 +429,7 @@ class BatchProcessor:
             rows, rejected, _ = _count_batch(staged)
             if rejected:
                 quarantine_rejected(spark, config, staged, fmt="rees46", input_key=f"stream-{config.stream.query_name}",
-                                    run_id=run_id, now=now, txn_version=batch_id)
+                                    run_id=run_id, now=now, txn_version=None, skip_held=True)
             valid = staged.where(F.size(C.REASONS) == 0)
             counts = ingest_valid_events(spark, config, valid, rows - rejected, run_id, now, staging)
             users = [r[C.USER_ID] for r in valid.select(C.USER_ID).distinct().collect()]
@@ -446,19 +462,51 @@ class BatchProcessor:
         ]
         path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
 
-        def write(_attempt: int) -> None:  # publish may MERGE into gold at the same time: redone
+        def write(_attempt: int) -> int:  # publish may MERGE into gold at the same time: redone
             self.lease_view.wait_until_free((C.GOLD_RECOMMENDATIONS,))  # publish holds one while it writes
+            served = served_version(config)
+            if served is not None and served != model.version:
+                # a publish switched the variant to another version since this batch loaded its
+                # model: inserting this model's lists would mix two models' lists in the variant
+                log.info("gold now serves version %d, not %d: this batch's %d lists are not written",
+                         served, model.version, len(rows))
+                return 0
             gold_dt = open_table(config, C.GOLD_RECOMMENDATIONS)
             if gold_dt is None:  # created by Spark, partitioned by variant like publish's
                 delta.merge_upsert(self.spark, self.spark.createDataFrame(rows, GOLD_SCHEMA), path,
                                    keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,))
-            else:
-                delta_rs.merge_upsert(gold_dt, _gold_arrow(rows), keys=C.RECOMMENDATION_KEYS,
+                return len(rows)
+            # only lists that differ from what gold holds: a replayed batch commits nothing and
+            # `updated_at` keeps meaning "when this list last changed"
+            held = delta_rs.read_where_in(gold_dt, C.USER_ID, [r[0] for r in rows], GOLD_COMPARED)
+            changed = _changed_lists(rows, held.to_pylist())
+            if changed:
+                delta_rs.merge_upsert(gold_dt, _gold_arrow(changed), keys=C.RECOMMENDATION_KEYS,
                                       update_when=STREAM_REPLACES,
                                       target_filter=f"t.`{C.VARIANT}` = '{config.stream.variant}'")
+            return len(changed)
 
-        conflicts.retry_on_conflict(write, what=C.GOLD_RECOMMENDATIONS)
-        return len(rows)
+        return conflicts.retry_on_conflict(write, what=C.GOLD_RECOMMENDATIONS)
+
+
+GOLD_COMPARED = (C.USER_ID, C.VARIANT, C.ITEMS, C.MODEL_NAME, C.MODEL_VERSION, C.SOURCE)
+
+
+def _list_key(items: Any) -> tuple[tuple[Any, float, int], ...]:
+    """A list's (item, score as stored in float32, rank) triples, comparable across both sides."""
+    return tuple((str(i), float(np.float32(s)), int(r)) for i, s, r in items)
+
+
+def _changed_lists(rows: list[tuple[Any, ...]], held: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """GOLD_SCHEMA `rows` whose list, model or source differ from gold's row of that (user, variant)."""
+    current = {
+        (h[C.USER_ID], h[C.VARIANT]): (
+            _list_key((i[C.ITEM_ID], i[C.SCORE], i[C.RANK]) for i in h[C.ITEMS] or []),
+            h[C.MODEL_NAME], h[C.MODEL_VERSION], h[C.SOURCE],
+        )
+        for h in held
+    }
+    return [r for r in rows if current.get((r[0], r[1])) != (_list_key(r[2]), r[3], r[4], r[5])]
 
 
 def _gold_arrow(rows: list[tuple[Any, ...]]) -> Any:
@@ -617,8 +665,9 @@ def run_stream(
     """Run the refresh query until the topic is drained (available_now), max_seconds pass, or SIGTERM.
 
     Returns the summary: batches and rows processed, users refreshed, model version, paths and
-    table versions. Raises ServiceError without Kafka and InputError, with the query's own
-    error text, when the query fails (the checkpoint keeps the last committed batch).
+    table versions. Raises ServiceError without Kafka; when the query fails, the batch's own
+    ClickrecError (e.g. ConcurrentWriteError, exit 6) or else ServiceError with the query's
+    error text (the checkpoint keeps the last committed batch).
     """
     from pyspark.errors import StreamingQueryException
 
@@ -670,9 +719,9 @@ def run_stream(
                 _stop_gracefully(query, sc.stop_timeout_seconds)
         error = query.exception()
         if error is not None:
-            raise InputError(f"stream {sc.query_name} failed: {error}")
+            raise _query_failure(sc.query_name, processor, error)
     except StreamingQueryException as exc:
-        raise InputError(f"stream {sc.query_name} failed: {exc}") from exc
+        raise _query_failure(sc.query_name, processor, exc) from exc
     finally:
         if query is not None and query.isActive:
             query.stop()
@@ -696,6 +745,14 @@ def run_stream(
     }
 
 
+def _query_failure(query_name: str, processor: BatchProcessor, error: Any) -> ClickrecError:
+    """The error a failed query ends the command with: the batch's own (its exit code kept),
+    else a ServiceError (Kafka, storage or Spark failed; bad rows never fail a batch)."""
+    if processor.error is not None:
+        return processor.error
+    return ServiceError(f"stream {query_name} failed: {error}")
+
+
 def _stop_gracefully(query: Any, timeout: float) -> None:
     """Let a running micro-batch finish (bounded), then stop; a cut batch would be redone anyway."""
     deadline = time.monotonic() + timeout
@@ -707,38 +764,50 @@ def _stop_gracefully(query: Any, timeout: float) -> None:
 # --- replay ------------------------------------------------------------------------------------
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def _open_lines(path: Path) -> io.BufferedIOBase:
+    """The file's bytes (gunzipped for *.gz), read line by line like batch ingest's text reader."""
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")  # type: ignore[return-value]
 
 
 def event_payloads(path: Path, config: ClickrecConfig) -> Iterator[tuple[str | None, bytes]]:
-    """(key, JSON bytes) per event of a CSV or JSON-lines clickstream file, in file order.
+    """(key, value bytes) per line of a CSV or JSON-lines clickstream file, in file order.
 
-    CSV rows become objects of the source columns with their text values (what batch ingest
-    reads, so both paths hash the same event_id); JSON lines are sent as they are. The key is
-    the user id, so one user's events stay in one partition, in order.
+    A CSV row becomes an object of the source columns with their text values (what batch
+    ingest reads, so both paths hash the same event_id); JSON lines are sent as they are. A
+    line batch ingest would quarantine for its shape (not UTF-8, too few or too many fields) is
+    sent as its raw bytes, which the stream quarantines too, raw line kept: the same file gives
+    the same tables by either path. The key is the user id, so one user's events stay in one
+    partition, in order.
     """
     ic = config.ingest
     name = path.name.lower().removesuffix(".gz")
     is_json = ic.file_format == "json" or (ic.file_format == "auto" and name.endswith((".json", ".jsonl", ".ndjson")))
     user_col = ic.column_mapping.get(C.USER_ID, C.USER_ID)
-    with _open_text(path) as handle:
-        if is_json:
-            for line in handle:
-                if line.strip():
-                    try:
-                        key = json.loads(line).get(user_col)
-                    except (json.JSONDecodeError, AttributeError):
-                        key = None
-                    yield (None if key is None else str(key)), line.rstrip("\r\n").encode("utf-8")
-            return
-        header = list(ic.source_columns)
-        for fields in csv.reader(handle, delimiter=ic.delimiter):
-            if not fields or (ic.header and fields == header):
+    header = list(ic.source_columns)
+    with _open_lines(path) as handle:
+        for raw_line in handle:
+            raw = raw_line.rstrip(b"\r\n")
+            if not raw.strip():
                 continue
-            event = dict(zip(header, fields, strict=False))
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield None, raw
+                continue
+            if is_json:
+                try:
+                    key = json.loads(line).get(user_col)
+                except (json.JSONDecodeError, AttributeError):
+                    key = None
+                yield (None if key is None else str(key)), raw
+                continue
+            fields = next(csv.reader([line], delimiter=ic.delimiter), [])
+            if ic.header and fields == header:
+                continue
+            if len(fields) != len(header):
+                yield None, raw
+                continue
+            event = dict(zip(header, fields, strict=True))
             yield event.get(user_col), json.dumps(event, separators=(",", ":")).encode("utf-8")
 
 

@@ -55,9 +55,14 @@ def ensure_experiment(config: ClickrecConfig) -> str:
 
 
 def alias_versions(config: ClickrecConfig) -> dict[str, Any]:
-    """Model versions behind each alias of the registered model (None when unset)."""
+    """Model versions behind each alias of the registered model (None when unset).
+
+    Raises ServiceError when the registry cannot answer.
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from clickrec.errors import ServiceError
 
     configure(config)
     client = MlflowClient()
@@ -68,7 +73,7 @@ def alias_versions(config: ClickrecConfig) -> dict[str, Any]:
             out[alias] = int(mv.version)
         except MlflowException as exc:
             if not _is_absent(exc):  # an unreachable or failing registry is not "no champion"
-                raise
+                raise ServiceError(f"MLflow at {config.mlflow.tracking_uri}: {first_line(exc)}") from exc
             out[alias] = None
     return out
 
@@ -311,17 +316,26 @@ def _input_versions(tags: dict[str, str]) -> dict[str, int]:
 
 
 def load_model_version(config: ClickrecConfig, version: int) -> Any:
-    """The ALSModel of registered version `version` (NotFoundError when it cannot be loaded)."""
+    """The ALSModel of registered version `version`.
+
+    NotFoundError when the version or its files are gone; ServiceError when the registry or
+    the artifact store fails to answer (a restart, a 5xx), which is worth trying again.
+    """
     import mlflow.spark
     from mlflow.exceptions import MlflowException
 
-    from clickrec.errors import NotFoundError
+    from clickrec.errors import NotFoundError, ServiceError
 
     configure(config)
     uri = f"models:/{config.mlflow.model_name}/{version}"
     try:
         model = mlflow.spark.load_model(uri)
-    except (MlflowException, OSError) as exc:
+    except MlflowException as exc:
+        if not _is_absent(exc):
+            raise ServiceError(f"cannot load {uri} from MLflow at {config.mlflow.tracking_uri}: "
+                               f"{first_line(exc)}") from exc
+        raise NotFoundError(f"cannot load {uri}: {exc}") from exc
+    except OSError as exc:
         raise NotFoundError(f"cannot load {uri}: {exc}") from exc
     stages = getattr(model, "stages", None)
     return stages[-1] if stages else model

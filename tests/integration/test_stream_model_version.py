@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
+from clickrec import columns as C
 from clickrec import tracking
 from clickrec.errors import ServiceError
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
+from clickrec.io.delta import table_path, table_version
 from clickrec.publish import publish
+from clickrec.status import collect_status
 from clickrec.stream import BatchProcessor, served_version
 from tests.conftest import make_config
 from tests.stream_support import register_model
@@ -48,6 +53,28 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     renamed = make_config(tmp_path, mlflow={"model_name": "another-model"})
     assert served_version(renamed) is None
 
+    # The same user's list folded in twice: the second write commits nothing (a replayed batch
+    # leaves gold, and the list's updated_at, as they were).
+    items = [r[C.ITEM_IDX] for r in spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
+             .select(C.ITEM_IDX).distinct().limit(3).collect()]
+    late = pd.DataFrame({C.USER_ID: ["late-user"] * 3, C.ITEM_IDX: items, C.RATING: [3.0] * 3,
+                         C.PURCHASES: [0] * 3})
+    gold_path = table_path(config, C.GOLD_RECOMMENDATIONS)
+    assert processor._refresh_gold(late, datetime(2026, 1, 1)) == 1
+    written = table_version(spark, gold_path)
+    assert processor._refresh_gold(late, datetime(2026, 1, 2)) == 0
+    assert table_version(spark, gold_path) == written
+
+    # A publish lands between a batch's model load and its gold write: the batch must not add
+    # lists of the version gold no longer serves (new users would get the old model's lists).
+    publish(spark, config)  # the champion (second) again; the processor still holds the first
+    assert served_version(config) == second and processor.model.version == first
+    late[C.USER_ID] = "later-user"
+    assert processor._refresh_gold(late, datetime(2026, 1, 3)) == 0
+    gold = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
+    assert gold.where(f"{C.USER_ID} IN ('late-user', 'later-user')").count() == 0
+    assert gold.where(f"{C.VARIANT} = 'champion' AND {C.MODEL_VERSION} = {first}").count() == 0
+
 
 def test_an_unreachable_registry_is_a_service_error_and_the_stream_keeps_its_model(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -69,6 +96,12 @@ def test_an_unreachable_registry_is_a_service_error_and_the_stream_keeps_its_mod
     down = make_config(tmp_path, mlflow={"tracking_uri": "http://127.0.0.1:9"})
     with pytest.raises(ServiceError):  # not NotFoundError: "run `clickrec train` first" would mislead
         tracking.resolve_model_version(down, version=version)
+    with pytest.raises(ServiceError):  # not "no alias set", not a raw MlflowException (exit 1)
+        tracking.alias_versions(down)
+    with pytest.raises(ServiceError):  # worth retrying: not "the version is gone"
+        tracking.load_model_version(down, version)
+    report = collect_status(down)  # still lists the tables, and says why the models are missing
+    assert "MLflow at http://127.0.0.1:9" in report["models"]["error"] and report["tables"]
     # A stream that has a model keeps it through the outage instead of failing its batch.
     processor.config = down
     processor.model_checked_version = None

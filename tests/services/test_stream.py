@@ -147,14 +147,44 @@ def test_a_reset_checkpoint_neither_loses_nor_doubles_events(spark: SparkSession
     config = world["config"]
     bronze_path = table_path(config, C.BRONZE_EVENTS)
     before = spark.read.format("delta").load(bronze_path).count()
+    # a rejected row before the reset records this query's batch ids in the quarantine's log
+    send_events(config.kafka, world["topic"], [("reset-bad", b"not json before the reset")], rate=0)
+    assert run_stream(spark, config, available_now=True)["quarantined"] == 1
     shutil.rmtree(checkpoint_path(config))
     fresh = [(f"reset-{n}", json.dumps({
         "event_time": f"2019-12-31 09:0{n}:00 UTC", "event_type": "view", "product_id": "reset-item",
         "category_id": "", "category_code": "", "brand": "", "price": "1.0", "user_id": f"reset-{n}",
         "user_session": f"s-reset-{n}"}).encode()) for n in range(3)]
+    fresh.append(("reset-bad", b"not json after the reset"))  # a batch id seen before: still quarantined
     send_events(config.kafka, world["topic"], fresh, rate=0)
-    summary = run_stream(spark, config, available_now=True)
-    assert summary["accepted"] == 3 and summary["rows_read"] == summary["accepted"] + summary["duplicates"] + summary["quarantined"]
+    summary = run_stream(spark, config, available_now=True)  # re-reads the topic from the start
+    assert summary["accepted"] == 3 and summary["quarantined"] >= 2
+    assert summary["rows_read"] == summary["accepted"] + summary["duplicates"] + summary["quarantined"]
+    held = spark.read.format("delta").load(table_path(config, C.BRONZE_QUARANTINE))
+    for line in ("not json before the reset", "not json after the reset"):  # once each
+        assert held.where(F.col(C.RAW_LINE) == line).count() == 1, line
     bronze = spark.read.format("delta").load(bronze_path)
     assert bronze.count() == bronze.select(C.EVENT_ID).distinct().count() == before + 3
     assert bronze.where(F.col(C.USER_ID).startswith("reset-")).count() == 3
+
+
+def test_a_failed_batch_ends_the_stream_with_its_own_exit_code(
+    spark: SparkSession, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the query reports a foreachBatch error as text; the command must still exit 6 for a lost
+    # commit race (not 2, "bad input"), so a scheduler can tell a retryable failure
+    from clickrec.errors import ConcurrentWriteError
+    from clickrec.stream import BatchProcessor
+
+    def lose_the_race(self: BatchProcessor, staged: Any, batch_id: int) -> None:
+        raise ConcurrentWriteError("silver/interactions: lost the commit race 5 times")
+
+    monkeypatch.setattr(BatchProcessor, "_process", lose_the_race)
+    config = world["config"]
+    event = {"event_time": "2019-12-31 10:00:00 UTC", "event_type": "view", "product_id": "fail-item",
+             "category_id": "", "category_code": "", "brand": "", "price": "1.0", "user_id": "fail-1",
+             "user_session": "s-fail-1"}
+    send_events(config.kafka, world["topic"], [("fail-1", json.dumps(event).encode())], rate=0)
+    with pytest.raises(ConcurrentWriteError, match="lost the commit race") as caught:
+        run_stream(spark, config, available_now=True)
+    assert caught.value.exit_code == 6

@@ -6,6 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clickrec.config import KafkaConfig, build_config
@@ -100,3 +101,34 @@ def test_changed_keeps_new_and_different_rows_in_order_and_drops_identical_ones(
     assert [(r["user_id"], r["item_id"]) for r in got] == [("u2", "a"), ("u1", "c"), ("u2", "b"), ("u3", "z")]
     assert _changed(rows, held.slice(0, 0)).num_rows == rows.num_rows
     assert _changed(rows.slice(0, 0), held).num_rows == 0
+
+
+def test_lines_batch_ingest_would_quarantine_are_sent_raw(tmp_path: Path) -> None:
+    # Extra or missing fields and bytes that are not UTF-8: ingest quarantines such a line, so
+    # replay sends it as it is (not JSON: the stream quarantines it) instead of dropping fields
+    # or stopping with a UnicodeDecodeError.
+    good = b"2019-10-01 00:00:00 UTC,view,1,2,a.b,,1.50,u1,s1"
+    extra, short = good + b",surplus", b"2019-10-01 00:00:00 UTC,view,1,2,a.b,,1.50,u2"
+    broken = b"2019-10-01 00:00:00 UTC,view,1,2,a.b,\xff\xfe,1.50,u3,s3"
+    path = tmp_path / "e.csv"
+    path.write_bytes(HEADER.encode() + b"\n" + b"\n".join([good, extra, short, broken]) + b"\n")
+    events = list(event_payloads(path, build_config()))
+    assert events[0][0] == "u1" and json.loads(events[0][1])["user_session"] == "s1"
+    assert events[1:] == [(None, extra), (None, short), (None, broken)]
+
+
+def test_only_lists_that_differ_from_gold_are_written() -> None:
+    from clickrec import columns as C
+    from clickrec.stream import _changed_lists
+
+    def held(user: str, items: list[tuple[str, float, int]], version: int = 3, source: str = "stream") -> dict:
+        return {C.USER_ID: user, C.VARIANT: "champion", C.MODEL_NAME: "m", C.MODEL_VERSION: version,
+                C.SOURCE: source, C.ITEMS: [{C.ITEM_ID: i, C.SCORE: s, C.RANK: r} for i, s, r in items]}
+
+    same = [("a", 0.1, 1), ("b", 0.05, 2)]  # 0.1 is stored as float32: still the same list
+    rows = [(u, "champion", same, "m", 3, "stream", None) for u in ("u1", "u2", "u3", "u4", "u5")]
+    gold = [held("u1", [("a", float(np.float32(0.1)), 1), ("b", float(np.float32(0.05)), 2)]),
+            held("u2", [("b", 0.05, 1), ("a", 0.1, 2)]),      # another order
+            held("u3", same, version=2),                      # another model version
+            held("u4", same, source="batch")]                 # a batch list
+    assert [r[0] for r in _changed_lists(rows, gold)] == ["u2", "u3", "u4", "u5"]  # u5: not in gold
