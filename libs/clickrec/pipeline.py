@@ -3,7 +3,9 @@
 The seed's Kubeflow pipeline (updatedata -> trainmodel -> publishmodel) as one job: each step
 is the same package function its own subcommand calls, and the summary holds each step's
 summary under its name. A failing step stops the pipeline (later steps would read stale
-inputs); every step is idempotent, so the nightly schedule can simply run it again.
+inputs). Running it again is safe: ingest adds nothing it already holds and publish rewrites
+only lists that differ. Train is the exception: every run registers a new model version (a
+challenger), so after a failed publish the rerun publishes that new version's lists.
 """
 
 from __future__ import annotations
