@@ -456,16 +456,20 @@ def read_state() -> dict[str, ServiceProcess]:
     return {name: ServiceProcess(**svc) for name, svc in raw.items()}
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner can read, from its first byte (it holds MinIO's keys)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    tmp.replace(path)
+
+
 def _write_state(state: dict[str, ServiceProcess]) -> None:
     services_dir().mkdir(parents=True, exist_ok=True)
-    path = state_file()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({n: asdict(s) for n, s in state.items()}, indent=2))
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
-    env = env_file()
-    env.write_text(env_lines(state) + "\n")
-    os.chmod(env, 0o600)
+    _write_private(state_file(), json.dumps({n: asdict(s) for n, s in state.items()}, indent=2))
+    _write_private(env_file(), env_lines(state) + "\n")
 
 
 def env_lines(state: dict[str, ServiceProcess]) -> str:
