@@ -7,6 +7,7 @@ clickrec.tracking.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -97,9 +98,70 @@ def account_rows(inputs: TrainingInputs, n_train: int, n_test: int, *, rating_co
 
 def split(ratings_df: DataFrame, train: TrainConfig) -> tuple[DataFrame, DataFrame]:
     """The configured split of the ALS input."""
-    if train.split == "temporal":
-        return split_temporal(ratings_df, test_fraction=train.test_fraction)
-    return split_stratified_random(ratings_df, test_fraction=train.test_fraction, seed=train.seed)
+    return split_by(ratings_df, train.split, test_fraction=train.test_fraction, seed=train.seed)
+
+
+def split_by(ratings_df: DataFrame, how: str, *, test_fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    """`how` (a train.split value) applied to the ALS input."""
+    if how == "temporal":
+        return split_temporal(ratings_df, test_fraction=test_fraction)
+    if how == "stratified_random":
+        return split_stratified_random(ratings_df, test_fraction=test_fraction, seed=seed)
+    raise InputError(f"unknown split {how!r}")
+
+
+def champion_train_pairs(spark: SparkSession, config: ClickrecConfig) -> tuple[DataFrame | None, str]:
+    """The (user_idx, item_idx) pairs the champion was trained on, persisted; or None and why not.
+
+    Rebuilt from what its run recorded: the silver/interactions version it read (time travel)
+    and its split parameters. The split is a pure function of those, so these are exactly the
+    pairs it saw. None when the run lacks them or that table version can no longer be read.
+    """
+    info = tracking.resolve_model_version(config, alias="champion")
+    version = info["input_versions"].get(C.SILVER_INTERACTIONS)
+    params = tracking.run_params(config, info["run_id"]) if info.get("run_id") else {}
+    missing = [k for k in ("split", "test_fraction", "seed", "rating_col") if k not in params]
+    if version is None or missing:
+        return None, (f"the champion's run (v{info['model_version']}) does not record "
+                      f"{'its silver version' if version is None else ', '.join(missing)}")
+    try:
+        silver = (spark.read.format("delta").option("versionAsOf", version)
+                  .load(table_path(config, C.SILVER_INTERACTIONS)))
+        ratings = to_als_input(silver, rating_col=params["rating_col"])
+        pairs, _ = split_by(ratings, params["split"], test_fraction=float(params["test_fraction"]),
+                            seed=int(params["seed"]))
+        pairs = pairs.select(C.USER_IDX, C.ITEM_IDX).persist()
+        pairs.count()  # read now: a vacuumed version fails here, not in the middle of scoring
+    except Exception as exc:  # Spark's errors for a version whose log or files are gone
+        return None, f"silver/interactions v{version}, which the champion was trained on, cannot be read: {exc}"
+    return pairs, ""
+
+
+def compare_with_champion(
+    champion: RankingALSModel, challenger: RankingALSModel, champion_train: DataFrame | None,
+    train_df: DataFrame, test_df: DataFrame, *, k: int, catalogue: int, selection: str,
+) -> dict[str, Any]:
+    """Both models' selection metric on the same pairs, neither scored on pairs it trained on.
+
+    Test pairs the champion was trained on would be hits it memorised, so they are left out of
+    the comparison, and each model's lists exclude both training sets. Without the champion's
+    pairs (`champion_train` None) this falls back to the challenger's test split and exclusions.
+    """
+    if champion_train is None:
+        pairs, seen = test_df, train_df.select(C.USER_IDX, C.ITEM_IDX)
+    else:
+        pairs = test_df.join(champion_train, [C.USER_IDX, C.ITEM_IDX], "left_anti").persist()
+        seen = train_df.select(C.USER_IDX, C.ITEM_IDX).unionByName(champion_train).distinct().persist()
+    try:
+        rows = pairs.count()
+        champion_score = score_model(champion, seen, pairs, k=k, catalogue=catalogue)[selection]
+        challenger_score = score_model(challenger, seen, pairs, k=k, catalogue=catalogue)[selection]
+    finally:
+        if champion_train is not None:
+            pairs.unpersist()
+            seen.unpersist()
+    return {"champion": champion_score, "challenger": challenger_score, "test_rows": rows,
+            "exact": champion_train is not None}
 
 
 def score_model(
@@ -187,11 +249,25 @@ def run_train(
             log.error("%s; the new model is registered as challenger and not promoted", exc)
             champion, unavailable = None, str(exc)
             tracking.set_tags({"champion_unavailable": unavailable})
+        comparison: dict[str, Any] | None = None
         if champion is not None:
             champ = RankingALSModel(champion, None)
             champ._set(k=tc.k)
-            champion_score = score_model(champ, train_df, test_df, k=tc.k, catalogue=catalogue)[selection]
-            tracking.log_metrics({f"champion_{selection}": champion_score})
+            champion_train, why_not = champion_train_pairs(spark, config)
+            if champion_train is None:
+                log.warning("comparing with the champion on this run's split only: %s", why_not)
+            try:
+                comparison = compare_with_champion(
+                    champ, result.best_model, champion_train, train_df, test_df,
+                    k=tc.k, catalogue=catalogue, selection=selection)
+            finally:
+                if champion_train is not None:
+                    champion_train.unpersist()
+            comparison["note"] = why_not
+            champion_score = comparison["champion"]
+            tracking.log_metrics({f"champion_{selection}": champion_score,
+                                  f"challenger_{selection}_vs_champion": comparison["challenger"]})
+            tracking.set_tags({"champion_comparison": json.dumps(comparison)})
 
         version = tracking.log_spark_model(
             result.best_model.als_model, config,
@@ -202,7 +278,8 @@ def run_train(
             },
         )
         tracking.set_alias(config, "challenger", version)
-        decision = decide_promotion(mode, metrics[selection], champion_score, tc.promotion_margin,
+        challenger_score = comparison["challenger"] if comparison is not None else metrics[selection]
+        decision = decide_promotion(mode, challenger_score, champion_score, tc.promotion_margin,
                                     champion_unavailable=unavailable)
         if decision.promote:
             tracking.set_alias(config, "champion", version)
@@ -220,6 +297,7 @@ def run_train(
         "metrics": metrics,
         "baseline_metrics": baseline,
         "champion_score": champion_score,
+        "champion_comparison": comparison,
         "promoted": decision.promote,
         "promotion_reason": decision.reason,
         "input_versions": {t: v for t, (_, v) in inputs.tables.items()},

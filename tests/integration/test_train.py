@@ -75,3 +75,36 @@ def test_model_beats_popularity_and_is_reproducible(spark: SparkSession, trained
     assert "@champion (v4) cannot be loaded" in orphaned["promotion_reason"]
     assert int(client.get_model_version_by_alias(name, "champion").version) == 4
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 5
+
+
+def test_the_champion_is_not_scored_on_pairs_it_was_trained_on(
+    spark: SparkSession, trained_config: ClickrecConfig
+) -> None:
+    """A run with another split seed compares with the champion on test pairs neither trained on."""
+    from clickrec import columns as C
+    from clickrec import tracking
+    from clickrec.ml.estimator import RankingALSModel
+    from clickrec.ml.split import split_stratified_random
+    from clickrec.train import score_model, to_als_input
+
+    run_train(spark, trained_config)  # the champion, split with seed 42
+    reseeded = trained_config.model_copy(update={"train": trained_config.train.model_copy(update={"seed": 7})})
+    second = run_train(spark, reseeded, promote="never")
+    comparison = second["champion_comparison"]
+
+    ratings = to_als_input(spark.read.format("delta").load(f"{trained_config.lake.root}/silver/interactions"))
+    keys = [C.USER_IDX, C.ITEM_IDX]
+    champ_train, _ = split_stratified_random(ratings, test_fraction=0.25, seed=42)
+    new_train, new_test = split_stratified_random(ratings, test_fraction=0.25, seed=7)
+    fair = new_test.join(champ_train.select(*keys), keys, "left_anti")
+    assert comparison["exact"] is True
+    assert comparison["test_rows"] == fair.count() < new_test.count()
+    champion = RankingALSModel(tracking.load_alias_model(trained_config, "champion"), None)
+    champion._set(k=10)
+    seen = new_train.select(*keys).unionByName(champ_train.select(*keys)).distinct()
+    expected = score_model(champion, seen, fair, k=10, catalogue=1)["ndcg_at_10"]
+    assert comparison["champion"] == pytest.approx(expected, abs=1e-9)
+    assert second["champion_score"] == comparison["champion"]
+    # what the champion scored on the new split alone: its memorised pairs counted as hits
+    biased = score_model(champion, new_train, new_test, k=10, catalogue=1)["ndcg_at_10"]
+    assert biased > comparison["champion"] + 0.01
