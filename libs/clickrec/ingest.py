@@ -458,6 +458,7 @@ def ingest(
         "interactions_changed": counts.get("interactions_changed", 0),
         "new_users": counts.get("new_users", 0),
         "new_items": counts.get("new_items", 0),
+        "repaired_runs": counts.get("repaired_runs", []),
         "quality": quality,
         "data_docs": quality["data_docs"],
         "tables": table_versions,
@@ -502,10 +503,12 @@ def _dedup_by_event_id(spark: SparkSession, valid: DataFrame, scratch: str) -> D
 def ingest_valid_events(
     spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
     run_id: str, now: datetime, staging: str, *, phases: dict[str, float] | None = None,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Accepted events -> bronze/events (new event_ids only) -> silver for the affected users.
 
-    `phases`, when given, receives the seconds spent on bronze and on silver.
+    The affected users are the batch's and those of any killed ingest's bronze rows (their
+    run ids under `repaired_runs`). `phases`, when given, receives the seconds spent on bronze
+    and on silver.
     """
     if valid_rows == 0:
         return {"accepted": 0, "duplicates": 0}
@@ -527,7 +530,7 @@ class _BronzeCreatedMeanwhile(Exception):
 def _ingest_valid_events(
     spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
     run_id: str, now: datetime, staging: str, phases: dict[str, float] | None,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     from clickrec.transforms.clickstream import events_to_interactions
@@ -552,6 +555,8 @@ def _ingest_valid_events(
         )
 
     scratch_interactions = False
+    dead: list[str] = []
+    affected = valid.select(C.USER_ID).distinct()
     if not bronze_existed:
         # First write: there are valid rows, so never an empty commit; its metrics count them.
         # No shuffle of whole rows: each task writes its rows into their event_date folders.
@@ -575,6 +580,17 @@ def _ingest_valid_events(
         interactions = spark.read.parquet(inter_path)
         scratch_interactions = True
     else:
+        # A job killed after its bronze commit left silver without its events, and its lease
+        # (owner ingest-<run id>) expired without being dropped: its bronze rows name the users
+        # to recompute with this batch's, so any next ingest repairs it, not only a rerun.
+        dead = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
+        affected = valid.select(C.USER_ID).distinct()
+        if dead:
+            runs = [owner.removeprefix("ingest-") for owner in dead]
+            orphaned = (delta.read_table(spark, bronze).where(F.col(C.INGEST_RUN_ID).isin(runs))
+                        .select(C.USER_ID).distinct())
+            log.warning("repairing silver for %d killed run(s): %s", len(runs), ", ".join(runs))
+            affected = affected.unionByName(orphaned).distinct()
         known = delta.read_table(spark, bronze).select(C.EVENT_ID)
         candidates = valid.dropDuplicates([C.EVENT_ID]).join(known, on=C.EVENT_ID, how="left_anti")
         new_events = candidates.select(*data_columns, *stamp).repartition(C.EVENT_DATE)
@@ -588,7 +604,6 @@ def _ingest_valid_events(
             delta.append(staged_new, bronze, partition_by=[C.EVENT_DATE])
         # Recompute every user of the batch (not only those with new events): after a job
         # killed between bronze and silver, the rerun finds no new events but repairs silver.
-        affected = valid.select(C.USER_ID).distinct()
         events = delta.read_table(spark, bronze).join(affected, on=C.USER_ID, how="left_semi")
         interactions = to_interactions(events)
     log.info("bronze/events: %d accepted, %d duplicates", accepted, valid_rows - accepted)
@@ -601,11 +616,13 @@ def _ingest_valid_events(
         if attempt == 1:
             return _update_silver(spark, config, interactions, staging, scratch=scratch_interactions,
                                   added=ids_added)
-        affected = valid.select(C.USER_ID).distinct()
         events = delta.read_table(spark, bronze).join(affected, on=C.USER_ID, how="left_semi")
         return _update_silver(spark, config, to_interactions(events), staging, added=ids_added)
 
-    silver = {**conflicts.retry_on_conflict(update_silver, what=C.SILVER_INTERACTIONS), **ids_added}
+    silver: dict[str, Any] = {**conflicts.retry_on_conflict(update_silver, what=C.SILVER_INTERACTIONS), **ids_added}
+    if dead:  # their users are recomputed now
+        leases.drop(config, C.SILVER_INTERACTIONS, dead)
+        silver["repaired_runs"] = [owner.removeprefix("ingest-") for owner in dead]
     if phases is not None:
         phases["bronze"] = round(bronze_done - started, 2)
         phases["silver"] = round(time.monotonic() - bronze_done, 2)

@@ -172,3 +172,42 @@ def test_first_ingest_with_source_event_ids_repeated_with_other_content(
     assert (summary["rows_read"], summary["accepted"], summary["duplicates"]) == (4, 3, 1)
     assert latest(spark, config, C.BRONZE_EVENTS).where(F.col(C.EVENT_ID) == "e2").count() == 1
     assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
+
+
+def test_a_killed_ingest_is_repaired_by_the_next_ingest_of_another_input(
+    spark: SparkSession, config: ClickrecConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kill (SIGKILL, or SIGTERM's immediate exit) between the bronze and silver commits leaves
+    # the run's lease behind, expired. The next ingest, whatever its input, recomputes the
+    # users of that run's bronze rows too, so silver catches up without a rerun of the input.
+    from datetime import timedelta
+
+    from clickrec import ingest as ingest_module
+    from clickrec.io import leases
+
+    files = {}
+    for name, seed, events in (("a", 5, 3000), ("b", 6, 3000), ("c", 7, 150)):
+        files[name] = tmp_path / f"{name}.csv"
+        generate_clickstream(files[name], events=events, seed=seed)
+    ingest(spark, config, input_path=str(files["a"]))
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt("killed")
+
+    real_now = leases._now
+    with monkeypatch.context() as patch:
+        patch.setattr(ingest_module, "_update_silver", killed)
+        patch.setattr(leases, "_drop", lambda *a, **k: None)  # a killed job drops nothing
+        patch.setattr(leases, "_now", lambda: real_now() - timedelta(hours=1))  # and its lease ran out
+        with pytest.raises(KeyboardInterrupt):
+            ingest(spark, config, input_path=str(files["b"]))
+    killed_runs = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
+    assert len(killed_runs) == 1
+    bronze = latest(spark, config, C.BRONZE_EVENTS)
+    assert bronze.where(F.col(C.INGEST_RUN_ID) == killed_runs[0].removeprefix("ingest-")).count() > 0
+
+    summary = ingest(spark, config, input_path=str(files["c"]))
+    assert summary["repaired_runs"] == [killed_runs[0].removeprefix("ingest-")]
+    assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
+    assert leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-") == []
+    assert ingest(spark, config, input_path=str(files["c"]))["repaired_runs"] == []

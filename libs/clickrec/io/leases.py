@@ -108,6 +108,28 @@ def hold(config: ClickrecConfig, resource: str, *, owner: str, ttl: float = TTL_
         _drop(config, resource, owner)
 
 
+def expired_owners(config: ClickrecConfig, resource: str, prefix: str) -> list[str]:
+    """Owners (starting with `prefix`) of leases on `resource` that expired and were never
+    dropped: a holder drops its lease when its block ends, even on an error, so such a lease is
+    what a killed job leaves behind."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        dt = DeltaTable(reader_uri(config, LEASES), storage_options=storage_options(config) or None)
+    except TableNotFoundError:
+        return []
+    now = _now()
+    return sorted({str(r["owner"]) for r in dt.to_pyarrow_table().to_pylist()
+                   if r["resource"] == resource and str(r["owner"]).startswith(prefix) and r["until"] <= now})
+
+
+def drop(config: ClickrecConfig, resource: str, owners: Sequence[str]) -> None:
+    """Remove the leases of `owners` on `resource` (the ones a killed job left)."""
+    for owner in owners:
+        _drop(config, resource, owner)
+
+
 class LeaseView:
     """A reader of the leases table kept open and brought up to date, not opened again.
 
