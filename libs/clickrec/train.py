@@ -19,7 +19,13 @@ from pyspark.sql import functions as F
 from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig, TrainConfig
-from clickrec.errors import ChampionUnavailableError, InputError, NotFoundError
+from clickrec.errors import (
+    ChampionUnavailableError,
+    ClickrecError,
+    InputError,
+    NotFoundError,
+    first_line,
+)
 from clickrec.io.delta import table_path, table_version
 from clickrec.ml.estimator import RankingALSModel
 from clickrec.ml.evaluate import catalogue_coverage, evaluate_ranking, metric_name, ranking_frame
@@ -117,9 +123,12 @@ def champion_train_pairs(spark: SparkSession, config: ClickrecConfig) -> tuple[D
     and its split parameters. The split is a pure function of those, so these are exactly the
     pairs it saw. None when the run lacks them or that table version can no longer be read.
     """
-    info = tracking.resolve_model_version(config, alias="champion")
+    try:
+        info = tracking.resolve_model_version(config, alias="champion")
+        params = tracking.run_params(config, info["run_id"]) if info.get("run_id") else {}
+    except ClickrecError as exc:  # the model is trained: a registry blip must not lose the run
+        return None, f"the champion's run cannot be read: {first_line(exc)}"
     version = info["input_versions"].get(C.SILVER_INTERACTIONS)
-    params = tracking.run_params(config, info["run_id"]) if info.get("run_id") else {}
     missing = [k for k in ("split", "test_fraction", "seed", "rating_col") if k not in params]
     if version is None or missing:
         return None, (f"the champion's run (v{info['model_version']}) does not record "
@@ -133,7 +142,8 @@ def champion_train_pairs(spark: SparkSession, config: ClickrecConfig) -> tuple[D
         pairs = pairs.select(C.USER_IDX, C.ITEM_IDX).persist()
         pairs.count()  # read now: a vacuumed version fails here, not in the middle of scoring
     except Exception as exc:  # Spark's errors for a version whose log or files are gone
-        return None, f"silver/interactions v{version}, which the champion was trained on, cannot be read: {exc}"
+        return None, (f"silver/interactions v{version}, which the champion was trained on, cannot be "
+                      f"read: {first_line(exc)}")
     return pairs, ""
 
 
@@ -145,23 +155,27 @@ def compare_with_champion(
 
     Test pairs the champion was trained on would be hits it memorised, so they are left out of
     the comparison, and each model's lists exclude both training sets. Without the champion's
-    pairs (`champion_train` None) this falls back to the challenger's test split and exclusions.
+    pairs (`champion_train` None), or when it was trained on every test pair, this falls back
+    to the challenger's test split and exclusions (`exact` False).
     """
-    if champion_train is None:
-        pairs, seen = test_df, train_df.select(C.USER_IDX, C.ITEM_IDX)
-    else:
-        pairs = test_df.join(champion_train, [C.USER_IDX, C.ITEM_IDX], "left_anti").persist()
-        seen = train_df.select(C.USER_IDX, C.ITEM_IDX).unionByName(champion_train).distinct().persist()
+    own: list[DataFrame] = []  # persisted here, unpersisted at the end
+    pairs, seen = test_df, train_df.select(C.USER_IDX, C.ITEM_IDX)
+    if champion_train is not None:
+        fair_pairs = test_df.join(champion_train, [C.USER_IDX, C.ITEM_IDX], "left_anti").persist()
+        own.append(fair_pairs)
+        if fair_pairs.count() > 0:  # else the champion trained on every test pair: score them all
+            pairs = fair_pairs
+            seen = own_seen = seen.unionByName(champion_train).distinct().persist()
+            own.append(own_seen)
     try:
         rows = pairs.count()
         champion_score = score_model(champion, seen, pairs, k=k, catalogue=catalogue)[selection]
         challenger_score = score_model(challenger, seen, pairs, k=k, catalogue=catalogue)[selection]
     finally:
-        if champion_train is not None:
-            pairs.unpersist()
-            seen.unpersist()
+        for df in own:
+            df.unpersist()
     return {"champion": champion_score, "challenger": challenger_score, "test_rows": rows,
-            "exact": champion_train is not None}
+            "exact": pairs is not test_df}
 
 
 def score_model(
@@ -263,7 +277,8 @@ def run_train(
             finally:
                 if champion_train is not None:
                     champion_train.unpersist()
-            comparison["note"] = why_not
+            comparison["note"] = why_not or ("" if comparison["exact"] else
+                                             "the champion was trained on every test pair: compared on them all")
             champion_score = comparison["champion"]
             tracking.log_metrics({f"champion_{selection}": champion_score,
                                   f"challenger_{selection}_vs_champion": comparison["challenger"]})

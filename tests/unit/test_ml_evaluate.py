@@ -85,10 +85,13 @@ def test_top_k_scores_of_a_row_do_not_depend_on_its_block() -> None:
     # every row is rewritten: a one-row block (a partition of 1025 users) must not take a
     # different BLAS path (gemv sums in another order than gemm).
     rng = np.random.default_rng(5)
-    users = rng.normal(size=(6, 64)).astype(np.float32)
+    users = rng.normal(size=(1025, 64)).astype(np.float32)  # a full block plus one
     items = rng.normal(size=(2000, 64)).astype(np.float32)
     item_ids = np.arange(2000, dtype=np.int64)
-    _, block_scores = top_k_scores(users, item_ids, items, [None] * 6, k=50)
-    for row in range(6):
+    _, block_scores = top_k_scores(users, item_ids, items, [None] * 1025, k=50)
+    _, small_scores = top_k_scores(users[:6], item_ids, items, [None] * 6, k=50)
+    for row in (0, 1, 5, 511, 1023, 1024):
         _, alone = top_k_scores(users[row : row + 1], item_ids, items, [None], k=50)
         assert alone[0].tobytes() == block_scores[row].tobytes(), row
+        if row < 6:
+            assert small_scores[row].tobytes() == block_scores[row].tobytes(), row
