@@ -59,11 +59,11 @@ from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.errors import (
-    ClickrecError,
     ConcurrentWriteError,
     InputError,
     NotFoundError,
     ServiceError,
+    first_line,
 )
 from clickrec.io import conflicts, delta, delta_rs, leases
 from clickrec.io.delta_reader import open_table
@@ -216,9 +216,9 @@ class BatchProcessor:
         "batches": 0, "rows_read": 0, "accepted": 0, "duplicates": 0, "quarantined": 0,
         "users_refreshed": 0, "model_reloads": 0})
     last_batch: dict[str, Any] = field(default_factory=dict)
-    # the ClickrecError that failed a batch: the query reports it only as text, and its exit
-    # code (6 for a lost commit race, 4 for a service) must reach the user
-    error: ClickrecError | None = field(default=None, repr=False)
+    # the error that failed a batch: the query reports it only as text, and its exit code (6
+    # for a lost commit race, 4 for a service, 1 for a bug) must reach the user
+    error: Exception | None = field(default=None, repr=False)
     model_checked_version: int | None = None
     lease_view: leases.LeaseView = field(init=False, repr=False)  # asked before every silver and gold commit
 
@@ -257,7 +257,7 @@ class BatchProcessor:
         """One micro-batch of `staged_events` rows (parsed, flagged and hashed by the query)."""
         try:
             self._process(staged, batch_id)
-        except ClickrecError as exc:
+        except Exception as exc:
             self.error = exc
             raise
 
@@ -447,46 +447,56 @@ class BatchProcessor:
                 "quarantined": rejected, "users": len(users), "users_refreshed": refreshed}
 
     def _refresh_gold(self, interactions: Any, now: datetime) -> int:
-        """Fold the users of `interactions` (pandas silver rows) in and upsert their lists into gold."""
-        assert self.model is not None
-        config, model = self.config, self.model
+        """Fold the users of `interactions` (pandas silver rows) in and upsert their lists into gold.
+
+        When a publish switched the variant to another version after this batch loaded its
+        model, that version is loaded and the users are folded in again: lists of two models
+        must not mix in the variant, and these users' new clicks must still reach gold.
+        """
+        config = self.config
         pdf = interactions.assign(**{C.RATING: interactions[config.train.rating_col]})
-        lists = fold_in_lists(model, pdf, n=config.publish.n, exclude=config.publish.exclude)
-        if not lists:
-            return 0
-        rows = [
-            (user, config.stream.variant,
-             [(item, score, rank) for rank, (item, score) in enumerate(items, start=1)],
-             model.name, model.version, C.SOURCE_STREAM, now)
-            for user, items in sorted(lists.items())
-        ]
         path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
-
-        def write(_attempt: int) -> int:  # publish may MERGE into gold at the same time: redone
-            self.lease_view.wait_until_free((C.GOLD_RECOMMENDATIONS,))  # publish holds one while it writes
-            served = served_version(config)
-            if served is not None and served != model.version:
-                # a publish switched the variant to another version since this batch loaded its
-                # model: inserting this model's lists would mix two models' lists in the variant
-                log.info("gold now serves version %d, not %d: this batch's %d lists are not written",
-                         served, model.version, len(rows))
+        for _switch in range(3):
+            model = self.model
+            if model is None:
                 return 0
-            gold_dt = open_table(config, C.GOLD_RECOMMENDATIONS)
-            if gold_dt is None:  # created by Spark, partitioned by variant like publish's
-                delta.merge_upsert(self.spark, self.spark.createDataFrame(rows, GOLD_SCHEMA), path,
-                                   keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,))
-                return len(rows)
-            # only lists that differ from what gold holds: a replayed batch commits nothing and
-            # `updated_at` keeps meaning "when this list last changed"
-            held = delta_rs.read_where_in(gold_dt, C.USER_ID, [r[0] for r in rows], GOLD_COMPARED)
-            changed = _changed_lists(rows, held.to_pylist())
-            if changed:
-                delta_rs.merge_upsert(gold_dt, _gold_arrow(changed), keys=C.RECOMMENDATION_KEYS,
-                                      update_when=STREAM_REPLACES,
-                                      target_filter=f"t.`{C.VARIANT}` = '{config.stream.variant}'")
-            return len(changed)
+            lists = fold_in_lists(model, pdf, n=config.publish.n, exclude=config.publish.exclude)
+            if not lists:
+                return 0
+            rows = [
+                (user, config.stream.variant,
+                 [(item, score, rank) for rank, (item, score) in enumerate(items, start=1)],
+                 model.name, model.version, C.SOURCE_STREAM, now)
+                for user, items in sorted(lists.items())
+            ]
 
-        return conflicts.retry_on_conflict(write, what=C.GOLD_RECOMMENDATIONS)
+            def write(_attempt: int, model: FoldInModel = model, rows: list[tuple[Any, ...]] = rows) -> int | None:
+                # publish may MERGE into gold at the same time: redone from a fresh read
+                self.lease_view.wait_until_free((C.GOLD_RECOMMENDATIONS,))  # publish holds one while it writes
+                served = served_version(config)
+                if served is not None and served != model.version:
+                    return None  # switched since this batch loaded its model
+                gold_dt = open_table(config, C.GOLD_RECOMMENDATIONS)
+                if gold_dt is None:  # created by Spark, partitioned by variant like publish's
+                    delta.merge_upsert(self.spark, self.spark.createDataFrame(rows, GOLD_SCHEMA), path,
+                                       keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,))
+                    return len(rows)
+                # only lists that differ from what gold holds: a replayed batch commits nothing and
+                # `updated_at` keeps meaning "when this list last changed"
+                held = delta_rs.read_where_in(gold_dt, C.USER_ID, [r[0] for r in rows], GOLD_COMPARED)
+                changed = _changed_lists(rows, held.to_pylist())
+                if changed:
+                    delta_rs.merge_upsert(gold_dt, _gold_arrow(changed), keys=C.RECOMMENDATION_KEYS,
+                                          update_when=STREAM_REPLACES,
+                                          target_filter=f"t.`{C.VARIANT}` = '{config.stream.variant}'")
+                return len(changed)
+
+            written = conflicts.retry_on_conflict(write, what=C.GOLD_RECOMMENDATIONS)
+            if written is not None:
+                return written
+            log.info("gold switched from version %d during the batch: folding its users in again", model.version)
+            self.refresh_model()
+        return 0
 
 
 GOLD_COMPARED = (C.USER_ID, C.VARIANT, C.ITEMS, C.MODEL_NAME, C.MODEL_VERSION, C.SOURCE)
@@ -745,12 +755,17 @@ def run_stream(
     }
 
 
-def _query_failure(query_name: str, processor: BatchProcessor, error: Any) -> ClickrecError:
-    """The error a failed query ends the command with: the batch's own (its exit code kept),
-    else a ServiceError (Kafka, storage or Spark failed; bad rows never fail a batch)."""
-    if processor.error is not None:
-        return processor.error
-    return ServiceError(f"stream {query_name} failed: {error}")
+def _query_failure(query_name: str, processor: BatchProcessor, error: Any) -> Exception:
+    """The error a failed query ends the command with: the batch's own, as it was raised (a
+    ClickrecError keeps its exit code, a bug stays a bug: exit 1 with its traceback), else a
+    ServiceError (the query itself failed: Kafka, storage; bad rows never fail a batch)."""
+    from deltalake.exceptions import DeltaError
+    from py4j.protocol import Py4JError
+
+    failed = processor.error
+    if failed is None or isinstance(failed, (Py4JError, DeltaError, OSError)):  # Spark, storage
+        return ServiceError(f"stream {query_name} failed: {first_line(failed or error)}")
+    return failed
 
 
 def _stop_gracefully(query: Any, timeout: float) -> None:

@@ -66,13 +66,15 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     assert table_version(spark, gold_path) == written
 
     # A publish lands between a batch's model load and its gold write: the batch must not add
-    # lists of the version gold no longer serves (new users would get the old model's lists).
+    # lists of the version gold no longer serves (lists of two models would mix), and its users
+    # are folded in again with the version now served.
     publish(spark, config)  # the champion (second) again; the processor still holds the first
     assert served_version(config) == second and processor.model.version == first
     late[C.USER_ID] = "later-user"
-    assert processor._refresh_gold(late, datetime(2026, 1, 3)) == 0
+    assert processor._refresh_gold(late, datetime(2026, 1, 3)) == 1
+    assert processor.model.version == second
     gold = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
-    assert gold.where(f"{C.USER_ID} IN ('late-user', 'later-user')").count() == 0
+    assert [r[C.MODEL_VERSION] for r in gold.where(f"{C.USER_ID} = 'later-user'").collect()] == [second]
     assert gold.where(f"{C.VARIANT} = 'champion' AND {C.MODEL_VERSION} = {first}").count() == 0
 
 
