@@ -513,7 +513,9 @@ def ingest_valid_events(
     if valid_rows == 0:
         return {"accepted": 0, "duplicates": 0}
     # The stream holds its silver commits meanwhile (a long MERGE would lose every race to it).
-    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):
+    # A failure leaves the lease expired, not dropped (like a kill): the next ingest repairs
+    # silver for this run's bronze rows if it got as far as committing them.
+    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}", expire_on_error=True):
         try:
             return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging, phases)
         except _BronzeCreatedMeanwhile:
@@ -556,6 +558,7 @@ def _ingest_valid_events(
 
     scratch_interactions = False
     dead: list[str] = []
+    repaired: list[str] = []
     affected = valid.select(C.USER_ID).distinct()
     if not bronze_existed:
         # First write: there are valid rows, so never an empty commit; its metrics count them.
@@ -586,11 +589,12 @@ def _ingest_valid_events(
         dead = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
         affected = valid.select(C.USER_ID).distinct()
         if dead:
-            runs = [owner.removeprefix("ingest-") for owner in dead]
-            orphaned = (delta.read_table(spark, bronze).where(F.col(C.INGEST_RUN_ID).isin(runs))
-                        .select(C.USER_ID).distinct())
-            log.warning("repairing silver for %d killed run(s): %s", len(runs), ", ".join(runs))
-            affected = affected.unionByName(orphaned).distinct()
+            orphaned = delta.read_table(spark, bronze).where(
+                F.col(C.INGEST_RUN_ID).isin([owner.removeprefix("ingest-") for owner in dead]))
+            repaired = sorted(r[0] for r in orphaned.select(C.INGEST_RUN_ID).distinct().collect())
+            if repaired:  # a run that died before its bronze commit left nothing to repair
+                log.warning("repairing silver for %d killed run(s): %s", len(repaired), ", ".join(repaired))
+                affected = affected.unionByName(orphaned.select(C.USER_ID)).distinct()
         known = delta.read_table(spark, bronze).select(C.EVENT_ID)
         candidates = valid.dropDuplicates([C.EVENT_ID]).join(known, on=C.EVENT_ID, how="left_anti")
         new_events = candidates.select(*data_columns, *stamp).repartition(C.EVENT_DATE)
@@ -622,7 +626,7 @@ def _ingest_valid_events(
     silver: dict[str, Any] = {**conflicts.retry_on_conflict(update_silver, what=C.SILVER_INTERACTIONS), **ids_added}
     if dead:  # their users are recomputed now
         leases.drop(config, C.SILVER_INTERACTIONS, dead)
-        silver["repaired_runs"] = [owner.removeprefix("ingest-") for owner in dead]
+        silver["repaired_runs"] = repaired
     if phases is not None:
         phases["bronze"] = round(bronze_done - started, 2)
         phases["silver"] = round(time.monotonic() - bronze_done, 2)
@@ -646,7 +650,9 @@ def _ingest_valid_ratings(
         return {"accepted": 0, "duplicates": 0}
     interactions = valid.transform(ratings_to_interactions)
     ids_added: dict[str, int] = {}
-    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):
+    # A failure leaves the lease expired, not dropped (like a kill): the next ingest repairs
+    # silver for this run's bronze rows if it got as far as committing them.
+    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}", expire_on_error=True):
         silver = conflicts.retry_on_conflict(
             lambda _: _update_silver(
                 spark, config, _not_older_than_silver(spark, config, interactions), staging, added=ids_added,

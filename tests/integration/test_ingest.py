@@ -177,37 +177,36 @@ def test_first_ingest_with_source_event_ids_repeated_with_other_content(
 def test_a_killed_ingest_is_repaired_by_the_next_ingest_of_another_input(
     spark: SparkSession, config: ClickrecConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A kill (SIGKILL, or SIGTERM's immediate exit) between the bronze and silver commits leaves
-    # the run's lease behind, expired. The next ingest, whatever its input, recomputes the
-    # users of that run's bronze rows too, so silver catches up without a rerun of the input.
-    from datetime import timedelta
-
+    # A run that fails or is killed between its bronze and silver commits leaves its lease on
+    # silver behind, expired. The next ingest, whatever its input, recomputes the users of that
+    # run's bronze rows too, so silver catches up without a rerun of the input.
     from clickrec import ingest as ingest_module
     from clickrec.io import leases
 
     files = {}
-    for name, seed, events in (("a", 5, 3000), ("b", 6, 3000), ("c", 7, 150)):
+    for name, seed, events in (("a", 5, 3000), ("b", 6, 3000), ("c", 7, 150), ("d", 8, 500)):
         files[name] = tmp_path / f"{name}.csv"
         generate_clickstream(files[name], events=events, seed=seed)
     ingest(spark, config, input_path=str(files["a"]))
 
-    def killed(*args: Any, **kwargs: Any) -> Any:
-        raise KeyboardInterrupt("killed")
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk full (injected)")
 
-    real_now = leases._now
-    with monkeypatch.context() as patch:
-        patch.setattr(ingest_module, "_update_silver", killed)
-        patch.setattr(leases, "_drop", lambda *a, **k: None)  # a killed job drops nothing
-        patch.setattr(leases, "_now", lambda: real_now() - timedelta(hours=1))  # and its lease ran out
-        with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch:  # b: bronze committed, silver not
+        patch.setattr(ingest_module, "_update_silver", fails)
+        with pytest.raises(RuntimeError, match="injected"):
             ingest(spark, config, input_path=str(files["b"]))
-    killed_runs = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
-    assert len(killed_runs) == 1
-    bronze = latest(spark, config, C.BRONZE_EVENTS)
-    assert bronze.where(F.col(C.INGEST_RUN_ID) == killed_runs[0].removeprefix("ingest-")).count() > 0
+    (failed_b,) = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
+    run_b = failed_b.removeprefix("ingest-")
+    assert latest(spark, config, C.BRONZE_EVENTS).where(F.col(C.INGEST_RUN_ID) == run_b).count() > 0
+    with monkeypatch.context() as patch:  # d: nothing committed at all
+        patch.setattr(ingest_module.delta, "append", fails)
+        with pytest.raises(RuntimeError, match="injected"):
+            ingest(spark, config, input_path=str(files["d"]))
+    assert len(leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")) == 2
 
     summary = ingest(spark, config, input_path=str(files["c"]))
-    assert summary["repaired_runs"] == [killed_runs[0].removeprefix("ingest-")]
+    assert summary["repaired_runs"] == [run_b]  # d had no bronze rows: nothing of it to repair
     assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
     assert leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-") == []
     assert ingest(spark, config, input_path=str(files["c"]))["repaired_runs"] == []

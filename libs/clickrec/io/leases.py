@@ -86,8 +86,12 @@ def _drop(config: ClickrecConfig, resource: str, owner: str) -> None:
 
 @contextmanager
 def hold(config: ClickrecConfig, resource: str, *, owner: str, ttl: float = TTL_SECONDS,
-         renew_every: float = RENEW_SECONDS) -> Iterator[None]:
-    """Hold a lease on `resource` (a table name) while the block runs; renewed, then removed."""
+         renew_every: float = RENEW_SECONDS, expire_on_error: bool = False) -> Iterator[None]:
+    """Hold a lease on `resource` (a table name) while the block runs; renewed, then removed.
+
+    `expire_on_error`: when the block raises, leave the lease expired instead of removing it,
+    as a killed holder would, so that the next job sees the failed run (expired_owners).
+    """
     _put(config, resource, owner, _now() + timedelta(seconds=ttl))
     stop = threading.Event()
 
@@ -100,18 +104,24 @@ def hold(config: ClickrecConfig, resource: str, *, owner: str, ttl: float = TTL_
 
     renewer = threading.Thread(target=renew, name=f"lease-{resource}", daemon=True)
     renewer.start()
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         stop.set()
         renewer.join()
-        _drop(config, resource, owner)
+        if failed and expire_on_error:
+            _put(config, resource, owner, _now())
+        else:
+            _drop(config, resource, owner)
 
 
 def expired_owners(config: ClickrecConfig, resource: str, prefix: str) -> list[str]:
     """Owners (starting with `prefix`) of leases on `resource` that expired and were never
-    dropped: a holder drops its lease when its block ends, even on an error, so such a lease is
-    what a killed job leaves behind."""
+    dropped: what a killed holder leaves behind, or one that failed with `expire_on_error`."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
