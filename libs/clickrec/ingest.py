@@ -583,11 +583,10 @@ def _ingest_valid_events(
         interactions = spark.read.parquet(inter_path)
         scratch_interactions = True
     else:
-        # A job killed after its bronze commit left silver without its events, and its lease
-        # (owner ingest-<run id>) expired without being dropped: its bronze rows name the users
-        # to recompute with this batch's, so any next ingest repairs it, not only a rerun.
+        # A job killed (or failed) after its bronze commit left silver without its events, and
+        # its lease (owner ingest-<run id>) expired without being dropped: its bronze rows name
+        # the users to recompute with this batch's, so any next ingest repairs it, not only a rerun.
         dead = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
-        affected = valid.select(C.USER_ID).distinct()
         if dead:
             orphaned = delta.read_table(spark, bronze).where(
                 F.col(C.INGEST_RUN_ID).isin([owner.removeprefix("ingest-") for owner in dead]))
@@ -650,9 +649,7 @@ def _ingest_valid_ratings(
         return {"accepted": 0, "duplicates": 0}
     interactions = valid.transform(ratings_to_interactions)
     ids_added: dict[str, int] = {}
-    # A failure leaves the lease expired, not dropped (like a kill): the next ingest repairs
-    # silver for this run's bronze rows if it got as far as committing them.
-    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}", expire_on_error=True):
+    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):  # no bronze: nothing to repair
         silver = conflicts.retry_on_conflict(
             lambda _: _update_silver(
                 spark, config, _not_older_than_silver(spark, config, interactions), staging, added=ids_added,
