@@ -675,9 +675,9 @@ def run_stream(
     """Run the refresh query until the topic is drained (available_now), max_seconds pass, or SIGTERM.
 
     Returns the summary: batches and rows processed, users refreshed, model version, paths and
-    table versions. Raises ServiceError without Kafka; when the query fails, the batch's own
-    ClickrecError (e.g. ConcurrentWriteError, exit 6) or else ServiceError with the query's
-    error text (the checkpoint keeps the last committed batch).
+    table versions. Raises ServiceError without Kafka; when the query fails, what
+    `_query_failure` says (the batch's own error, or ServiceError for Spark and storage; the
+    checkpoint keeps the last committed batch).
     """
     from pyspark.errors import StreamingQueryException
 
