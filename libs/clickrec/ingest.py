@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -35,159 +34,32 @@ from clickrec.config import ClickrecConfig
 from clickrec.errors import ConcurrentWriteError, InputError
 from clickrec.io import conflicts, delta, leases
 from clickrec.io.files import (
-    InputFile,
     delete_path,
     fingerprint,
     list_input_files,
     remove_stale_dirs,
 )
-from clickrec.quality import load_suite, preload_gx, rejection_checks, validate_batch
+from clickrec.quality import load_suite, preload_gx, validate_batch
+from clickrec.staging import (
+    count_batch,
+    quarantine_rejected,
+    stage_events,
+    stage_ratings,
+    suite_params,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
-BRONZE_COLUMNS: tuple[str, ...] = (
-    C.EVENT_ID, C.EVENT_TIME, C.EVENT_TYPE, C.PRODUCT_ID, C.CATEGORY_ID, C.CATEGORY_CODE,
-    C.BRAND, C.PRICE, C.USER_ID, C.USER_SESSION, C.EVENT_DATE, C.SOURCE_FILE,
-    C.INGEST_RUN_ID, C.INGESTED_AT,
-)
-QUARANTINE_COLUMNS: tuple[str, ...] = (
-    C.RAW_LINE, C.REASONS, C.SOURCE_FILE, C.INPUT_FORMAT, C.INGEST_RUN_ID, C.INGESTED_AT,
-)
-SILVER_COLUMNS: tuple[str, ...] = (
-    C.USER_ID, C.ITEM_ID, C.USER_IDX, C.ITEM_IDX, C.VIEWS, C.DWELL_SECONDS, C.CARTS,
-    C.PURCHASES, C.FIRST_SEEN, C.LAST_SEEN, C.RATING,
-)
 SUMMARY_TABLES: tuple[str, ...] = (
     C.BRONZE_EVENTS, C.BRONZE_QUARANTINE, C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX,
     C.SILVER_ITEM_INDEX,
 )
-_JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 
 
-def _file_format(config: ClickrecConfig, files: Sequence[InputFile]) -> str:
-    """csv or json for the input, from ingest.file_format or the file names (auto)."""
-    if config.ingest.file_format != "auto":
-        return config.ingest.file_format
-    kinds = {
-        "json" if f.path.lower().removesuffix(".gz").endswith(_JSON_SUFFIXES) else "csv" for f in files
-    }
-    if len(kinds) > 1:
-        raise InputError(
-            "--input mixes JSON-lines and CSV files; ingest them separately or set ingest.file_format"
-        )
-    return kinds.pop()
-
-
-def _read_lines(spark: SparkSession, files: Sequence[InputFile]) -> DataFrame:
-    """Every line of every file as text (bytes kept as read), with its source file."""
-    from pyspark.sql import functions as F
-
-    return spark.read.text([f.path for f in files]).select(
-        F.col(C.VALUE), F.col("_metadata.file_path").alias(C.SOURCE_FILE)
-    )
-
-
-def _suite_params(config: ClickrecConfig) -> dict[str, Any]:
-    ic = config.ingest
-    return {
-        "column_count": len(ic.source_columns),
-        "event_time_min": ic.event_time_min,
-        "event_time_max": ic.event_time_max,
-    }
-
-
-def stage_events(spark: SparkSession, config: ClickrecConfig, files: Sequence[InputFile], suite: dict[str, Any]) -> DataFrame:
-    """Raw clickstream lines -> typed, flagged, hashed rows (not yet written)."""
-    return stage_event_lines(_read_lines(spark, files), config, file_format=_file_format(config, files), suite=suite)
-
-
-def stage_event_lines(lines: DataFrame, config: ClickrecConfig, *, file_format: str, suite: dict[str, Any]) -> DataFrame:
-    """(value, source_file) text lines -> typed, flagged, hashed rows; shared by ingest and stream."""
-    from pyspark.sql import functions as F
-
-    from clickrec.transforms import clickstream as T
-
-    ic = config.ingest
-    keep = (C.VALUE, C.SOURCE_FILE, C.COLUMN_COUNT, C.UTF8_VALID)
-    if file_format == "json":
-        parsed = lines.transform(T.parse_json_lines, source_columns=ic.source_columns)
-    else:
-        if ic.header:
-            header = ic.delimiter.join(ic.source_columns)
-            unquoted = F.trim(F.translate(F.col(C.VALUE), '"', ""))
-            # The cheap test first: only lines holding the first column's name are unquoted
-            # and compared (translate on every line was a quarter of the parse's CPU time).
-            is_header = F.contains(F.col(C.VALUE), F.lit(ic.source_columns[0])) & (unquoted == F.lit(header))
-            lines = lines.where(~is_header)
-        parsed = lines.transform(
-            T.parse_csv_lines, source_columns=ic.source_columns, delimiter=ic.delimiter
-        )
-    for canonical, source in ic.column_mapping.items():
-        if source not in ic.source_columns:
-            raise InputError(
-                f"ingest.column_mapping.{canonical}: source column {source!r} is not in "
-                f"ingest.source_columns {list(ic.source_columns)}"
-            )
-    return (
-        parsed.transform(T.to_canonical, column_mapping=ic.column_mapping, keep=keep)
-        .transform(T.type_events, time_formats=ic.event_time_formats)
-        .transform(T.flag_rejections, checks=rejection_checks(suite))
-        .transform(T.add_event_id)
-        .withColumn(
-            C.RAW_LINE,
-            F.when(F.size(C.REASONS) > 0, F.make_valid_utf8(F.col(C.VALUE))),
-        )
-        .drop(C.VALUE)
-    )
-
-
-def stage_ratings(spark: SparkSession, config: ClickrecConfig, files: Sequence[InputFile], suite: dict[str, Any]) -> DataFrame:
-    """Raw `user item rating timestamp` lines -> typed, flagged rows (not yet written)."""
-    from pyspark.sql import functions as F
-
-    from clickrec.transforms import clickstream as T
-
-    delimiter = config.ingest.ratings_delimiter
-    lines = _read_lines(spark, files).where(~T.is_ratings_header(F.col(C.VALUE), delimiter_regex=delimiter))
-    return (
-        lines.transform(T.parse_ratings_lines, delimiter_regex=delimiter)
-        .transform(T.flag_rejections, checks=rejection_checks(suite))
-        .withColumn(
-            C.RAW_LINE,
-            F.when(F.size(C.REASONS) > 0, F.make_valid_utf8(F.col(C.VALUE))),
-        )
-        .drop(C.VALUE)
-    )
-
-
-def _count_batch(staged: DataFrame) -> tuple[int, int, dict[str, int]]:
-    """(rows, rejected rows, rejected rows per reason) of a staged batch.
-
-    One aggregation: rejected rows grouped by their whole reasons array (few distinct
-    combinations), from which the total and the per-reason counts (a row with two reasons
-    counts under each, as exploding the arrays would) are summed on the driver. On a Parquet
-    batch it reads only the reasons column.
-    """
-    from pyspark.sql import functions as F
-
-    rows = int(staged.count())
-    combos = (
-        staged.where(F.size(C.REASONS) > 0).groupBy(C.REASONS).count().collect()
-    )
-    rejected = 0
-    counts: dict[str, int] = {}
-    for r in combos:
-        n = int(r["count"])
-        rejected += n
-        for reason in r[C.REASONS]:
-            counts[reason] = counts.get(reason, 0) + n
-    return rows, rejected, dict(sorted(counts.items()))
-
-
-def _extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: str) -> int:
+def extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: str) -> int:
     """Give ids to the keys the index at `path` lacks; return how many it added.
 
     The stream may number new keys at the same time. Each writer numbers them after the
@@ -266,8 +138,8 @@ def _update_silver(
     item_index = delta.table_path(config, C.SILVER_ITEM_INDEX)
     # Two small jobs dominated by Delta's commit overhead on the driver: run them side by side.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        users_added = pool.submit(_extend_index, spark, inter, C.USER_ID, user_index)
-        items_added = pool.submit(_extend_index, spark, inter, C.ITEM_ID, item_index)
+        users_added = pool.submit(extend_index, spark, inter, C.USER_ID, user_index)
+        items_added = pool.submit(extend_index, spark, inter, C.ITEM_ID, item_index)
         new_users, new_items = users_added.result(), items_added.result()
     log.info("indexes: %d new users, %d new items", new_users, new_items)
     if added is not None:
@@ -275,7 +147,7 @@ def _update_silver(
         added["new_items"] = added.get("new_items", 0) + new_items
     rows = attach_ids(
         inter, delta.read_table(spark, user_index), delta.read_table(spark, item_index)
-    ).select(*SILVER_COLUMNS)
+    ).select(*C.SILVER_COLUMNS)
     silver = delta.table_path(config, C.SILVER_INTERACTIONS)
     if not delta.table_exists(spark, silver):
         delta.append(rows, silver)
@@ -287,63 +159,6 @@ def _update_silver(
             delta.merge_upsert(spark, changes, silver, keys=C.INTERACTION_KEYS, update_when=update_when)
     log.info("silver/interactions: %d rows inserted or updated", changed)
     return {"interactions_changed": changed, "new_users": new_users, "new_items": new_items}
-
-
-def quarantine_rejected(spark: SparkSession, config: ClickrecConfig, staged: DataFrame, *, fmt: str, input_key: str,
-                        run_id: str, now: datetime, txn_version: int | None = 1, skip_held: bool = False) -> None:
-    """Append the batch's rejected rows to bronze/quarantine once per (input_key, txn_version).
-
-    `skip_held`: leave out the rows bronze/quarantine already holds from the same source file,
-    so ingesting a landing folder again after a file was added (another input_key) does not
-    write the older files' rejected rows twice. `txn_version=None` (the stream) appends without
-    Delta's (app id, version) guard and relies on `skip_held` alone: its rows name their Kafka
-    offset, and after a checkpoint reset batch ids restart at 0, so the guard would skip new
-    rows whose batch id it has seen.
-    """
-    from pyspark.sql import functions as F
-
-    rejected = staged.where(F.size(C.REASONS) > 0).select(
-        C.RAW_LINE, C.REASONS, C.SOURCE_FILE,
-        F.lit(fmt).alias(C.INPUT_FORMAT),
-        F.lit(run_id).alias(C.INGEST_RUN_ID),
-        F.lit(now).cast("timestamp").alias(C.INGESTED_AT),
-    )
-    if skip_held:
-        rejected = _not_yet_quarantined(spark, config, rejected)
-    path = delta.table_path(config, C.BRONZE_QUARANTINE)
-    if txn_version is None:
-        if not skip_held:
-            raise ValueError("an unguarded quarantine append needs skip_held, or a rerun doubles it")
-        delta.append(rejected.select(*QUARANTINE_COLUMNS), path)
-        return
-    delta.append_once(rejected.select(*QUARANTINE_COLUMNS), path,
-                      app_id=f"clickrec-ingest-quarantine-{input_key[:40]}", version=txn_version)
-
-
-def _not_yet_quarantined(spark: SparkSession, config: ClickrecConfig, rejected: DataFrame) -> DataFrame:
-    """Rejected rows beyond the copies of the same (source file, raw line) quarantine holds.
-
-    Counted per line, not deduplicated: a file with the same bad line twice keeps both rows.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    path = delta.table_path(config, C.BRONZE_QUARANTINE)
-    if not delta.table_exists(spark, path):
-        return rejected
-    keys = [C.SOURCE_FILE, C.RAW_LINE]
-    held = (
-        delta.read_table(spark, path)
-        .join(rejected.select(C.SOURCE_FILE).distinct(), on=C.SOURCE_FILE, how="left_semi")
-        .groupBy(*keys).agg(F.count(F.lit(1)).alias("_held"))
-    )
-    copy = F.row_number().over(Window.partitionBy(*keys).orderBy(C.RAW_LINE))
-    return (
-        rejected.withColumn("_copy", copy)
-        .join(held, on=keys, how="left")
-        .where(F.col("_copy") > F.coalesce(F.col("_held"), F.lit(0)))
-        .select(*rejected.columns)
-    )
 
 
 def ingest(
@@ -376,7 +191,7 @@ def ingest(
         log.warning("removed %d scratch folder(s) left by killed jobs: %s", len(stale), ", ".join(stale))
     staging = delta.table_path(config, f"_staging/{run_id}")
     suite_path = config.ingest.events_suite if fmt == "rees46" else config.ingest.ratings_suite
-    suite = load_suite(suite_path, _suite_params(config))
+    suite = load_suite(suite_path, suite_params(config))
     phases: dict[str, float] = {}
     mark = time.monotonic()
 
@@ -404,7 +219,7 @@ def ingest(
         # count; both only read the scratch batch, and the gate below waits for both.
         with ThreadPoolExecutor(max_workers=1) as pool:
             validation = pool.submit(validate_batch, staged, suite, run_name=run_id, docs_dir=docs_dir)
-            rows_read, quarantined, by_reason = _count_batch(staged)
+            rows_read, quarantined, by_reason = count_batch(staged)
             log.info("read %d rows, %d rejected %s", rows_read, quarantined, by_reason)
             quality = validation.result()
         log.info("quality: %s", {k: v for k, v in quality.items() if k != "unexpected"})
@@ -471,7 +286,7 @@ def ingest(
     return summary
 
 
-def _dedup_by_event_id(spark: SparkSession, valid: DataFrame, scratch: str) -> DataFrame:
+def dedup_by_event_id(spark: SparkSession, valid: DataFrame, scratch: str) -> DataFrame:
     """`valid` with one row per event_id, without shuffling whole rows.
 
     Duplicates are rare (a repeated line, a re-sent event), so only the 64-bit hashes of the
@@ -541,7 +356,6 @@ def _ingest_valid_events(
     bronze = delta.table_path(config, C.BRONZE_EVENTS)
     bronze_existed = delta.table_exists(spark, bronze)
     stamp = (F.lit(run_id).alias(C.INGEST_RUN_ID), F.lit(now).cast("timestamp").alias(C.INGESTED_AT))
-    data_columns = [c for c in BRONZE_COLUMNS if c not in (C.INGEST_RUN_ID, C.INGESTED_AT)]
     ic = config.ingest
 
     def to_interactions(events_df: DataFrame) -> DataFrame:
@@ -563,7 +377,7 @@ def _ingest_valid_events(
     if not bronze_existed:
         # First write: there are valid rows, so never an empty commit; its metrics count them.
         # No shuffle of whole rows: each task writes its rows into their event_date folders.
-        new_events = _dedup_by_event_id(spark, valid, f"{staging}/repeated_ids").select(*data_columns, *stamp)
+        new_events = dedup_by_event_id(spark, valid, f"{staging}/repeated_ids").select(*C.BRONZE_EVENT_COLUMNS, *stamp)
         # Bronze will hold exactly `new_events`, so silver's interactions are computed from
         # them into scratch Parquet while bronze is written (the jobs share the 2 cores, filling
         # each other's idle tails); nothing reaches silver before bronze is committed.
@@ -596,7 +410,7 @@ def _ingest_valid_events(
                 affected = affected.unionByName(orphaned.select(C.USER_ID)).distinct()
         known = delta.read_table(spark, bronze).select(C.EVENT_ID)
         candidates = valid.dropDuplicates([C.EVENT_ID]).join(known, on=C.EVENT_ID, how="left_anti")
-        new_events = candidates.select(*data_columns, *stamp).repartition(C.EVENT_DATE)
+        new_events = candidates.select(*C.BRONZE_EVENT_COLUMNS, *stamp).repartition(C.EVENT_DATE)
         # Deduplicate once into scratch Parquet, count it from file metadata, and commit only
         # when something is new (a rerun leaves bronze's version alone).
         new_path = f"{staging}/new_events"
@@ -712,4 +526,4 @@ def recompute_interactions(spark: SparkSession, config: ClickrecConfig) -> DataF
         inter,
         delta.read_table(spark, delta.table_path(config, C.SILVER_USER_INDEX)),
         delta.read_table(spark, delta.table_path(config, C.SILVER_ITEM_INDEX)),
-    ).select(*SILVER_COLUMNS)
+    ).select(*C.SILVER_COLUMNS)

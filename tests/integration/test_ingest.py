@@ -141,12 +141,12 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
 def test_in_batch_dedup_keeps_one_row_per_event_id_the_same_row_every_time(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    from clickrec.ingest import _dedup_by_event_id
+    from clickrec.ingest import dedup_by_event_id
 
     rows = [("a", "u1", 3.0), ("b", "u2", 1.0), ("b", "u9", 0.5), ("b", "u2", 2.0), ("c", "u3", 1.0),
             ("c", "u3", 1.0)]
     valid = spark.createDataFrame(rows, f"{C.EVENT_ID} string, {C.USER_ID} string, {C.PRICE} double")
-    deduped = _dedup_by_event_id(spark, valid.repartition(3), str(tmp_path / "repeated"))
+    deduped = dedup_by_event_id(spark, valid.repartition(3), str(tmp_path / "repeated"))
     got = sorted(tuple(r) for r in deduped.select(C.EVENT_ID, C.USER_ID, C.PRICE).collect())
     # one row per id; of a repeated id, the smallest row (user_id, then price)
     assert got == [("a", "u1", 3.0), ("b", "u2", 1.0), ("c", "u3", 1.0)]
