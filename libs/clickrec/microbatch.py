@@ -360,7 +360,7 @@ class BatchProcessor:
                 quarantine_rejected(spark, config, staged, fmt="rees46", input_key=f"stream-{config.stream.query_name}",
                                     run_id=run_id, now=now, txn_version=None, skip_held=True)
             valid = staged.where(F.size(C.REASONS) == 0)
-            counts = ingest_valid_events(spark, config, valid, rows - rejected, run_id, now, staging)
+            written = ingest_valid_events(spark, config, valid, rows - rejected, run_id, now, staging)
             users = [r[C.USER_ID] for r in valid.select(C.USER_ID).distinct().collect()]
             refreshed = 0
             if users and self.model is not None:
@@ -372,7 +372,7 @@ class BatchProcessor:
         finally:
             staged.unpersist()
             delete_path(spark, staging)
-        return {"rows_read": rows, "accepted": counts.get("accepted", 0), "duplicates": counts.get("duplicates", 0),
+        return {"rows_read": rows, "accepted": written.accepted, "duplicates": written.duplicates,
                 "quarantined": rejected, "users": len(users), "users_refreshed": refreshed}
 
     # --- the gold step (both paths) ---------------------------------------------------------------

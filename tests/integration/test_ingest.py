@@ -128,7 +128,7 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
         raise KeyboardInterrupt("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ingest_module, "_update_silver", killed)
+        patch.setattr(ingest_module, "update_silver", killed)
         with pytest.raises(KeyboardInterrupt):
             ingest(spark, config, input_path=str(data))
     assert latest(spark, config, C.BRONZE_EVENTS).count() > 0
@@ -193,7 +193,7 @@ def test_a_killed_ingest_is_repaired_by_the_next_ingest_of_another_input(
         raise RuntimeError("disk full (injected)")
 
     with monkeypatch.context() as patch:  # b: bronze committed, silver not
-        patch.setattr(ingest_module, "_update_silver", fails)
+        patch.setattr(ingest_module, "update_silver", fails)
         with pytest.raises(RuntimeError, match="injected"):
             ingest(spark, config, input_path=str(files["b"]))
     (failed_b,) = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
