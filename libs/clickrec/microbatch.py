@@ -122,7 +122,6 @@ class BatchProcessor:
     def __post_init__(self) -> None:
         self.lease_view = leases.LeaseView(self.config)
 
-
     def refresh_model(self) -> None:
         """Load the version gold serves (else the alias's) when it changed since the last batch."""
         version = served_version(self.config)
@@ -158,7 +157,6 @@ class BatchProcessor:
         except Exception as exc:
             self.error = exc
             raise
-
 
     def _process(self, staged: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -262,10 +260,10 @@ class BatchProcessor:
         recompute). Returns (the users' silver rows, the rows that changed), arrow tables; a
         MERGE that lost a commit race is redone.
         """
-        return conflicts.retry_on_conflict(lambda _attempt: self._update_silver(bronze, tables),
+        return conflicts.retry_on_conflict(lambda _attempt: self._silver_attempt(bronze, tables),
                                            what=C.SILVER_INTERACTIONS)
 
-    def _update_silver(self, bronze: BronzeAppend, tables: dict[str, Any]) -> tuple[Any, Any]:
+    def _silver_attempt(self, bronze: BronzeAppend, tables: dict[str, Any]) -> tuple[Any, Any]:
         """One attempt of `silver`."""
         import pyarrow as pa
 
@@ -308,7 +306,6 @@ class BatchProcessor:
             last_view_seconds=ic.last_view_dwell_seconds, rating=ic.rating.model_dump(),
         ).toArrow()
 
-
     def index_ids(self, index_dt: Any, keys: list[str]) -> dict[str, int]:
         """The index ids of `keys`; keys it lacks are given ids first (assign_new_ids' rule).
 
@@ -342,7 +339,6 @@ class BatchProcessor:
                 return ids
             index_dt.update_incremental()  # see the ids the other writer committed
         raise ConcurrentWriteError(f"{index_dt.table_uri}: new ids kept colliding with a concurrent writer's")
-
 
     # --- the Spark bootstrap path ------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ def metrics_path(config: ClickrecConfig) -> str:
     """The JSON file the listener keeps the latest progress in (for monitoring)."""
     return delta.table_path(config, f"_metrics/stream/{config.stream.query_name}.json")
 
+
 def staged_events(kafka_df: DataFrame, config: ClickrecConfig) -> DataFrame:
     """Kafka records -> batch ingest's staged rows (stage_event_lines over the JSON values).
 
