@@ -17,7 +17,7 @@ from clickrec.config import ClickrecConfig, GenerateConfig
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import SUMMARY_TABLES, ingest, recompute_interactions
 from clickrec.io.delta import table_path
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 
 def at_version(spark: SparkSession, config: ClickrecConfig, table: str, version: int) -> DataFrame:

@@ -17,7 +17,7 @@ from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError
 from clickrec.ingest import ingest
 from clickrec.io.delta import table_exists, table_path
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = ",".join(C.REES46_COLUMNS)

@@ -11,7 +11,7 @@ from clickrec import tracking
 from clickrec.generate import generate_clickstream
 from clickrec.io.delta import table_path
 from clickrec.pipeline import run_pipeline
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 ONE_POINT = {"rank": [4], "reg_param": [0.1], "alpha": [10.0], "max_iter": [3]}
 

@@ -18,8 +18,8 @@ from clickrec.io.delta import table_path, table_version
 from clickrec.publish import publish
 from clickrec.status import collect_status
 from clickrec.stream import BatchProcessor, served_version
-from tests.conftest import make_config
-from tests.stream_support import register_model
+from tests.support.config import make_config
+from tests.support.models import register_model
 
 
 def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession, tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from pyspark.sql import SparkSession
 
 from clickrec.config import ClickrecConfig
 from clickrec.train import run_train
-from tests.conftest import make_config
-from tests.train_data import write_planted_silver
+from tests.support.config import make_config
+from tests.support.data import write_planted_silver
 
 SMALL_GRID = {"rank": [4, 8], "reg_param": [0.05], "alpha": [10.0], "max_iter": [6]}
 MARGIN = 0.10  # the model must beat popularity's nDCG@10 by at least this much on planted data

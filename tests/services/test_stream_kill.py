@@ -30,15 +30,9 @@ from clickrec.ingest import ingest
 from clickrec.io.delta import table_path
 from clickrec.services import ServiceProcess
 from clickrec.stream import checkpoint_path, replay
-from tests.conftest import REPO_ROOT, make_config
-from tests.stream_support import (
-    assert_ids_match_index,
-    assert_same,
-    register_model,
-    silver_values,
-    split_csv,
-    write_config_file,
-)
+from tests.support.config import REPO_ROOT, make_config, write_config_file
+from tests.support.models import register_model
+from tests.support.stream import assert_ids_match_index, assert_same, silver_values, split_csv
 
 KILLS = 3
 START_TIMEOUT_S = 240.0  # a JVM start plus a first micro-batch on a loaded 2-core machine

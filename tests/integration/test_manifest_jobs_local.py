@@ -5,7 +5,7 @@ Each SparkApplication of the base is run in pipeline order as `python jobs/<job>
 that the config is conf/local.yaml instead of the mounted conf/k8s.yaml and the bucket
 `s3a://clickrec/` is a local folder; local-mode `--set` overrides put the lake, checkpoints and
 MLflow store under a temporary folder. Jobs whose subcommand does not exist yet are the
-PENDING_SUBCOMMANDS of test_jobs.py and are not run.
+PENDING_SUBCOMMANDS of tests/support/k8s.py and are not run.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_support import BASE_DIR, REPO_ROOT, kustomize_build
-from test_jobs import PENDING_SUBCOMMANDS, job_of
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+from tests.support.k8s import BASE_DIR, PENDING_SUBCOMMANDS, REPO_ROOT, job_of, kustomize_build
+
+pytestmark = pytest.mark.timeout(1800)
 
 ORDER = ["ingest", "train", "publish", "pipeline", "stream"]
 # Jobs that need a Kafka broker (conf/local.yaml has none): their manifest arguments are parsed
