@@ -39,6 +39,9 @@ N = 10
 ONE_POINT = {"rank": [6], "reg_param": [0.05], "alpha": [10.0], "max_iter": [5]}
 
 
+pytestmark = pytest.mark.slow  # trains and publishes a model for the module
+
+
 @pytest.fixture(scope="module")
 def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Planted silver with purchases, one model trained by run_train (v1, champion), published."""

@@ -21,6 +21,8 @@ from clickrec.stream import BatchProcessor, served_version
 from tests.support.config import make_config
 from tests.support.models import register_model
 
+pytestmark = pytest.mark.slow  # ingests and registers several models per test
+
 
 def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession, tmp_path: Path) -> None:
     config = make_config(tmp_path, ingest={"data_docs": False}, publish={"n": 5})

@@ -21,6 +21,9 @@ from tests.support.config import REPO_ROOT, make_config
 MIN_NDCG_RATIO = 1.5
 
 
+pytestmark = pytest.mark.slow  # generates, ingests and tunes 40k events; runs the notebook
+
+
 @pytest.fixture(scope="module")
 def trained_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[ClickrecConfig, dict]:
     tmp = tmp_path_factory.mktemp("generated")
