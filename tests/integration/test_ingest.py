@@ -1,6 +1,6 @@
 """`clickrec ingest` end to end on a local Delta lake: reconcile, rerun, second batch, incremental.
 
-One lake for the module: 200k generated events, the same input again, then a second batch.
+One lake for the module: 20k generated events, the same input again, then a second batch.
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ from clickrec.generate import generate_clickstream
 from clickrec.ingest import SUMMARY_TABLES, ingest, recompute_interactions
 from clickrec.io.delta import table_path
 from tests.support.config import make_config
+
+# Enough for repeated rows (0.2%), 30 event dates and ids returning in the second batch.
+FIRST_EVENTS = 20_000
+
+
+pytestmark = pytest.mark.slow  # a 24k-event lake and ingests repaired after failures
 
 
 def at_version(spark: SparkSession, config: ClickrecConfig, table: str, version: int) -> DataFrame:
@@ -38,11 +44,11 @@ def assert_same_rows(actual: DataFrame, expected: DataFrame) -> None:
 
 @pytest.fixture(scope="module")
 def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """First ingest of 200k events, a rerun of the same file, then a second batch."""
+    """First ingest of 20k events, a rerun of the same file, then a second batch."""
     tmp = tmp_path_factory.mktemp("ingest")
     config = make_config(tmp)
     first_file = tmp / "in" / "day1.csv.gz"
-    gen1 = generate_clickstream(first_file, events=200_000, seed=11)
+    gen1 = generate_clickstream(first_file, events=FIRST_EVENTS, seed=11)
     first = ingest(spark, config, input_path=str(first_file))
     snapshot = {t: first["tables"][t] for t in SUMMARY_TABLES if first["tables"][t] is not None}
     users_before = latest(spark, config, C.SILVER_USER_INDEX).collect()
@@ -51,7 +57,7 @@ def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[
     # second batch: another seed over the same id ranges (returning users and items) + new ones
     second_file = tmp / "in2" / "day2.csv"
     # more users and items per event than the first batch: returning ids and new ones
-    generate_clickstream(second_file, events=30_000, seed=12,
+    generate_clickstream(second_file, events=4_000, seed=12,
                          settings=GenerateConfig(events_per_user=4, events_per_item=8))
     second = ingest(spark, config, input_path=str(second_file))
     return {"config": config, "gen1": gen1, "first": first, "rerun": rerun, "second": second,
@@ -60,7 +66,7 @@ def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 def test_counts_reconcile(spark: SparkSession, lake: dict[str, Any]) -> None:
     first, config = lake["first"], lake["config"]
-    assert first["rows_read"] == 200_000 == lake["gen1"]["events"]
+    assert first["rows_read"] == FIRST_EVENTS == lake["gen1"]["events"]
     assert first["rows_read"] == first["accepted"] + first["duplicates"] + first["quarantined"]
     assert first["quarantined"] == 0 and first["quarantined_by_reason"] == {}
     assert 0 < first["duplicates"] <= lake["gen1"]["repeated_rows"]
