@@ -128,7 +128,7 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
     from clickrec import ingest as ingest_module
 
     data = tmp_path / "in.csv"
-    generate_clickstream(data, events=3000, seed=5)
+    generate_clickstream(data, events=1000, seed=5)
 
     def killed(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt("killed")
@@ -140,7 +140,7 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
     assert latest(spark, config, C.BRONZE_EVENTS).count() > 0
     assert not (Path(table_path(config, C.SILVER_INTERACTIONS)) / "_delta_log").exists()
     again = ingest(spark, config, input_path=str(data))
-    assert again["accepted"] == 0 and again["duplicates"] == 3000 and again["interactions"] > 0
+    assert again["accepted"] == 0 and again["duplicates"] == 1000 and again["interactions"] > 0
     assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
 
 
@@ -190,7 +190,7 @@ def test_a_killed_ingest_is_repaired_by_the_next_ingest_of_another_input(
     from clickrec.io import leases
 
     files = {}
-    for name, seed, events in (("a", 5, 3000), ("b", 6, 3000), ("c", 7, 150), ("d", 8, 500)):
+    for name, seed, events in (("a", 5, 1000), ("b", 6, 1000), ("c", 7, 150), ("d", 8, 500)):
         files[name] = tmp_path / f"{name}.csv"
         generate_clickstream(files[name], events=events, seed=seed)
     ingest(spark, config, input_path=str(files["a"]))
