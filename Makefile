@@ -6,7 +6,7 @@ CLICKREC := $(VENV)/bin/clickrec
 CONFIG ?= conf/local.yaml
 EVENTS ?= 200000
 
-.PHONY: help setup test test-unit demo lint services-up services-down services-status \
+.PHONY: help setup test test-fast test-unit demo lint services-up services-down services-status \
         mlflow-ui bench clean image manifests
 
 help:  ## list the targets
@@ -15,10 +15,13 @@ help:  ## list the targets
 setup:  ## venv, pinned packages, JVM jars, MinIO binary (cached; a second run takes seconds)
 	@bash scripts/setup.sh
 
-test: setup  ## the whole suite: unit, integration, services (real Kafka/MinIO/MLflow), k8s
+test: setup  ## the whole suite: unit, integration, services (real Kafka/MinIO/MLflow), k8s (CI runs this)
 	$(PY) -m pytest
 
-test-unit: setup  ## only the fast unit tests
+test-fast: setup  ## the edit loop: unit and the quick integration tests, no services (about 3 min; tests/README.md)
+	$(PY) -m pytest -m "(unit or integration) and not slow"
+
+test-unit: setup  ## only the unit tests
 	$(PY) -m pytest -m unit
 
 demo: setup  ## the main job on the embedded default (local Spark, Delta, MLflow on SQLite)

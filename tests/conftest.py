@@ -1,5 +1,7 @@
 """Shared fixtures: one Spark session per run, a fresh lake per test, real services per run.
 
+Only fixtures and hooks live here; helpers the tests import are in tests/support/.
+
 Services (Kafka, MinIO, MLflow server) start lazily, once per test run, on free 127.0.0.1
 ports, only when a test asks for them, and stop at the end of the run.
 """
@@ -13,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from clickrec.config import ClickrecConfig, build_config
-from clickrec.services import ServiceProcess, start_kafka, start_minio, start_mlflow
+# Plain asserts in the shared helpers report their values like the tests' own asserts.
+pytest.register_assert_rewrite("tests.support")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from clickrec.config import ClickrecConfig  # noqa: E402
+from clickrec.services import ServiceProcess, start_kafka, start_minio, start_mlflow  # noqa: E402
+from tests.support.config import REPO_ROOT, make_config  # noqa: E402
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -26,37 +30,6 @@ def pytest_report_header(config: pytest.Config) -> str:
 
     free = {str(p): shutil.disk_usage(p).free / 1024**3 for p in (Path(tempfile.gettempdir()), REPO_ROOT)}
     return "free disk: " + ", ".join(f"{p} {gib:.1f} GiB" for p, gib in free.items())
-
-
-def make_config(tmp: Path, **sections: dict) -> ClickrecConfig:
-    """A config for tests: local[2], few partitions, lake and MLflow under `tmp`."""
-    data: dict = {
-        "spark": {
-            "master": "local[2]",
-            "app_name": "clickrec-tests",
-            "driver_memory": "3g",
-            "shuffle_partitions": 2,
-            "ui_enabled": False,
-            "log_level": "ERROR",
-            "checkpoint_dir": str(tmp / "checkpoints"),
-            # Scratch (blockmgr-*, spark-*) under the test's folder, which pytest rotates:
-            # a job the tests kill cannot clean up after itself.
-            "conf": {"spark.local.dir": str(tmp / "spark-local")},
-        },
-        "lake": {"root": str(tmp / "lake")},
-        "mlflow": {
-            "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
-            "artifact_location": str(tmp / "mlartifacts"),
-        },
-    }
-    for name, values in sections.items():
-        section = data.setdefault(name, {})
-        for key, value in values.items():
-            if isinstance(value, dict) and isinstance(section.get(key), dict):
-                section[key] = {**section[key], **value}
-            else:
-                section[key] = value
-    return build_config(data)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,9 @@
-"""The CLI's contract: --help, a JSON summary as the last stdout line, clear errors."""
+"""The CLI's contract: --help, a JSON summary as the last stdout line, clear errors.
+
+Most checks call the CLI in this process (`clickrec.cli._invoke`, what `main` runs, with
+stdout and stderr captured); the real console entry point, a process with its exit code, is
+run for a success, a bug (exit 1) and a bad option (exit 2), and under spark-submit.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,37 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from clickrec.cli import _invoke
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def clickrec(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """`python -m clickrec.cli ARGS` as a real process."""
     return subprocess.run(
         [sys.executable, "-m", "clickrec.cli", *args],
         cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
     )
+
+
+@pytest.fixture()
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+        ) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The same command in this process: exit code, stdout and stderr in the same shape."""
+
+    def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = _invoke(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
 
 
 def last_json(stdout: str) -> dict:
@@ -59,9 +83,9 @@ def test_an_unexpected_error_prints_its_traceback_and_still_ends_with_a_json_lin
     assert summary["error_type"] not in ("", "ClickrecError") and summary["error"]
 
 
-def test_status_with_repo_default_config() -> None:
+def test_status_with_repo_default_config(cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """The README's `clickrec status --config conf/local.yaml` runs as written."""
-    result = clickrec("status", "--config", "conf/local.yaml")
+    result = cli("status", "--config", "conf/local.yaml")
     assert result.returncode == 0, result.stderr
     assert last_json(result.stdout)["command"] == "status"
 
@@ -74,14 +98,16 @@ def test_bad_config_key_exits_non_zero_naming_it() -> None:
     assert summary["ok"] is False and "lake.rooot" in summary["error"]
 
 
-def test_missing_config_file_is_clear() -> None:
-    result = clickrec("status", "--config", "conf/missing.yaml")
+def test_missing_config_file_is_clear(cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    result = cli("status", "--config", "conf/missing.yaml")
     assert result.returncode == 2
     assert "conf/missing.yaml not found" in result.stderr
 
 
-def test_missing_default_config_names_the_folder_it_looked_in(tmp_path: Path) -> None:
-    result = clickrec("status", cwd=tmp_path)
+def test_missing_default_config_names_the_folder_it_looked_in(
+    tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    result = cli("status", cwd=tmp_path)
     assert result.returncode == 2
     assert f"conf/local.yaml not found in {tmp_path}" in result.stderr
     assert last_json(result.stdout)["error_type"] == "ConfigError"
@@ -95,8 +121,10 @@ def test_missing_default_config_names_the_folder_it_looked_in(tmp_path: Path) ->
         (["nosuch"], "clickrec", "No such command 'nosuch'"),
     ],
 )
-def test_usage_errors_end_stdout_with_a_json_line_too(args: list[str], command: str, message: str) -> None:
-    result = clickrec(*args)
+def test_usage_errors_end_stdout_with_a_json_line_too(
+    args: list[str], command: str, message: str, cli: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    result = cli(*args)
     assert result.returncode == 2
     assert message in result.stderr and "Usage:" in result.stderr
     summary = last_json(result.stdout)
@@ -108,12 +136,13 @@ def test_usage_errors_end_stdout_with_a_json_line_too(args: list[str], command: 
                                      ["pipeline"], ["recommend"], ["serve"], ["replay"], ["stream"],
                                      ["services"], ["services", "up"], ["services", "down"],
                                      ["services", "status"]])
-def test_help(command: list[str]) -> None:
-    result = clickrec(*command, "--help")
+def test_help(command: list[str], cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    result = cli(*command, "--help")
     assert result.returncode == 0
     assert "Usage" in result.stdout
 
 
+@pytest.mark.slow  # three spark-submit processes, a JVM each
 def test_spark_submit_of_a_job_needs_the_jars_on_its_command_line_and_says_so(tmp_path: Path) -> None:
     """The README's `spark-submit jobs/ingest.py` line runs, and without the jars fails clearly."""
     events = tmp_path / "events.csv"

@@ -23,7 +23,7 @@ from clickrec.errors import ConcurrentWriteError
 from clickrec.io import conflicts, delta, delta_rs
 from clickrec.io.delta_reader import open_table
 from clickrec.microbatch import STREAM_REPLACES, BatchProcessor
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 
 def _index(spark: SparkSession, config: ClickrecConfig) -> dict[str, int]:

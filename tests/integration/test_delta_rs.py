@@ -11,7 +11,7 @@ from pyspark.sql import SparkSession
 from clickrec.config import ClickrecConfig
 from clickrec.io import delta_rs
 from clickrec.io.delta_reader import open_table
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 SCHEMA = "k string, v double, d date"
 

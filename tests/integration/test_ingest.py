@@ -1,6 +1,6 @@
 """`clickrec ingest` end to end on a local Delta lake: reconcile, rerun, second batch, incremental.
 
-One lake for the module: 200k generated events, the same input again, then a second batch.
+One lake for the module: 20k generated events, the same input again, then a second batch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from clickrec.config import ClickrecConfig, GenerateConfig
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import SUMMARY_TABLES, ingest, recompute_interactions
 from clickrec.io.delta import table_path
-from tests.conftest import make_config
+from tests.support.config import make_config
+
+# Enough for repeated rows (0.2%), 30 event dates and ids returning in the second batch.
+FIRST_EVENTS = 20_000
+
+
+pytestmark = pytest.mark.slow  # a 24k-event lake and ingests repaired after failures
 
 
 def at_version(spark: SparkSession, config: ClickrecConfig, table: str, version: int) -> DataFrame:
@@ -38,11 +44,11 @@ def assert_same_rows(actual: DataFrame, expected: DataFrame) -> None:
 
 @pytest.fixture(scope="module")
 def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """First ingest of 200k events, a rerun of the same file, then a second batch."""
+    """First ingest of 20k events, a rerun of the same file, then a second batch."""
     tmp = tmp_path_factory.mktemp("ingest")
     config = make_config(tmp)
     first_file = tmp / "in" / "day1.csv.gz"
-    gen1 = generate_clickstream(first_file, events=200_000, seed=11)
+    gen1 = generate_clickstream(first_file, events=FIRST_EVENTS, seed=11)
     first = ingest(spark, config, input_path=str(first_file))
     snapshot = {t: first["tables"][t] for t in SUMMARY_TABLES if first["tables"][t] is not None}
     users_before = latest(spark, config, C.SILVER_USER_INDEX).collect()
@@ -51,7 +57,7 @@ def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[
     # second batch: another seed over the same id ranges (returning users and items) + new ones
     second_file = tmp / "in2" / "day2.csv"
     # more users and items per event than the first batch: returning ids and new ones
-    generate_clickstream(second_file, events=30_000, seed=12,
+    generate_clickstream(second_file, events=4_000, seed=12,
                          settings=GenerateConfig(events_per_user=4, events_per_item=8))
     second = ingest(spark, config, input_path=str(second_file))
     return {"config": config, "gen1": gen1, "first": first, "rerun": rerun, "second": second,
@@ -60,7 +66,7 @@ def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 def test_counts_reconcile(spark: SparkSession, lake: dict[str, Any]) -> None:
     first, config = lake["first"], lake["config"]
-    assert first["rows_read"] == 200_000 == lake["gen1"]["events"]
+    assert first["rows_read"] == FIRST_EVENTS == lake["gen1"]["events"]
     assert first["rows_read"] == first["accepted"] + first["duplicates"] + first["quarantined"]
     assert first["quarantined"] == 0 and first["quarantined_by_reason"] == {}
     assert 0 < first["duplicates"] <= lake["gen1"]["repeated_rows"]
@@ -122,7 +128,7 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
     from clickrec import ingest as ingest_module
 
     data = tmp_path / "in.csv"
-    generate_clickstream(data, events=3000, seed=5)
+    generate_clickstream(data, events=1000, seed=5)
 
     def killed(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt("killed")
@@ -134,7 +140,7 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
     assert latest(spark, config, C.BRONZE_EVENTS).count() > 0
     assert not (Path(table_path(config, C.SILVER_INTERACTIONS)) / "_delta_log").exists()
     again = ingest(spark, config, input_path=str(data))
-    assert again["accepted"] == 0 and again["duplicates"] == 3000 and again["interactions"] > 0
+    assert again["accepted"] == 0 and again["duplicates"] == 1000 and again["interactions"] > 0
     assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
 
 
@@ -184,7 +190,7 @@ def test_a_killed_ingest_is_repaired_by_the_next_ingest_of_another_input(
     from clickrec.io import leases
 
     files = {}
-    for name, seed, events in (("a", 5, 3000), ("b", 6, 3000), ("c", 7, 150), ("d", 8, 500)):
+    for name, seed, events in (("a", 5, 1000), ("b", 6, 1000), ("c", 7, 150), ("d", 8, 500)):
         files[name] = tmp_path / f"{name}.csv"
         generate_clickstream(files[name], events=events, seed=seed)
     ingest(spark, config, input_path=str(files["a"]))

@@ -17,7 +17,7 @@ from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError
 from clickrec.ingest import ingest
 from clickrec.io.delta import table_exists, table_path
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = ",".join(C.REES46_COLUMNS)
@@ -160,6 +160,7 @@ def movielens_file() -> Path:
     return data
 
 
+@pytest.mark.slow  # 100k ratings
 def test_movielens_100k_through_the_ratings_format(spark: SparkSession, config: ClickrecConfig) -> None:
     summary = ingest(spark, config, input_path=str(movielens_file()), input_format="ratings")
     assert summary["rows_read"] == 100_000 and summary["quarantined"] == 0
@@ -210,6 +211,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=600, check=False)
 
 
+@pytest.mark.slow  # a real `clickrec ingest` process with its own JVM
 def test_cli_generate_then_ingest_prints_a_json_summary(tmp_path: Path) -> None:
     data = tmp_path / "events.csv"
     gen = run_cli("-m", "clickrec.cli", "generate", "--events", "1500", "--out", str(data), "--seed", "3")

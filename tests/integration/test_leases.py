@@ -18,7 +18,7 @@ from clickrec.io.delta_reader import open_table
 from clickrec.microbatch import BatchProcessor
 from clickrec.status import collect_status
 from clickrec.stream import staged_events
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 
 def test_a_lease_is_live_while_held_and_an_expired_one_is_ignored(tmp_path: Path) -> None:

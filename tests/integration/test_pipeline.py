@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 
 from clickrec import columns as C
@@ -11,9 +12,12 @@ from clickrec import tracking
 from clickrec.generate import generate_clickstream
 from clickrec.io.delta import table_path
 from clickrec.pipeline import run_pipeline
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 ONE_POINT = {"rank": [4], "reg_param": [0.1], "alpha": [10.0], "max_iter": [3]}
+
+
+pytestmark = pytest.mark.slow  # ingest, train and publish in one call
 
 
 def test_promote_never_on_an_empty_registry_skips_publish_and_says_so(spark: SparkSession, tmp_path: Path) -> None:

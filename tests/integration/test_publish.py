@@ -30,16 +30,16 @@ from clickrec.serving import RecommendationReader, recommendations
 from clickrec.serving.api import create_app
 from clickrec.train import run_train
 from clickrec.transforms.recommendations import exclusion_pairs, reference_top_k
-from tests.conftest import REPO_ROOT, make_config
-from tests.publish_support import (
-    assert_same_up_to_ties,
-    lists_by_user,
-    register_als,
-    write_planted_lake,
-)
+from tests.support.config import REPO_ROOT, make_config
+from tests.support.data import write_planted_lake
+from tests.support.models import register_model
+from tests.support.ranking import assert_same_up_to_ties, lists_by_user
 
 N = 10
 ONE_POINT = {"rank": [6], "reg_param": [0.05], "alpha": [10.0], "max_iter": [5]}
+
+
+pytestmark = pytest.mark.slow  # trains and publishes a model for the module
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_library_and_cli_read_without_spark(lake: dict[str, Any]) -> None:
 def test_variants_new_champion_served_live_and_rollback(spark: SparkSession, lake: dict[str, Any]) -> None:
     config, tmp = lake["config"], lake["tmp"]
     v1_lists = {u: r[C.ITEMS] for u, r in gold(spark, config).items()}
-    v2 = register_als(spark, config, rank=3, alias="challenger")
+    v2 = register_model(spark, config, rank=3, max_iter=5, reg_param=0.05, alpha=10.0, alias="challenger")
     assert v2 == 2
     challenger = publish(spark, config, alias="challenger")
     assert challenger["variant"] == "challenger" and challenger["model_version"] == 2

@@ -19,8 +19,10 @@ from clickrec.microbatch import BatchProcessor
 from clickrec.ml.foldin_model import served_version
 from clickrec.publish import publish
 from clickrec.status import collect_status
-from tests.conftest import make_config
-from tests.stream_support import register_model
+from tests.support.config import make_config
+from tests.support.models import register_model
+
+pytestmark = pytest.mark.slow  # ingests and registers several models per test
 
 
 def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession, tmp_path: Path) -> None:

@@ -15,10 +15,13 @@ from clickrec.config import ClickrecConfig
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
 from clickrec.train import run_train
-from tests.conftest import REPO_ROOT, make_config
+from tests.support.config import REPO_ROOT, make_config
 
 # On the generator's planted tastes, ALS must beat popularity's nDCG@10 by this factor.
 MIN_NDCG_RATIO = 1.5
+
+
+pytestmark = pytest.mark.slow  # generates, ingests and tunes 40k events; runs the notebook
 
 
 @pytest.fixture(scope="module")

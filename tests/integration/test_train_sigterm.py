@@ -13,15 +13,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
-from tests.conftest import REPO_ROOT, make_config
-from tests.stream_support import write_config_file
-from tests.train_data import write_planted_silver
+from tests.support.config import REPO_ROOT, make_config, write_config_file
+from tests.support.data import write_planted_silver
 
 # Enough grid that tuning is still running when the test sees the run start.
 GRID = {"rank": [4, 8, 12], "reg_param": [0.05, 0.1], "alpha": [10.0], "max_iter": [8]}
+
+
+pytestmark = pytest.mark.slow  # a real `clickrec train` process (its own JVM), stopped by SIGTERM
 
 
 def test_sigterm_during_tuning_ends_the_run_killed_with_a_json_line(spark: SparkSession, tmp_path: Path) -> None:

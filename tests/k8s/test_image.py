@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from k8s_support import BASE_DIR, DOCKERFILE, REPO_ROOT, dockerfile_instructions, pinned
+
+from tests.support.k8s import BASE_DIR, DOCKERFILE, REPO_ROOT, dockerfile_instructions, pinned
 
 DEFAULTS = yaml.safe_load((BASE_DIR / "defaults.yaml").read_text(encoding="utf-8"))["spec"]
 

@@ -3,8 +3,8 @@
 The image copies jobs/ to the folder the Dockerfile names; every mainApplicationFile must be
 `local://<that folder>/<job>.py` for a thin jobs/<job>.py, and the manifest's arguments must
 parse with that job's parser (the `clickrec` typer app; jobs/<job>.py calls the same one).
-Jobs whose subcommand is not in the CLI yet are listed in PENDING_SUBCOMMANDS: the test that
-compares it with the CLI fails as soon as one lands (remove it here then) or a manifest names a
+Jobs whose subcommand is not in the CLI yet are listed in PENDING_SUBCOMMANDS (tests/support/k8s.py):
+the test that compares it with the CLI fails as soon as one lands (remove it there then) or a manifest names a
 job that does not exist.
 """
 
@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import ast
 import importlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pytest
 import typer.main
-from k8s_support import REPO_ROOT, dockerfile_instructions, kustomize_build, renderings
 
-# Subcommands the manifests name that the CLI does not have yet (DESIGN.md's Interfaces
-# table; each is a later issue or in progress).
-PENDING_SUBCOMMANDS: set[str] = set()
-# jobs/<job>.py files the manifests name that are not in the tree yet.
-PENDING_JOB_FILES: set[str] = set()
+from tests.support.k8s import (
+    PENDING_JOB_FILES,
+    PENDING_SUBCOMMANDS,
+    REPO_ROOT,
+    job_of,
+    kustomize_build,
+    renderings,
+)
 
 JOBS_DIR = REPO_ROOT / "jobs"
 
@@ -41,28 +43,6 @@ def _applications() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 APPLICATIONS = _applications()
-
-
-def image_jobs_dir() -> PurePosixPath:
-    """Where k8s/image/Dockerfile copies jobs/ (the destination of `COPY jobs/ <dest>`)."""
-    dests = [
-        args.split()[-1]
-        for word, args in dockerfile_instructions()
-        if word == "COPY"
-        and next(a for a in args.split() if not a.startswith("--")).rstrip("/") == "jobs"
-    ]
-    assert len(dests) == 1, f"k8s/image/Dockerfile must copy jobs/ exactly once, found {dests}"
-    return PurePosixPath(dests[0])
-
-
-def job_of(spec: dict[str, Any]) -> str:
-    """The job a spec runs: local://<image jobs dir>/<job>.py -> <job>."""
-    url = spec["mainApplicationFile"]
-    assert url.startswith("local://"), f"{url}: the file must be in the image (local://)"
-    path = PurePosixPath(url.removeprefix("local://"))
-    assert path.parent == image_jobs_dir(), f"{url}: not where the image puts jobs/"
-    assert path.suffix == ".py"
-    return path.stem
 
 
 def subcommand_of(job_file: Path) -> str:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 from croniter import croniter
-from k8s_support import (
+
+from tests.support.k8s import (
     BASE_DIR,
     CORE_KINDS,
     CRD_FILES,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s_support import K8S_DIR, REPO_ROOT, copy_tree, find_literal_secrets
+
+from tests.support.k8s import K8S_DIR, REPO_ROOT, copy_tree, find_literal_secrets
 
 
 def test_no_literal_secret_under_k8s() -> None:

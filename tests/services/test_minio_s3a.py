@@ -12,6 +12,7 @@ from clickrec.io.delta import merge_upsert, table_path, table_version
 from clickrec.io.delta_reader import open_table
 from clickrec.services import LAKE_BUCKET, ServiceProcess
 from clickrec.spark import apply_s3a
+from tests.support.services import objects
 
 
 def _minio_lake(spark: SparkSession, minio: ServiceProcess) -> ClickrecConfig:
@@ -21,15 +22,6 @@ def _minio_lake(spark: SparkSession, minio: ServiceProcess) -> ClickrecConfig:
     )
     apply_s3a(spark, config.s3)
     return config
-
-
-def objects(minio: ServiceProcess, prefix: str) -> list[str]:
-    """Names of the objects under `prefix` in the lake bucket, read by a client of MinIO's own."""
-    from minio import Minio
-
-    client = Minio(minio.url.removeprefix("http://"), access_key=minio.env["AWS_ACCESS_KEY_ID"],
-                   secret_key=minio.env["AWS_SECRET_ACCESS_KEY"], secure=False)
-    return [o.object_name for o in client.list_objects(LAKE_BUCKET, prefix=prefix, recursive=True)]
 
 
 def test_delta_roundtrip_on_minio(spark: SparkSession, minio_env: ServiceProcess) -> None:

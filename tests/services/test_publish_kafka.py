@@ -12,8 +12,9 @@ from pyspark.sql import SparkSession
 
 from clickrec.publish import publish
 from clickrec.services import ServiceProcess
-from tests.conftest import make_config
-from tests.publish_support import register_als, write_planted_lake
+from tests.support.config import make_config
+from tests.support.data import write_planted_lake
+from tests.support.models import register_model
 
 
 def test_publish_announces_on_the_models_topic(spark: SparkSession, kafka_service: ServiceProcess, tmp_path: Path) -> None:
@@ -21,7 +22,7 @@ def test_publish_announces_on_the_models_topic(spark: SparkSession, kafka_servic
     config = make_config(tmp_path, kafka={"bootstrap_servers": kafka_service.url, "models_topic": topic},
                          publish={"n": 5})
     write_planted_lake(spark, config, users=60, items=60)
-    version = register_als(spark, config, rank=3, alias="challenger")
+    version = register_model(spark, config, rank=3, max_iter=5, reg_param=0.05, alpha=10.0, alias="challenger")
 
     summary = publish(spark, config, alias="challenger")
     assert summary["announcement"]["sent"] is True and summary["announcement"]["topic"] == topic

@@ -17,7 +17,7 @@ from clickrec.pipeline import run_pipeline
 from clickrec.services import LAKE_BUCKET, ServiceProcess, env_lines
 from clickrec.serving.reader import RecommendationReader
 from clickrec.spark import apply_s3a
-from tests.services.test_minio_s3a import objects
+from tests.support.services import objects
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = 1500

@@ -28,13 +28,13 @@ from clickrec.replay import replay
 from clickrec.services import ServiceProcess
 from clickrec.status import collect_status
 from clickrec.stream import checkpoint_path, metrics_path, run_stream
-from tests.conftest import make_config
-from tests.stream_support import (
+from tests.support.config import make_config
+from tests.support.models import register_model
+from tests.support.stream import (
     SILVER_VALUE_COLUMNS,
     assert_ids_match_index,
     assert_same,
     gold_lists,
-    register_model,
     silver_values,
     split_csv,
 )

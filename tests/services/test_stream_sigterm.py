@@ -21,8 +21,7 @@ from clickrec.generate import generate_clickstream
 from clickrec.io.delta import table_path
 from clickrec.replay import replay
 from clickrec.services import ServiceProcess
-from tests.conftest import REPO_ROOT, make_config
-from tests.stream_support import write_config_file
+from tests.support.config import REPO_ROOT, make_config, write_config_file
 
 START_TIMEOUT_S = 240.0
 

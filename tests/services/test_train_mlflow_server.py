@@ -9,8 +9,8 @@ from pyspark.sql import SparkSession
 
 from clickrec.services import ServiceProcess
 from clickrec.train import run_train
-from tests.conftest import make_config
-from tests.train_data import write_planted_silver
+from tests.support.config import make_config
+from tests.support.data import write_planted_silver
 
 
 def test_train_logs_to_server(spark: SparkSession, mlflow_service: ServiceProcess, tmp_path: Path) -> None:

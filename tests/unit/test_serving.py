@@ -24,7 +24,7 @@ from clickrec.errors import InputError, NotFoundError
 from clickrec.io.delta_reader import reader_uri
 from clickrec.serving.api import create_app, endpoint_label
 from clickrec.serving.reader import RecommendationReader, recommendations, validate_request
-from tests.conftest import REPO_ROOT, make_config
+from tests.support.config import REPO_ROOT, make_config
 
 ITEM = pa.struct([(C.ITEM_ID, pa.string()), (C.SCORE, pa.float32()), (C.RANK, pa.int32())])
 WHEN = dt.datetime(2026, 1, 2, 3, 4, 5)

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jsonschema
@@ -40,6 +40,12 @@ CRD_API_VERSION = "sparkoperator.k8s.io/v1beta2"
 # The Kubernetes minor version whose core schemas the RBAC and ConfigMap objects must satisfy.
 KUBERNETES_VERSION = "1.34"
 CORE_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap")
+
+# Subcommands the manifests name that the CLI does not have yet (DESIGN.md's Interfaces
+# table; each is a later issue or in progress).
+PENDING_SUBCOMMANDS: set[str] = set()
+# jobs/<job>.py files the manifests name that are not in the tree yet.
+PENDING_JOB_FILES: set[str] = set()
 
 
 class SetupMissing(RuntimeError):
@@ -376,3 +382,25 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
             word, _, rest = line.partition(" ")
             out.append((word.upper(), rest.strip()))
     return out
+
+
+def image_jobs_dir() -> PurePosixPath:
+    """Where k8s/image/Dockerfile copies jobs/ (the destination of `COPY jobs/ <dest>`)."""
+    dests = [
+        args.split()[-1]
+        for word, args in dockerfile_instructions()
+        if word == "COPY"
+        and next(a for a in args.split() if not a.startswith("--")).rstrip("/") == "jobs"
+    ]
+    assert len(dests) == 1, f"k8s/image/Dockerfile must copy jobs/ exactly once, found {dests}"
+    return PurePosixPath(dests[0])
+
+
+def job_of(spec: dict[str, Any]) -> str:
+    """The job a spec runs: local://<image jobs dir>/<job>.py -> <job>."""
+    url = spec["mainApplicationFile"]
+    assert url.startswith("local://"), f"{url}: the file must be in the image (local://)"
+    path = PurePosixPath(url.removeprefix("local://"))
+    assert path.parent == image_jobs_dir(), f"{url}: not where the image puts jobs/"
+    assert path.suffix == ".py"
+    return path.stem

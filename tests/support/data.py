@@ -1,4 +1,4 @@
-"""Small silver tables with planted tastes, for training tests (no ingest needed)."""
+"""Small silver tables with planted tastes, for training, publish and serving tests (no ingest needed)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import datetime as dt
 
 import numpy as np
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
@@ -44,3 +45,13 @@ def write_planted_silver(
         .write.format("delta").mode("overwrite").save(table_path(config, C.SILVER_USER_INDEX))
     spark.createDataFrame([(f"i{i}", i) for i in range(items)], f"{C.SOURCE_ID} STRING, {C.IDX} INT") \
         .write.format("delta").mode("overwrite").save(table_path(config, C.SILVER_ITEM_INDEX))
+
+
+def write_planted_lake(spark: SparkSession, config: ClickrecConfig, *, users: int = 150, items: int = 60) -> None:
+    """write_planted_silver plus a purchases column (rating 3 = bought), as ingest has it."""
+    write_planted_silver(spark, config, users=users, items=items)
+    path = table_path(config, C.SILVER_INTERACTIONS)
+    bought = spark.read.format("delta").load(path).withColumn(
+        C.PURCHASES, (F.col(C.RATING) >= 3).cast("long")
+    )
+    bought.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)

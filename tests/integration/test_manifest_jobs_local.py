@@ -5,23 +5,30 @@ Each SparkApplication of the base is run in pipeline order as `python jobs/<job>
 that the config is conf/local.yaml instead of the mounted conf/k8s.yaml and the bucket
 `s3a://clickrec/` is a local folder; local-mode `--set` overrides put the lake, checkpoints and
 MLflow store under a temporary folder. Jobs whose subcommand does not exist yet are the
-PENDING_SUBCOMMANDS of test_jobs.py and are not run.
+PENDING_SUBCOMMANDS of tests/support/k8s.py and are not run.
+
+The job files run in this process (as `__main__`, with their arguments in sys.argv), on the
+run's Spark session: one JVM for the four jobs instead of one each. That the entry files also
+start as real processes, under spark-submit and with their exit codes, is what
+test_cli.py's spark-submit test and test_ingest_inputs.py's CLI test check.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import runpy
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_support import BASE_DIR, REPO_ROOT, kustomize_build
-from test_jobs import PENDING_SUBCOMMANDS, job_of
+from pyspark.sql import SparkSession
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+from clickrec import cli
+from tests.support.k8s import BASE_DIR, PENDING_SUBCOMMANDS, REPO_ROOT, job_of, kustomize_build
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ORDER = ["ingest", "train", "publish", "pipeline", "stream"]
 # Jobs that need a Kafka broker (conf/local.yaml has none): their manifest arguments are parsed
@@ -65,17 +72,23 @@ def localize(args: list[str], bucket_dir: Path) -> list[str]:
     return out
 
 
-def run_job(job: str, args: list[str]) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "jobs" / f"{job}.py"), *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert result.returncode == 0, f"{job} failed ({result.returncode}):\n{result.stderr[-4000:]}"
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+def run_entry(path: Path, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run a Python entry file as `python path args` does, in this process: (exit code, out, err)."""
+    saved = sys.argv
+    sys.argv = [str(path), *args]
+    try:
+        with pytest.raises(SystemExit) as exited:  # main() leaves with sys.exit(code)
+            runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv = saved
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def run_job(job: str, args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    code, out, err = run_entry(REPO_ROOT / "jobs" / f"{job}.py", args, capsys)
+    assert code == 0, f"{job} failed ({code}):\n{err[-4000:]}"
+    summary = json.loads(out.strip().splitlines()[-1])
     assert summary["ok"] is True and summary["command"] == job, summary
     return summary
 
@@ -117,7 +130,10 @@ CHECKS: dict[str, Callable[[dict[str, Any], Path], None]] = {
 }
 
 
-def test_each_manifest_runs_locally_and_does_what_it_says(tmp_path: Path) -> None:
+def test_each_manifest_runs_locally_and_does_what_it_says(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `spark` first: the jobs' factory then gets the run's session (getOrCreate), not a new JVM.
     apps = {
         job_of(o["spec"]): o["spec"]
         for o in kustomize_build(BASE_DIR)
@@ -130,17 +146,16 @@ def test_each_manifest_runs_locally_and_does_what_it_says(tmp_path: Path) -> Non
     bucket_dir = tmp_path / "bucket"
     raw = bucket_dir / "raw" / "clickstream"
     raw.mkdir(parents=True)
-    generated = subprocess.run(
-        [sys.executable, "-m", "clickrec.cli", "generate", "--events", str(EVENTS),
-         "--out", str(raw / "events.csv")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert generated.returncode == 0, generated.stderr[-4000:]
+    monkeypatch.chdir(REPO_ROOT)  # the jobs' relative paths (conf/, .cache/jars) are the repository's
+    with pytest.raises(SystemExit) as generated:
+        cli.main(["generate", "--events", str(EVENTS), "--out", str(raw / "events.csv")])
+    err = capsys.readouterr().err
+    assert generated.value.code == 0, err[-4000:]
 
     ran = []
     for job in runnable:
         args = localize(apps[job]["arguments"], bucket_dir) + local_overrides(tmp_path)
-        summary = run_job(job, args)
+        summary = run_job(job, args, capsys)
         CHECKS.get(job, lambda s, t: None)(summary, tmp_path)
         ran.append(job)
     assert ran == runnable
