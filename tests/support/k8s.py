@@ -41,8 +41,8 @@ CRD_API_VERSION = "sparkoperator.k8s.io/v1beta2"
 KUBERNETES_VERSION = "1.34"
 CORE_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap")
 
-# Subcommands the manifests name that the CLI does not have yet (DESIGN.md's Interfaces
-# table; each is a later issue or in progress).
+# Subcommands the manifests name that the CLI does not have yet (none today: a manifest for a
+# planned job goes here until its subcommand exists).
 PENDING_SUBCOMMANDS: set[str] = set()
 # jobs/<job>.py files the manifests name that are not in the tree yet.
 PENDING_JOB_FILES: set[str] = set()

@@ -256,7 +256,7 @@ def add_dwell(
     # are the rows from the start up to one microsecond before this row: a frame that only
     # grows, so Spark updates the min row by row (linear). The ascending frame "1 following to
     # unbounded following" is recomputed for every row, which is quadratic in the session's
-    # length: a 40,000-event bot session took 28.6 s that way and 2.2 s this way.
+    # length (long bot sessions; docs/benchmarks.md has the measurement).
     later = (
         Window.partitionBy(user_col, session_col)
         .orderBy(micros.desc())
