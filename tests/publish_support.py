@@ -12,9 +12,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from clickrec import columns as C
-from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.io.delta import table_path, table_version
+from clickrec.tracking import Tracking
 from tests.train_data import write_planted_silver
 
 TIE = 1e-4  # float32 GEMM in numpy vs the JVM's dot products: equal scores within this are ties
@@ -47,14 +47,15 @@ def register_als(spark: SparkSession, config: ClickrecConfig, *, rank: int, alia
     model = ALS(rank=rank, maxIter=max_iter, regParam=0.05, alpha=10.0, implicitPrefs=True, seed=7,
                 userCol=C.USER_IDX, itemCol=C.ITEM_IDX, ratingCol=C.RATING,
                 numUserBlocks=2, numItemBlocks=2).fit(ratings)
-    with tracking.start_parent_run(config, f"test-als-rank{rank}", {"clickrec.job": "test"}) as run:
+    tracking = Tracking(config.mlflow)
+    with tracking.start_parent_run(f"test-als-rank{rank}", {"clickrec.job": "test"}) as run:
         tracking.log_input_tables(tables)
         version = tracking.log_spark_model(
-            model, config, metadata={**{f"input.{t}.version": v for t, (_, v) in tables.items()},
+            model, metadata={**{f"input.{t}.version": v for t, (_, v) in tables.items()},
                                      "run_id": run.info.run_id},
         )
     if alias is not None:
-        tracking.set_alias(config, alias, version)
+        tracking.set_alias(alias, version)
     return version
 
 

@@ -13,9 +13,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from clickrec import columns as C
-from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.io.delta import table_path, table_version
+from clickrec.tracking import Tracking
 
 REG_PARAM, ALPHA, RANK = 0.1, 1.0, 8
 # silver columns compared across lakes: the surrogate int ids are given in arrival order
@@ -47,13 +47,14 @@ def register_model(spark: SparkSession, config: ClickrecConfig, *, alias: str = 
     model = ALS(rank=RANK, maxIter=max_iter, regParam=REG_PARAM, alpha=ALPHA, implicitPrefs=True, seed=seed,
                 userCol=C.USER_IDX, itemCol=C.ITEM_IDX, ratingCol=C.RATING,
                 numUserBlocks=2, numItemBlocks=2).fit(ratings)
-    with tracking.start_parent_run(config, "test-stream-model", {"clickrec.job": "test"}) as run:
+    tracking = Tracking(config.mlflow)
+    with tracking.start_parent_run("test-stream-model", {"clickrec.job": "test"}) as run:
         tracking.log_input_tables(tables)
         tracking.log_params({"best_reg_param": REG_PARAM, "best_alpha": ALPHA, "best_rank": RANK, **(params or {})})
         version = tracking.log_spark_model(
-            model, config, metadata={**{f"input.{t}.version": v for t, (_, v) in tables.items()},
+            model, metadata={**{f"input.{t}.version": v for t, (_, v) in tables.items()},
                                      "run_id": run.info.run_id})
-    tracking.set_alias(config, alias, version)
+    tracking.set_alias(alias, version)
     return version
 
 

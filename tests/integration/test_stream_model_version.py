@@ -10,7 +10,6 @@ import pytest
 from pyspark.sql import SparkSession
 
 from clickrec import columns as C
-from clickrec import tracking
 from clickrec.errors import ServiceError
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
@@ -18,6 +17,7 @@ from clickrec.io.delta import table_path, table_version
 from clickrec.publish import publish
 from clickrec.status import collect_status
 from clickrec.stream import BatchProcessor, served_version
+from clickrec.tracking import Tracking
 from tests.conftest import make_config
 from tests.stream_support import register_model
 
@@ -97,11 +97,11 @@ def test_an_unreachable_registry_is_a_service_error_and_the_stream_keeps_its_mod
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     down = make_config(tmp_path, mlflow={"tracking_uri": "http://127.0.0.1:9"})
     with pytest.raises(ServiceError):  # not NotFoundError: "run `clickrec train` first" would mislead
-        tracking.resolve_model_version(down, version=version)
+        Tracking(down.mlflow).resolve_model_version(version=version)
     with pytest.raises(ServiceError):  # not "no alias set", not a raw MlflowException (exit 1)
-        tracking.alias_versions(down)
+        Tracking(down.mlflow).alias_versions()
     with pytest.raises(ServiceError):  # worth retrying: not "the version is gone"
-        tracking.load_model_version(down, version)
+        Tracking(down.mlflow).load_model_version(version)
     report = collect_status(down)  # still lists the tables, and says why the models are missing
     assert "MLflow at http://127.0.0.1:9" in report["models"]["error"] and report["tables"]
     # A stream that has a model keeps it through the outage instead of failing its batch.

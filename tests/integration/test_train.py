@@ -82,9 +82,9 @@ def test_the_champion_is_not_scored_on_pairs_it_was_trained_on(
 ) -> None:
     """A run with another split seed compares with the champion on test pairs neither trained on."""
     from clickrec import columns as C
-    from clickrec import tracking
     from clickrec.ml.estimator import RankingALSModel
     from clickrec.ml.split import split_stratified_random
+    from clickrec.tracking import Tracking
     from clickrec.train import score_model, to_als_input
 
     run_train(spark, trained_config)  # the champion, split with seed 42
@@ -99,7 +99,7 @@ def test_the_champion_is_not_scored_on_pairs_it_was_trained_on(
     fair = new_test.join(champ_train.select(*keys), keys, "left_anti")
     assert comparison["exact"] is True
     assert comparison["test_rows"] == fair.count() < new_test.count()
-    champion = RankingALSModel(tracking.load_alias_model(trained_config, "champion"), None)
+    champion = RankingALSModel(Tracking(trained_config.mlflow).load_alias_model("champion"), None)
     champion._set(k=10)
     seen = new_train.select(*keys).unionByName(champ_train.select(*keys)).distinct()
     expected = score_model(champion, seen, fair, k=10, catalogue=1)["ndcg_at_10"]
