@@ -17,6 +17,4 @@ Alias = Literal["champion", "challenger"]
 # `clickrec train --promote` / train.promote: see clickrec.ml.promotion.
 PromoteMode = Literal["auto", "never", "always"]
 
-INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
 ALIASES: tuple[str, ...] = get_args(Alias)
-PROMOTE_MODES: tuple[str, ...] = get_args(PromoteMode)
