@@ -35,6 +35,7 @@ from clickrec.ml.promotion import decide_promotion
 from clickrec.ml.recommend import popularity_factors, recommend_top_k
 from clickrec.ml.split import split_stratified_random, split_temporal
 from clickrec.ml.tuning import tune
+from clickrec.spark import NATIVE_BLAS_PACKAGE, blas_in_use
 from clickrec.tracking import Tracking, run_name
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,12 @@ def run_train(
         t0 = time.monotonic()
         result = tune(train_df, tc)
         tune_s = time.monotonic() - t0
+        blas = blas_in_use(spark)
+        tracking.set_tags(blas)
+        if not blas["blas"].startswith("native"):
+            log.warning("ALS ran on %s BLAS: no native libblas.so.3 was found, and ALS is about 1.6x slower "
+                        "per iteration without it (docs/benchmarks.md); optional, on Debian: apt-get install %s",
+                        blas["blas"], NATIVE_BLAS_PACKAGE)
         selection = metric_name(tc.metric, tc.k)
         tracking.log_grid(result.points, result.mean_metric, result.std_metric, selection, fixed)
         tracking.log_params({f"best_{k}": v for k, v in result.best_params.items()})
@@ -324,6 +331,8 @@ def run_train(
         "promotion_reason": decision.reason,
         "input_versions": {t: v for t, (_, v) in inputs.tables.items()},
         "rows": rows,
+        "blas": blas["blas"],
+        "lapack": blas["lapack"],
         "seconds": round(time.monotonic() - started, 1),
     }
 

@@ -50,6 +50,14 @@ def test_model_beats_popularity_and_is_reproducible(spark: SparkSession, trained
     name = trained_config.mlflow.model_name
     assert int(client.get_model_version_by_alias(name, "champion").version) == 1
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
+    # The MLflow UI opens a model-training experiment on its runs (not on GenAI traces), and
+    # tells the parent runs apart by name; the run and the summary say which BLAS ALS ran on.
+    experiment = client.get_experiment_by_name(trained_config.mlflow.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = [client.get_run(s["run_id"]) for s in (first, second)]
+    assert runs[0].info.run_name != runs[1].info.run_name
+    assert all(r.info.run_name.startswith(f"train {name} stratified_random-") for r in runs)
+    assert first["blas"].startswith(("native (", "java (")) and runs[0].data.tags["blas"] == first["blas"]
 
 
     # A worse challenger (rank 1, one iteration) leaves the champion where it is ...
@@ -108,3 +116,14 @@ def test_the_champion_is_not_scored_on_pairs_it_was_trained_on(
     # what the champion scored on the new split alone: its memorised pairs counted as hits
     biased = score_model(champion, new_train, new_test, k=10, catalogue=1)["ndcg_at_10"]
     assert biased > comparison["champion"] + 0.01
+
+
+def test_the_session_quiets_the_window_warning_and_names_its_blas(spark: SparkSession) -> None:
+    from clickrec.spark import blas_in_use
+
+    log4j = spark.sparkContext._jvm.org.apache.logging.log4j
+    window = log4j.LogManager.getLogger("org.apache.spark.sql.execution.window.WindowExec")
+    assert str(window.getLevel()) == "ERROR"
+    used = blas_in_use(spark)
+    assert set(used) == {"blas", "lapack"} and all(v.startswith(("native (", "java (")) for v in used.values())
+
