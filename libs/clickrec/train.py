@@ -254,8 +254,8 @@ def run_train(
         blas = blas_in_use(spark)
         tracking.set_tags(blas)
         if not blas["blas"].startswith("native"):
-            log.warning("ALS ran on %s BLAS: no native libblas.so.3 was found, and ALS is about 1.6x slower "
-                        "per iteration without it (docs/benchmarks.md); optional, on Debian: apt-get install %s",
+            log.warning("no native BLAS: ALS ran on %s, about 1.6x slower per iteration than with a system "
+                        "libblas.so.3 (docs/benchmarks.md); optional, on Debian: apt-get install %s",
                         blas["blas"], NATIVE_BLAS_PACKAGE)
         selection = metric_name(tc.metric, tc.k)
         tracking.log_grid(result.points, result.mean_metric, result.std_metric, selection, fixed)
