@@ -14,9 +14,10 @@ from clickrec.errors import ServiceError
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
 from clickrec.io.delta import table_path, table_version
+from clickrec.microbatch import BatchProcessor
+from clickrec.ml.foldin_model import served_version
 from clickrec.publish import publish
 from clickrec.status import collect_status
-from clickrec.stream import BatchProcessor, served_version
 from clickrec.tracking import Tracking
 from tests.conftest import make_config
 from tests.stream_support import register_model
@@ -60,9 +61,9 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     late = pd.DataFrame({C.USER_ID: ["late-user"] * 3, C.ITEM_IDX: items, C.RATING: [3.0] * 3,
                          C.PURCHASES: [0] * 3})
     gold_path = table_path(config, C.GOLD_RECOMMENDATIONS)
-    assert processor._refresh_gold(late, datetime(2026, 1, 1)) == 1
+    assert processor.gold(late, datetime(2026, 1, 1)) == 1
     written = table_version(spark, gold_path)
-    assert processor._refresh_gold(late, datetime(2026, 1, 2)) == 0
+    assert processor.gold(late, datetime(2026, 1, 2)) == 0
     assert table_version(spark, gold_path) == written
 
     # A publish lands between a batch's model load and its gold write: the batch must not add
@@ -71,7 +72,7 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     publish(spark, config)  # the champion (second) again; the processor still holds the first
     assert served_version(config) == second and processor.model.version == first
     late[C.USER_ID] = "later-user"
-    assert processor._refresh_gold(late, datetime(2026, 1, 3)) == 1
+    assert processor.gold(late, datetime(2026, 1, 3)) == 1
     assert processor.model.version == second
     gold = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
     assert [r[C.MODEL_VERSION] for r in gold.where(f"{C.USER_ID} = 'later-user'").collect()] == [second]
@@ -105,20 +106,20 @@ def test_an_unreachable_registry_is_a_service_error_and_the_stream_keeps_its_mod
     report = collect_status(down)  # still lists the tables, and says why the models are missing
     assert "MLflow at http://127.0.0.1:9" in report["models"]["error"] and report["tables"]
     # A stream that has a model keeps it through the outage instead of failing its batch.
-    processor.config = down
+    processor.config, processor.tracking = down, Tracking(down.mlflow)
     processor.model_checked_version = None
     processor.refresh_model()
     assert processor.model.version == version and processor.model_checked_version is None
 
     # Gold now serves a newer version the stream cannot load during the outage: fold-in stops
     # rather than mixing the old model's lists with the new one's, and it tries again later.
-    processor.config, processor.model_checked_version = config, version
+    processor.config, processor.tracking, processor.model_checked_version = config, Tracking(config.mlflow), version
     newer = register_model(spark, config, max_iter=2, seed=2)
     publish(spark, config)
-    processor.config = down
+    processor.config, processor.tracking = down, Tracking(down.mlflow)
     processor.refresh_model()
     assert processor.model is None and processor.model_checked_version == version
-    processor.config = config  # the registry is back
+    processor.config, processor.tracking = config, Tracking(config.mlflow)  # the registry is back
     processor.refresh_model()
     assert processor.model is not None and processor.model.version == newer
 
