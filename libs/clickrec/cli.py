@@ -297,10 +297,12 @@ def stream(
         cfg = _config(config, set_)
         from clickrec.spark import build_spark_session
         from clickrec.stream import run_stream
+        from clickrec.tracking import Tracking
 
+        tracking = Tracking(cfg.mlflow)
         spark = build_spark_session(cfg)
         try:
-            return run_stream(spark, cfg, available_now=available_now, max_seconds=max_seconds)
+            return run_stream(spark, cfg, available_now=available_now, max_seconds=max_seconds, tracking=tracking)
         finally:
             spark.stop()  # before main's os._exit: the stream's delta-rs commits share the teardown risk
 

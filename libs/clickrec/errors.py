@@ -83,6 +83,14 @@ class ConfigKeyError(ConfigError):
         super().__init__(f"config key '{key}': {problem}")
 
 
+class IdsKeptCollidingError(ConcurrentWriteError):
+    """Concurrent writers kept taking the new dense ids of an id index first."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: new ids kept colliding with a concurrent writer's; rerun the job")
+
+
 class MlflowUnavailableError(ServiceError):
     """The MLflow tracking server or registry did not answer (a restart, a 5xx, no connection);
     worth trying again, unlike a model or alias that does not exist."""

@@ -374,23 +374,3 @@ def kill_active_runs() -> list[str]:
     except Exception as exc:  # the process is leaving anyway; say why the run stays RUNNING
         print(f"could not mark MLflow run(s) {ids} KILLED: {exc}", file=sys.stderr, flush=True)
     return killed
-
-
-# --- compatibility: module functions over a Tracking, for modules not converted yet ----------
-# TODO(remove): clickrec.stream still calls these; once it takes a Tracking they go.
-
-
-def alias_versions(config: Any) -> dict[str, int | None]:
-    return Tracking(config.mlflow).alias_versions()
-
-
-def resolve_model_version(config: Any, *, alias: str | None = None, version: int | None = None) -> dict[str, Any]:
-    return Tracking(config.mlflow).resolve_model_version(alias=alias, version=version)
-
-
-def load_model_version(config: Any, version: int) -> Any:
-    return Tracking(config.mlflow).load_model_version(version)
-
-
-def run_params(config: Any, run_id: str) -> dict[str, str]:
-    return Tracking(config.mlflow).run_params(run_id)
