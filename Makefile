@@ -28,7 +28,7 @@ demo: setup  ## the main job on the embedded default (local Spark, Delta, MLflow
 	bash scripts/demo.sh $(CONFIG) $(EVENTS)
 
 lint: setup  ## ruff
-	$(VENV)/bin/ruff check libs jobs tests
+	$(VENV)/bin/ruff check libs jobs tests benchmarks
 
 services-up: setup  ## start Kafka, MinIO and the MLflow server on 127.0.0.1
 	$(CLICKREC) services up

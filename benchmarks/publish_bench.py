@@ -122,8 +122,8 @@ def fit_and_register(spark: Any, config: Any, rank: int) -> int:
     from pyspark.sql import functions as F
 
     from clickrec import columns as C
-    from clickrec import tracking
     from clickrec.io.delta import table_path, table_version
+    from clickrec.tracking import Tracking
 
     tables = {t: (table_path(config, t), int(table_version(spark, table_path(config, t)) or 0))
               for t in (C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX)}
@@ -132,11 +132,12 @@ def fit_and_register(spark: Any, config: Any, rank: int) -> int:
     model = ALS(rank=rank, maxIter=5, regParam=0.05, alpha=10.0, implicitPrefs=True, seed=1,
                 userCol=C.USER_IDX, itemCol=C.ITEM_IDX, ratingCol=C.RATING,
                 numUserBlocks=4, numItemBlocks=4).fit(ratings)
-    with tracking.start_parent_run(config, "bench-als", {"clickrec.job": "bench"}) as run:
+    tracking = Tracking(config.mlflow)
+    with tracking.start_parent_run("bench-als", {"clickrec.job": "bench"}) as run:
         tracking.log_input_tables(tables)
-        version = tracking.log_spark_model(model, config, metadata={
+        version = tracking.log_spark_model(model, metadata={
             **{f"input.{t}.version": v for t, (_, v) in tables.items()}, "run_id": run.info.run_id})
-    tracking.set_alias(config, "champion", version)
+    tracking.set_alias("champion", version)
     return version
 
 
@@ -145,12 +146,13 @@ def time_top_n(spark: Any, config: Any) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     from clickrec import columns as C
-    from clickrec import tracking
     from clickrec.io.delta import table_path
     from clickrec.ml.recommend import recommend_top_k
+    from clickrec.tracking import Tracking
     from clickrec.transforms.recommendations import exclusion_pairs, reference_top_k
 
-    model = tracking.load_model_version(config, tracking.alias_versions(config)["champion"])
+    tracking = Tracking(config.mlflow)
+    model = tracking.load_model_version(tracking.alias_versions()["champion"])
     users_df = model.userFactors.persist()
     items_df = model.itemFactors.persist()
     users, items = users_df.count(), items_df.count()

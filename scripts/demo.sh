@@ -17,8 +17,11 @@ if [ ! -f "$INPUT" ]; then
   $CLICKREC generate --config "$CONFIG" --events "$EVENTS" --out "$INPUT" --seed 7
 fi
 step "pipeline: ingest $INPUT -> train (CV, MLflow, registry, promotion) -> publish (gold, top-N)"
+# Without a native BLAS, netlib's JNI loader prints "netlib-blas: JNI_OnLoad: dlopen(libblas.so.3)
+# failed" (and the LAPACK twin) to the JVM's stderr, out of any logger's reach; train says it once
+# itself, with the remedy, so those two lines are dropped here.
 $CLICKREC pipeline --config "$CONFIG" --input "$INPUT" --format rees46 \
-  --set train.num_folds=2 | tail -n 1 > .lake/demo/pipeline.json
+  --set train.num_folds=2 2> >(grep -v 'JNI_OnLoad: dlopen' >&2) | tail -n 1 > .lake/demo/pipeline.json
 .venv/bin/python - .lake/demo/pipeline.json >&2 <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -26,7 +29,8 @@ i, t = s["ingest"], s["train"]
 print(f"ingest: {i['rows_read']} rows read, {i['accepted']} accepted, {i['duplicates']} duplicates, "
       f"{i['quarantined']} quarantined; {i['users']} users, {i['items']} items")
 print(f"train: model v{t['model_version']} ndcg@10 {t['metrics'].get('ndcg_at_10', 0):.3f} "
-      f"(popularity {t['baseline_metrics'].get('ndcg_at_10', 0):.3f}), promoted: {t['promoted']}")
+      f"(popularity {t['baseline_metrics'].get('ndcg_at_10', 0):.3f}), promoted: {t['promoted']}; "
+      f"BLAS {t['blas']}")
 for variant, p in s["publish"].items():
     print(f"publish {variant}: model v{p['model_version']} -> {p['users']} users, "
           f"gold/recommendations v{p['tables']['gold/recommendations']}; kafka: {p['announcement']}")

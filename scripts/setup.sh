@@ -75,4 +75,12 @@ if [ "$(cat "$CACHE/bin/.kustomize-stamp" 2>/dev/null)" != "$KUSTOMIZE_VERSION" 
 else
   say "kustomize: up to date"
 fi
+# --- native BLAS (optional, not installed here) --------------------------------------------------
+# Spark's ALS loads libblas.so.3 when the system has one (about 1.6x faster per iteration,
+# docs/benchmarks.md), else runs on Java BLAS. The same dlopen netlib does:
+if "$VENV/bin/python" -c 'import ctypes; ctypes.CDLL("libblas.so.3")' 2>/dev/null; then
+  say "native BLAS: libblas.so.3 found (ALS uses it)"
+else
+  say "native BLAS: libblas.so.3 not found; ALS runs on Java BLAS (optional, faster: apt-get install libopenblas0)"
+fi
 say "done: venv $VENV, jars $CACHE/jars, binaries $CACHE/bin"

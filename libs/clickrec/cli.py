@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from clickrec.choices import Alias, InputFormat, PromoteMode
 from clickrec.config import DEFAULT_CONFIG, ClickrecConfig, load_config
 from clickrec.errors import ClickrecError, first_line
 
@@ -51,21 +52,16 @@ SetOpt = Annotated[
 InputOpt = Annotated[
     str, typer.Option("--input", "-i", help="File, folder, glob or s3a:// path of the raw input.")
 ]
+# Options with a closed set of values take their choices from clickrec.choices: click lists
+# them in --help and refuses any other value (a usage error, exit 2) before anything starts.
 FormatOpt = Annotated[
-    str | None,
+    InputFormat | None,
     typer.Option("--format", "-f", help="rees46 (clickstream) or ratings (default ingest.format)."),
 ]
-INPUT_FORMATS = ("rees46", "ratings")
-
-
-def _check_format(input_format: str | None) -> None:
-    """--format is checked before Spark starts, with the choices in the message."""
-    from clickrec.errors import InputError
-
-    if input_format not in (None, *INPUT_FORMATS):
-        raise InputError(f"--format {input_format!r}: choose {' or '.join(INPUT_FORMATS)}")
-
-log = logging.getLogger("clickrec")
+AliasOpt = Annotated[
+    Alias,
+    typer.Option("--alias", "-a", help="Model alias to publish, also the variant served."),
+]
 
 SIGTERM_EXIT_CODE = 143  # 128 + 15: what a shell reports for a process SIGTERM ended
 
@@ -164,7 +160,6 @@ def ingest(
     """Raw files -> bronze/events + bronze/quarantine -> silver interactions and id indexes."""
 
     def body() -> dict[str, Any]:
-        _check_format(input_format)
         cfg = _config(config, set_)
         from clickrec.io.files import check_local_input
 
@@ -184,30 +179,22 @@ def train(
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
     promote: Annotated[
-        str | None,
-        typer.Option("--promote", help="auto (default: when it beats the champion), never, always."),
+        PromoteMode | None,
+        typer.Option("--promote", help="auto: when it beats the champion (default train.promote); never; always."),
     ] = None,
 ) -> None:
     """Split silver, tune ALS (k-fold CV, or train.tuning=train_validation), evaluate vs popularity, log, register, promote."""
 
     def body() -> dict[str, Any]:
-        from clickrec.errors import InputError
-
-        if promote not in (None, "auto", "never", "always"):
-            raise InputError(f"--promote {promote!r}: choose auto, never or always")
         cfg = _config(config, set_)
         from clickrec.spark import build_spark_session
+        from clickrec.tracking import Tracking
         from clickrec.train import run_train
 
-        return run_train(build_spark_session(cfg), cfg, promote=promote)  # type: ignore[arg-type]
+        tracking = Tracking(cfg.mlflow)
+        return run_train(build_spark_session(cfg), cfg, promote=promote, tracking=tracking)
 
     run("train", body)
-
-
-AliasOpt = Annotated[
-    str,
-    typer.Option("--alias", "-a", help="Model alias to publish, also the variant served: champion or challenger."),
-]
 
 
 @app.command()
@@ -223,16 +210,14 @@ def publish(
     """Top-N for every user of a registered model -> gold/recommendations (MERGE); announce on Kafka."""
 
     def body() -> dict[str, Any]:
-        from clickrec.errors import InputError
-        from clickrec.tracking import ALIASES
-
-        if alias not in ALIASES:
-            raise InputError(f"--alias {alias!r}: choose one of {', '.join(ALIASES)}")
         cfg = _config(config, set_)
         from clickrec.publish import publish as run_publish
         from clickrec.spark import build_spark_session
+        from clickrec.tracking import Tracking
 
-        return run_publish(build_spark_session(cfg), cfg, alias=alias, model_version=model_version)
+        tracking = Tracking(cfg.mlflow)
+        return run_publish(build_spark_session(cfg), cfg, alias=alias, model_version=model_version,
+                           tracking=tracking)
 
     run("publish", body)
 
@@ -250,15 +235,17 @@ def pipeline(
     """
 
     def body() -> dict[str, Any]:
-        _check_format(input_format)
         cfg = _config(config, set_)
         from clickrec.io.files import check_local_input
 
         check_local_input(input_path)
         from clickrec.pipeline import run_pipeline
         from clickrec.spark import build_spark_session
+        from clickrec.tracking import Tracking
 
-        return run_pipeline(build_spark_session(cfg), cfg, input_path=input_path, input_format=input_format)
+        tracking = Tracking(cfg.mlflow)
+        return run_pipeline(build_spark_session(cfg), cfg, input_path=input_path, input_format=input_format,
+                            tracking=tracking)
 
     run("pipeline", body)
 
@@ -310,10 +297,12 @@ def stream(
         cfg = _config(config, set_)
         from clickrec.spark import build_spark_session
         from clickrec.stream import run_stream
+        from clickrec.tracking import Tracking
 
+        tracking = Tracking(cfg.mlflow)
         spark = build_spark_session(cfg)
         try:
-            return run_stream(spark, cfg, available_now=available_now, max_seconds=max_seconds)
+            return run_stream(spark, cfg, available_now=available_now, max_seconds=max_seconds, tracking=tracking)
         finally:
             spark.stop()  # before main's os._exit: the stream's delta-rs commits share the teardown risk
 
@@ -324,7 +313,7 @@ def stream(
 def recommend(
     user: Annotated[str, typer.Option("--user", "-u", help="The user's id, as in the source data.")],
     n: Annotated[int, typer.Option("--n", "-n", help="How many items (1 to serve.max_n).")] = 10,
-    variant: Annotated[str, typer.Option("--variant", help="champion or challenger.")] = "champion",
+    variant: Annotated[Alias, typer.Option("--variant", help="The published alias to read.")] = "champion",
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:

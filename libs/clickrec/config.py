@@ -18,7 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from clickrec.errors import ConfigError
+from clickrec.choices import Alias, InputFormat, PromoteMode
+from clickrec.errors import ConfigError, ConfigKeyError
 
 DEFAULT_CONFIG = Path("conf/local.yaml")
 
@@ -157,7 +158,7 @@ class TrainConfig(_Section):
     # The rating column ALS reads: the implicit rating, or the explicit one of --format ratings.
     rating_col: str = "rating"
     grid: TrainGridConfig = Field(default_factory=TrainGridConfig)
-    promote: Literal["auto", "never", "always"] = "auto"
+    promote: PromoteMode = "auto"
     # A challenger replaces the champion when its metric on the same test split exceeds the
     # champion's by more than this (absolute) margin.
     promotion_margin: float = Field(default=0.0, ge=0.0)
@@ -192,7 +193,7 @@ class RatingConfig(_Section):
 class IngestConfig(_Section):
     """`clickrec ingest`: input parsing, column mapping, validation bounds, dwell and rating."""
 
-    format: Literal["rees46", "ratings"] = "rees46"
+    format: InputFormat = "rees46"
     # csv or json lines; auto picks json for *.json, *.jsonl, *.ndjson (optionally .gz).
     file_format: Literal["auto", "csv", "json"] = "auto"
     header: bool = True  # csv: a line equal to the joined source_columns is a header, not a row
@@ -276,7 +277,7 @@ class PublishConfig(_Section):
     # Length of gold/popular_items, the list unknown users get.
     popular_n: int = Field(default=100, ge=1, le=10000)
     # Variants `clickrec pipeline` publishes after training (the seed's default and alternative).
-    pipeline_aliases: tuple[Literal["champion", "challenger"], ...] = ("champion", "challenger")
+    pipeline_aliases: tuple[Alias, ...] = ("champion", "challenger")
     # Seconds to wait for the broker to acknowledge the `models` announcement.
     announce_timeout_seconds: float = Field(default=30.0, gt=0)
 
@@ -306,7 +307,7 @@ class StreamConfig(_Section):
     trigger_seconds: float = Field(default=1.0, ge=0)
     fail_on_data_loss: bool = True
     # The served list refreshed by fold-in (the champion's item factors).
-    variant: Literal["champion", "challenger"] = "champion"
+    variant: Alias = "champion"
     # Seconds a SIGTERM waits for the running micro-batch before stopping the query.
     stop_timeout_seconds: float = Field(default=120.0, gt=0)
     # `clickrec replay`: events per second (0: as fast as the broker takes them).
@@ -352,10 +353,9 @@ def _expand_env(value: Any, key: str) -> Any:
             return found
         if default is not None:
             return default
-        raise ConfigError(
-            f"config key '{key}': environment variable {name} is not set "
-            "(for conf/stack.yaml run `clickrec services up`, then "
-            "`source .clickrec/services/services.env`)"
+        raise ConfigKeyError(
+            key, f"environment variable {name} is not set (for conf/stack.yaml run `clickrec services up`, "
+            "then `source .clickrec/services/services.env`)"
         )
 
     expanded = _ENV_REF.sub(replace, value)
@@ -412,10 +412,8 @@ def _format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(root)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"config key '{key}': unknown key")
-        else:
-            lines.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
+        problem = "unknown key" if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})"
+        lines.append(str(ConfigKeyError(key, problem)))
     return "; ".join(lines)
 
 

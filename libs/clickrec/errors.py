@@ -1,4 +1,10 @@
-"""Exception classes. The CLI turns each into a clear message and a non-zero exit code."""
+"""Exception classes. The CLI turns each into a clear message and a non-zero exit code.
+
+The exit code comes from the base class (ConfigError and InputError 2, SetupError 3,
+ServiceError 4, NotFoundError 5, ConcurrentWriteError 6); the JSON summary names the class
+itself (`error_type`). A message raised from more than one place has its own subclass that
+builds it from structured arguments, so each such message is written once.
+"""
 
 from __future__ import annotations
 
@@ -60,3 +66,62 @@ class ChampionUnavailableError(ClickrecError):
     """The registry names a champion whose model cannot be loaded (artifacts gone or unreadable)."""
 
     exit_code = 5
+
+    def __init__(self, model_name: str, alias: str, version: int, cause: BaseException) -> None:
+        self.model_name, self.alias, self.version = model_name, alias, version
+        super().__init__(f"{model_name}@{alias} (v{version}) cannot be loaded: {first_line(cause)}")
+
+
+# --- messages raised from more than one place: one class each, built from its arguments ---
+
+
+class ConfigKeyError(ConfigError):
+    """A config key's value cannot be used: `config key '<key>': <problem>`."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"config key '{key}': {problem}")
+
+
+class IdsKeptCollidingError(ConcurrentWriteError):
+    """Concurrent writers kept taking the new dense ids of an id index first."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: new ids kept colliding with a concurrent writer's; rerun the job")
+
+
+class MlflowUnavailableError(ServiceError):
+    """The MLflow tracking server or registry did not answer (a restart, a 5xx, no connection);
+    worth trying again, unlike a model or alias that does not exist."""
+
+    def __init__(self, tracking_uri: str, cause: BaseException, *, doing: str = "") -> None:
+        self.tracking_uri = tracking_uri
+        super().__init__(f"MLflow at {tracking_uri}: {doing + ': ' if doing else ''}{first_line(cause)}")
+
+
+class ModelVersionNotFoundError(NotFoundError):
+    """The registered model has no such alias or version."""
+
+    def __init__(self, model_name: str, tracking_uri: str, *, alias: str | None = None,
+                 version: int | None = None) -> None:
+        self.model_name, self.alias, self.version = model_name, alias, version
+        what = f"version {version}" if version is not None else f"alias '{alias}'"
+        super().__init__(f"registered model '{model_name}' has no {what} in {tracking_uri} "
+                         "(run `clickrec train` first, or pick --model-version from the registry)")
+
+
+class ModelUnreadableError(NotFoundError):
+    """A registered model version's files are gone or cannot be read."""
+
+    def __init__(self, model_uri: str, cause: BaseException) -> None:
+        self.model_uri = model_uri
+        super().__init__(f"cannot load {model_uri}: {cause}")
+
+
+class TableNotFoundError(NotFoundError):
+    """A Delta table a job reads does not exist yet."""
+
+    def __init__(self, table: str, path: str) -> None:
+        self.table, self.path = table, path
+        super().__init__(f"table {table} not found at {path}: run `clickrec ingest` first")

@@ -33,8 +33,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from clickrec import columns as C
+from clickrec.choices import InputFormat
 from clickrec.config import ClickrecConfig
-from clickrec.errors import ConcurrentWriteError, InputError
+from clickrec.errors import IdsKeptCollidingError, InputError
 from clickrec.io import conflicts, delta, leases
 from clickrec.io.files import (
     InputFile,
@@ -107,7 +108,7 @@ def extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: st
             return added
         log.warning("%s: %d of %d new ids were taken by a concurrent writer; numbering them again",
                     path, wanted - inserted, wanted)
-    raise ConcurrentWriteError(f"{path}: new ids kept colliding with a concurrent writer's; rerun the job")
+    raise IdsKeptCollidingError(path)
 
 
 def _changed_rows(spark: SparkSession, rows_df: DataFrame, path: str) -> DataFrame:
@@ -238,20 +239,19 @@ def ingest(
     config: ClickrecConfig,
     *,
     input_path: str,
-    input_format: str | None = None,
+    input_format: InputFormat | None = None,
 ) -> dict[str, Any]:
     """Ingest the files at `input_path` into bronze and silver; return the summary dict.
 
     `input_format` is rees46 (clickstream, REES46 schema through ingest.column_mapping) or
-    ratings (`user item rating timestamp`, straight to silver); default ingest.format.
+    ratings (`user item rating timestamp`, straight to silver); default ingest.format. The CLI
+    and the config refuse any other value.
     Raises InputError for a missing input or a batch that fails the quality gate.
     """
     from pyspark.sql import functions as F
 
     started = time.monotonic()
     fmt = input_format or config.ingest.format
-    if fmt not in ("rees46", "ratings"):
-        raise InputError(f"--format {fmt}: expected rees46 or ratings")
     files = list_input_files(spark, input_path)
     run_id = uuid.uuid4().hex
     now = datetime.now(UTC).replace(tzinfo=None)

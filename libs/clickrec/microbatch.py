@@ -45,15 +45,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clickrec import columns as C
-from clickrec import tracking
 from clickrec.config import ClickrecConfig
-from clickrec.errors import ConcurrentWriteError, NotFoundError, ServiceError
+from clickrec.errors import IdsKeptCollidingError, NotFoundError, ServiceError
 from clickrec.ingest import ingest_valid_events
 from clickrec.io import conflicts, delta, delta_rs, leases
 from clickrec.io.delta_reader import open_table
 from clickrec.io.files import delete_path
 from clickrec.ml.foldin_model import FoldInModel, fold_in_lists, load_fold_in_model, served_version
 from clickrec.staging import count_batch, quarantine_rejected
+from clickrec.tracking import Tracking
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -108,6 +108,7 @@ class BatchProcessor:
 
     spark: SparkSession
     config: ClickrecConfig
+    tracking: Tracking = None  # type: ignore[assignment]  # None: __post_init__ builds it from config.mlflow
     model: FoldInModel | None = None
     totals: dict[str, int] = field(default_factory=lambda: {
         "batches": 0, "rows_read": 0, "accepted": 0, "duplicates": 0, "quarantined": 0,
@@ -120,6 +121,7 @@ class BatchProcessor:
     lease_view: leases.LeaseView = field(init=False, repr=False)  # asked before every silver and gold commit
 
     def __post_init__(self) -> None:
+        self.tracking = self.tracking or Tracking(self.config.mlflow)
         self.lease_view = leases.LeaseView(self.config)
 
     def refresh_model(self) -> None:
@@ -127,14 +129,14 @@ class BatchProcessor:
         version = served_version(self.config)
         if version is None:
             try:
-                version = tracking.alias_versions(self.config).get(self.config.stream.variant)
+                version = self.tracking.alias_versions().get(self.config.stream.variant)
             except Exception as exc:  # a registry blip must not end the query: keep the model it has
                 log.warning("model registry unavailable, keeping model version %s: %s", self.model_checked_version, exc)
                 return
         if version is None or version == self.model_checked_version:
             return
         try:
-            model = load_fold_in_model(self.spark, self.config, version)
+            model = load_fold_in_model(self.spark, self.config, self.tracking, version)
         except ServiceError as exc:
             # The registry is unreachable: try again next batch. Meanwhile fold in only with the
             # version gold serves, never with another one (lists of two models would mix).
@@ -338,7 +340,7 @@ class BatchProcessor:
                 ids.update(fresh)
                 return ids
             index_dt.update_incremental()  # see the ids the other writer committed
-        raise ConcurrentWriteError(f"{index_dt.table_uri}: new ids kept colliding with a concurrent writer's")
+        raise IdsKeptCollidingError(index_dt.table_uri)
 
     # --- the Spark bootstrap path ------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from clickrec import tracking
+from clickrec.choices import InputFormat
 from clickrec.config import ClickrecConfig
+from clickrec.tracking import Tracking
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def run_pipeline(
-    spark: SparkSession, config: ClickrecConfig, *, input_path: str, input_format: str | None = None
+    spark: SparkSession, config: ClickrecConfig, *, input_path: str, input_format: InputFormat | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Run the three steps; publish every alias of publish.pipeline_aliases. Returns the summary.
 
@@ -35,13 +37,14 @@ def run_pipeline(
     from clickrec.publish import publish
     from clickrec.train import run_train
 
+    tracking = tracking or Tracking(config.mlflow)
     started = time.monotonic()
     log.info("pipeline 1/3: ingest %s", input_path)
     ingest_summary = ingest(spark, config, input_path=input_path, input_format=input_format)
     log.info("pipeline 2/3: train")
-    train_summary = run_train(spark, config)
+    train_summary = run_train(spark, config, tracking=tracking)
     published: dict[str, Any] = {}
-    aliases = tracking.alias_versions(config)
+    aliases = tracking.alias_versions()
     for alias in config.publish.pipeline_aliases:
         if aliases.get(alias) is None:  # e.g. train.promote=never before any champion exists
             reason = f"no version of {config.mlflow.model_name} has the alias {alias} (see train.promotion_reason)"
@@ -49,7 +52,7 @@ def run_pipeline(
             published[alias] = {"skipped": reason}
             continue
         log.info("pipeline 3/3: publish %s", alias)
-        published[alias] = publish(spark, config, alias=alias)
+        published[alias] = publish(spark, config, alias=alias, tracking=tracking)
     return {
         "input": input_path,
         "ingest": ingest_summary,

@@ -28,12 +28,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from clickrec import columns as C
-from clickrec import tracking
+from clickrec.choices import Alias
 from clickrec.config import ClickrecConfig
-from clickrec.errors import InputError, NotFoundError
+from clickrec.errors import InputError, TableNotFoundError
 from clickrec.io import conflicts, delta, leases
 from clickrec.io.kafka import send_json
 from clickrec.ml.recommend import recommend_top_k
+from clickrec.tracking import Tracking
 from clickrec.transforms.recommendations import (
     attach_user_ids,
     exclusion_pairs,
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VARIANTS = tracking.ALIASES
-
 
 def read_pinned(spark: SparkSession, config: ClickrecConfig, table: str, version: int | None) -> tuple[DataFrame, int]:
     """`table` at `version` when given and still readable, else the latest; returns (df, version read)."""
@@ -57,7 +56,7 @@ def read_pinned(spark: SparkSession, config: ClickrecConfig, table: str, version
     path = delta.table_path(config, table)
     latest = delta.table_version(spark, path)
     if latest is None:
-        raise NotFoundError(f"table {table} not found at {path}: run `clickrec ingest` first")
+        raise TableNotFoundError(table, path)
     if version is not None and version <= latest:
         try:
             df = spark.read.format("delta").option("versionAsOf", version).load(path)
@@ -128,27 +127,28 @@ def publish(
     spark: SparkSession,
     config: ClickrecConfig,
     *,
-    alias: str = "champion",
+    alias: Alias = "champion",
     model_version: int | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Publish the top-N lists of `alias` (or of `model_version`, as variant `alias`); the summary.
 
     Raises NotFoundError when the registry has no such alias or version or silver is missing,
     InputError when silver lacks a column the exclusion rule needs, ServiceError when a configured Kafka
     does not acknowledge the announcement (the tables are already written then; a rerun
-    rewrites nothing and announces again).
+    rewrites nothing and announces again). `alias` is one of clickrec.choices.ALIASES (the CLI
+    refuses others); `tracking`: the job's MLflow (default: one built from config.mlflow).
     """
     from pyspark import StorageLevel
 
-    if alias not in VARIANTS:
-        raise InputError(f"--alias {alias!r}: choose one of {', '.join(VARIANTS)}")
+    tracking = tracking or Tracking(config.mlflow)
     pc = config.publish
     started = time.monotonic()
-    ref = tracking.resolve_model_version(config, alias=alias, version=model_version)
+    ref = tracking.resolve_model_version(alias=alias, version=model_version)
     version = ref["model_version"]
     log.info("publishing %s v%d as variant %s (top %d, exclude %s)",
              ref["model_name"], version, alias, pc.n, pc.exclude)
-    model = tracking.load_model_version(config, version)
+    model = tracking.load_model_version(version)
     pinned = ref["input_versions"]
 
     user_index, user_index_v = read_pinned(spark, config, C.SILVER_USER_INDEX, pinned.get(C.SILVER_USER_INDEX))

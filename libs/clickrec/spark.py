@@ -218,8 +218,56 @@ def build_spark_session(config: ClickrecConfig) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.spark.log_level)
+    quiet_known_warnings(spark, config.spark.log_level)
     cp = checkpoint_dir(config)
     if "://" not in cp:
         Path(cp).mkdir(parents=True, exist_ok=True)
     spark.sparkContext.setCheckpointDir(cp)
     return spark
+
+
+_LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
+
+# Loggers whose WARN lines say nothing a user can act on, raised to ERROR:
+# - WindowExec's "No Partition Defined for Window operation! Moving all data to a single
+#   partition" comes from the dense-id assignment window of the silver id indexes (a global
+#   row_number), once per micro-batch and table; the scale work replaces that window.
+QUIET_LOGGERS = ("org.apache.spark.sql.execution.window",)
+
+
+def quiet_known_warnings(spark: SparkSession, log_level: str) -> None:
+    """Raise the QUIET_LOGGERS to ERROR (or to spark.log_level when that is stricter)."""
+    level = max(log_level, "ERROR", key=_LOG_LEVELS.index)
+    jvm = spark.sparkContext._jvm
+    log4j = jvm.org.apache.logging.log4j  # type: ignore[union-attr]
+    for name in QUIET_LOGGERS:
+        log4j.core.config.Configurator.setLevel(name, log4j.Level.toLevel(level))
+
+
+# netlib (dev.ludovic.netlib), Spark's BLAS, loads the system's libblas.so.3 / liblapack.so.3
+# through JNI when they exist, else runs in Java (VectorBLAS on Java 16+, else F2jBLAS). A
+# missing library is printed by netlib's native loader itself ("netlib-blas: JNI_OnLoad:
+# dlopen(libblas.so.3) failed"), straight to the JVM's stderr: no logger level hides it.
+NATIVE_BLAS_PACKAGE = "libopenblas0"  # pulls libopenblas0-pthread, which provides both libraries
+
+
+def blas_in_use(spark: SparkSession) -> dict[str, str]:
+    """Which BLAS and LAPACK netlib loaded in the driver's JVM (where local-mode ALS runs).
+
+    `{"blas": "native (libblas.so.3)" or "java (VectorBLAS)", "lapack": ...}`; asking loads
+    netlib if nothing has yet.
+    """
+    jvm = spark.sparkContext._jvm
+    netlib = jvm.dev.ludovic.netlib  # type: ignore[union-attr]
+    system = jvm.java.lang.System  # type: ignore[union-attr]
+    out = {}
+    for kind, instance in (("blas", netlib.blas.BLAS), ("lapack", netlib.lapack.LAPACK)):
+        name = str(instance.getInstance().getClass().getSimpleName())
+        if name.startswith("JNI"):
+            lib = system.getProperty(f"dev.ludovic.netlib.{kind}.nativeLibPath") or system.getProperty(
+                f"dev.ludovic.netlib.{kind}.nativeLib") or f"lib{kind}.so.3"
+            out[kind] = f"native ({lib})"
+        else:
+            out[kind] = f"java ({name})"
+    return out
+

@@ -32,10 +32,10 @@ def model_status(config: ClickrecConfig) -> dict[str, Any]:
         if not db.exists():
             return {"model_name": config.mlflow.model_name, "champion": None, "challenger": None}
     from clickrec.errors import ServiceError
-    from clickrec.tracking import alias_versions
+    from clickrec.tracking import Tracking
 
     try:
-        return {"model_name": config.mlflow.model_name, **alias_versions(config)}
+        return {"model_name": config.mlflow.model_name, **Tracking(config.mlflow).alias_versions()}
     except ServiceError as exc:  # the tables are still worth reporting
         return {"model_name": config.mlflow.model_name, "error": str(exc)}
 

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.errors import InputError, NotFoundError, ServiceError, first_line
+from clickrec.errors import NotFoundError, ServiceError, first_line
 from clickrec.io import delta
 from clickrec.microbatch import BatchProcessor
 from clickrec.staging import stage_event_lines, suite_params
+from clickrec.tracking import Tracking
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -141,21 +142,21 @@ def run_stream(
     *,
     available_now: bool = False,
     max_seconds: float | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Run the refresh query until the topic is drained (available_now), max_seconds pass, or SIGTERM.
 
     Returns the summary: batches and rows processed, users refreshed, model version, paths and
     table versions. Raises ServiceError without Kafka; when the query fails, what
     `_query_failure` says (the batch's own error, or ServiceError for Spark and storage; the
-    checkpoint keeps the last committed batch).
+    checkpoint keeps the last committed batch). `tracking`: the job's MLflow (default: one built
+    from config.mlflow). The CLI refuses available_now together with max_seconds.
     """
     from pyspark.errors import StreamingQueryException
 
     from clickrec.io.kafka import ensure_topic, stream_source_options
 
     sc = config.stream
-    if available_now and max_seconds is not None:
-        raise InputError("--available-now and --max-seconds exclude each other")
     options = stream_source_options(
         config.kafka, topic=config.kafka.clickstream_topic, starting_offsets=sc.starting_offsets,
         max_offsets_per_trigger=sc.max_offsets_per_trigger, fail_on_data_loss=sc.fail_on_data_loss,
@@ -163,7 +164,7 @@ def run_stream(
     if ensure_topic(config.kafka, config.kafka.clickstream_topic):
         log.info("created topic %s", config.kafka.clickstream_topic)
     started = time.monotonic()
-    processor = BatchProcessor(spark, config)
+    processor = BatchProcessor(spark, config, tracking or Tracking(config.mlflow))
     try:
         processor.refresh_model()
     except NotFoundError:

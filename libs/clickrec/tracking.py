@@ -1,21 +1,41 @@
-"""The one MLflow module: every call to MLflow goes through here."""
+"""The one MLflow module: every call to MLflow goes through a `Tracking` object.
+
+A job builds one `Tracking` from its config (`Tracking(config.mlflow)`) and hands it to the
+steps that log, register or load models. It holds the resolved tracking and registry URIs,
+the experiment and the registered model's name. Registry and run look-ups go through its own
+`MlflowClient` with those URIs; MLflow's fluent API (runs, model logging and loading), which
+reads process-wide URIs, is pointed at them by the object itself before each such call.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clickrec.config import ClickrecConfig
-from clickrec.errors import first_line
+from clickrec.choices import ALIASES
+from clickrec.config import MlflowConfig
+from clickrec.errors import (
+    ChampionUnavailableError,
+    MlflowUnavailableError,
+    ModelUnreadableError,
+    ModelVersionNotFoundError,
+)
 
-ALIASES = ("champion", "challenger")
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 # MLflow 3 sends usage telemetry by default, fetching its config from the internet on first
 # use. Jobs talk only to the services they are configured for (and run offline), so it is off
 # unless the user's environment says otherwise. Set before MLflow is imported, below.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# The MLflow UI (3.x) opens an experiment on the tab its kind says: without this tag on an
+# experiment with no runs yet it guesses GenAI and opens on the traces overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def _resolve_uri(uri: str) -> str:
@@ -26,56 +46,6 @@ def _resolve_uri(uri: str) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(path)
     return uri
-
-
-def configure(config: ClickrecConfig) -> None:
-    """Point the mlflow client at the configured tracking and registry stores."""
-    import mlflow
-
-    mlflow.set_tracking_uri(_resolve_uri(config.mlflow.tracking_uri))
-    if config.mlflow.registry_uri:
-        mlflow.set_registry_uri(_resolve_uri(config.mlflow.registry_uri))
-
-
-def ensure_experiment(config: ClickrecConfig) -> str:
-    """Return the experiment id, creating it (with the configured artifact location) if needed."""
-    import mlflow
-
-    configure(config)
-    exp = mlflow.get_experiment_by_name(config.mlflow.experiment)
-    if exp is not None:
-        return str(exp.experiment_id)
-    location = config.mlflow.artifact_location
-    uri = config.mlflow.tracking_uri
-    if location and not uri.startswith(("http://", "https://", "databricks")):
-        if "://" not in location:
-            location = Path(location).resolve().as_uri()
-        return str(mlflow.create_experiment(config.mlflow.experiment, artifact_location=location))
-    return str(mlflow.create_experiment(config.mlflow.experiment))
-
-
-def alias_versions(config: ClickrecConfig) -> dict[str, Any]:
-    """Model versions behind each alias of the registered model (None when unset).
-
-    Raises ServiceError when the registry cannot answer.
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from clickrec.errors import ServiceError
-
-    configure(config)
-    client = MlflowClient()
-    out: dict[str, Any] = {}
-    for alias in ALIASES:
-        try:
-            mv = client.get_model_version_by_alias(config.mlflow.model_name, alias)
-            out[alias] = int(mv.version)
-        except MlflowException as exc:
-            if not _is_absent(exc):  # an unreachable or failing registry is not "no champion"
-                raise ServiceError(f"MLflow at {config.mlflow.tracking_uri}: {first_line(exc)}") from exc
-            out[alias] = None
-    return out
 
 
 def _is_absent(exc: Exception) -> bool:
@@ -90,15 +60,292 @@ def _is_absent(exc: Exception) -> bool:
                                                   and "not found" in text)
 
 
-# --- training runs --------------------------------------------------------------------------
+def _input_versions(tags: dict[str, str]) -> dict[str, int]:
+    """{table: version} from `input.<table>.version` keys."""
+    out = {}
+    for key, value in tags.items():
+        if key.startswith("input.") and key.endswith(".version"):
+            try:
+                out[key[len("input.") : -len(".version")]] = int(value)
+            except ValueError:
+                continue
+    return out
 
 
-def start_parent_run(config: ClickrecConfig, run_name: str, tags: dict[str, str]) -> Any:
-    """Start the parent run of a training (a context manager, like mlflow.start_run)."""
-    import mlflow
+def run_name(job: str, *words: str, at: datetime | None = None) -> str:
+    """A run name that tells runs apart in the MLflow UI's list, e.g.
+    `train clickrec-als stratified_random-20261207-161500` (UTC)."""
+    stamp = (at or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    return f"{' '.join([job, *words])}-{stamp}"
 
-    exp_id = ensure_experiment(config)
-    return mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+
+def grid_point_name(point: dict[str, Any]) -> str:
+    """A child run's name: its grid point, e.g. `rank=32 reg=0.05 alpha=10`."""
+    short = {"regParam": "reg", "reg_param": "reg", "maxIter": "iter", "max_iter": "iter"}
+    return " ".join(f"{short.get(k, k)}={v:g}" if isinstance(v, float) else f"{short.get(k, k)}={v}"
+                    for k, v in point.items())
+
+
+class Tracking:
+    """MLflow for one config: its tracking and registry stores, experiment and registered model."""
+
+    def __init__(self, settings: MlflowConfig) -> None:
+        self.settings = settings
+        self.tracking_uri = _resolve_uri(settings.tracking_uri)
+        self.registry_uri = _resolve_uri(settings.registry_uri) if settings.registry_uri else None
+        self.model_name = settings.model_name
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri,
+                                         registry_uri=self.registry_uri or self.tracking_uri)
+        return self._client
+
+    def _use(self) -> None:
+        """Point MLflow's fluent API (process-wide URIs) at this object's stores."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri or self.tracking_uri)
+
+    def _unavailable(self, exc: BaseException, doing: str = "") -> MlflowUnavailableError:
+        return MlflowUnavailableError(self.settings.tracking_uri, exc, doing=doing)
+
+    # --- experiment and registry ------------------------------------------------------------
+
+    def ensure_experiment(self) -> str:
+        """The experiment id, creating it (with the configured artifact location) if needed.
+
+        Tagged as a model-training experiment, so that the MLflow UI opens it on its runs.
+        """
+        settings = self.settings
+        exp = self.client.get_experiment_by_name(settings.experiment)
+        if exp is not None:
+            exp_id = str(exp.experiment_id)
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            return exp_id
+        location = settings.artifact_location
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        if location and not settings.tracking_uri.startswith(("http://", "https://", "databricks")):
+            if "://" not in location:
+                location = Path(location).resolve().as_uri()
+            return str(self.client.create_experiment(settings.experiment, artifact_location=location, tags=tags))
+        return str(self.client.create_experiment(settings.experiment, tags=tags))
+
+    def alias_versions(self) -> dict[str, int | None]:
+        """Model versions behind each alias of the registered model (None when unset).
+
+        Raises MlflowUnavailableError (a ServiceError) when the registry cannot answer.
+        """
+        from mlflow.exceptions import MlflowException
+
+        out: dict[str, int | None] = {}
+        for alias in ALIASES:
+            try:
+                out[alias] = int(self.client.get_model_version_by_alias(self.model_name, alias).version)
+            except MlflowException as exc:
+                if not _is_absent(exc):  # an unreachable or failing registry is not "no champion"
+                    raise self._unavailable(exc) from exc
+                out[alias] = None
+        return out
+
+    def set_alias(self, alias: str, version: int) -> None:
+        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+
+    def resolve_model_version(self, *, alias: str | None = None, version: int | None = None) -> dict[str, Any]:
+        """Name, version, run id and recorded input table versions of a registered model version.
+
+        Give `version` (a rollback) or `alias` (default champion); the input versions come from
+        the training run's `input.<table>.version` tags, else from the model's metadata, else
+        are absent. Raises ModelVersionNotFoundError when the registry has no such alias or
+        version, MlflowUnavailableError when it cannot answer.
+        """
+        from mlflow.exceptions import MlflowException
+
+        alias = alias or "champion"
+        try:
+            if version is not None:
+                mv = self.client.get_model_version(self.model_name, str(version))
+            else:
+                mv = self.client.get_model_version_by_alias(self.model_name, alias)
+        except MlflowException as exc:
+            if not _is_absent(exc):  # an unreachable or failing registry is not "no such model"
+                raise self._unavailable(exc) from exc
+            raise ModelVersionNotFoundError(self.model_name, self.settings.tracking_uri,
+                                            alias=alias, version=version) from exc
+        inputs: dict[str, int] = {}
+        if mv.run_id:
+            try:
+                tags = self.client.get_run(mv.run_id).data.tags
+            except MlflowException:
+                tags = {}
+            inputs = _input_versions(tags)
+        if not inputs:
+            try:
+                import mlflow.models
+
+                self._use()
+                meta = mlflow.models.get_model_info(f"models:/{self.model_name}/{mv.version}").metadata or {}
+            except (MlflowException, OSError):
+                meta = {}
+            inputs = _input_versions({k: str(v) for k, v in meta.items()})
+        return {"model_name": self.model_name, "model_version": int(mv.version), "run_id": mv.run_id,
+                "input_versions": inputs}
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        """The params logged on a run (empty when the run is gone): the stream reads regParam/alpha here.
+
+        A registry that cannot be reached raises (MlflowUnavailableError) instead of looking
+        like a run without params.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.client.get_run(run_id).data.params)
+        except MlflowException as exc:
+            if not _is_absent(exc):
+                raise self._unavailable(exc) from exc
+            return {}
+
+    # --- loading models ---------------------------------------------------------------------
+
+    def load_model_version(self, version: int) -> Any:
+        """The ALSModel of registered version `version`.
+
+        ModelUnreadableError (a NotFoundError) when the version or its files are gone;
+        MlflowUnavailableError (a ServiceError) when the registry or the artifact store fails
+        to answer (a restart, a 5xx), which is worth trying again.
+        """
+        import mlflow.spark
+        from mlflow.exceptions import MlflowException
+
+        uri = f"models:/{self.model_name}/{version}"
+        self._use()
+        try:
+            model = mlflow.spark.load_model(uri)
+        except MlflowException as exc:
+            if not _is_absent(exc):
+                raise self._unavailable(exc, f"cannot load {uri}") from exc
+            raise ModelUnreadableError(uri, exc) from exc
+        except OSError as exc:
+            raise ModelUnreadableError(uri, exc) from exc
+        stages = getattr(model, "stages", None)
+        return stages[-1] if stages else model
+
+    def load_alias_model(self, alias: str) -> Any | None:
+        """The ALSModel behind `alias`, or None when the alias is unset.
+
+        Raises ChampionUnavailableError when the alias is set but its model cannot be loaded:
+        a champion that cannot be scored is not "no champion" (train then does not promote).
+        """
+        import mlflow.spark
+
+        version = self.alias_versions().get(alias)
+        if version is None:
+            return None
+        self._use()
+        try:
+            model = mlflow.spark.load_model(f"models:/{self.model_name}@{alias}")
+        except Exception as exc:  # MLflow, Spark and file-system errors alike
+            raise ChampionUnavailableError(self.model_name, alias, version, exc) from exc
+        stages = getattr(model, "stages", None)
+        return stages[-1] if stages else model
+
+    # --- training runs ----------------------------------------------------------------------
+
+    def start_parent_run(self, run_name: str, tags: dict[str, str]) -> Any:
+        """Start the parent run of a training (a context manager, like mlflow.start_run)."""
+        import mlflow
+
+        exp_id = self.ensure_experiment()
+        self._use()
+        return mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags)
+
+    def log_grid(
+        self,
+        points: list[dict[str, Any]],
+        means: list[float],
+        stds: list[float],
+        metric: str,
+        fixed_params: dict[str, Any],
+    ) -> list[str]:
+        """One nested child run per grid point, named after it, with its params and validation metric; run ids."""
+        import mlflow
+
+        parent = mlflow.active_run()
+        if parent is None:
+            raise RuntimeError("log_grid needs an active parent run")
+        ids = []
+        for point, mean, std in zip(points, means, stds, strict=True):
+            # The child must name the parent's experiment: nested runs otherwise land in the default one.
+            with mlflow.start_run(run_name=grid_point_name(point), nested=True,
+                                  experiment_id=parent.info.experiment_id) as child:
+                mlflow.log_params({**fixed_params, **point})
+                mlflow.log_metrics({f"cv_{metric}": mean, f"cv_{metric}_std": std})
+                ids.append(child.info.run_id)
+        return ids
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        import mlflow
+
+        mlflow.log_params(params)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics(metrics)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        import mlflow
+
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        """Log a matplotlib figure as a PNG artifact under plots/."""
+        import matplotlib.pyplot as plt
+        import mlflow
+
+        mlflow.log_figure(figure, f"plots/{name}")
+        plt.close(figure)
+
+    def log_input_tables(self, tables: dict[str, tuple[str, int]]) -> None:
+        """Record each input table's path and Delta version (tags, plus mlflow inputs) for time travel."""
+        import mlflow
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        for name, (path, version) in tables.items():
+            mlflow.set_tag(f"input.{name}.path", path)
+            mlflow.set_tag(f"input.{name}.version", str(version))
+            source = LocalArtifactDatasetSource(path) if "://" not in path else None
+            if source is not None:
+                dataset = MetaDataset(source=source, name=f"{name}@v{version}", digest=f"v{version}")
+                mlflow.log_input(dataset, context="training", tags={"delta_version": str(version)})
+
+    def log_spark_model(self, model: Any, metadata: dict[str, Any]) -> int:
+        """Log the fitted ALSModel as an MLflow Spark model and register it; return the version."""
+        import mlflow.spark
+        import pyspark
+
+        self._use()
+        info = mlflow.spark.log_model(
+            model,
+            artifact_path="model",
+            registered_model_name=self.model_name,
+            metadata={k: str(v) for k, v in metadata.items()},
+            # Given explicitly, MLflow skips inferring them, which starts a second Spark JVM in a
+            # subprocess just to load the model and list its imports.
+            pip_requirements=[f"pyspark=={pyspark.__version__}"],
+        )
+        version = info.registered_model_version
+        if version is None:
+            raise RuntimeError("MLflow did not return a registered model version")
+        return int(version)
 
 
 def kill_active_runs() -> list[str]:
@@ -127,238 +374,3 @@ def kill_active_runs() -> list[str]:
     except Exception as exc:  # the process is leaving anyway; say why the run stays RUNNING
         print(f"could not mark MLflow run(s) {ids} KILLED: {exc}", file=sys.stderr, flush=True)
     return killed
-
-
-def log_grid(
-    points: list[dict[str, Any]],
-    means: list[float],
-    stds: list[float],
-    metric: str,
-    fixed_params: dict[str, Any],
-) -> list[str]:
-    """One nested child run per grid point with its params and validation metric; run ids."""
-    import mlflow
-
-    parent = mlflow.active_run()
-    if parent is None:
-        raise RuntimeError("log_grid needs an active parent run")
-    ids = []
-    for i, (point, mean, std) in enumerate(zip(points, means, stds, strict=True)):
-        # The child must name the parent's experiment: nested runs otherwise land in the default one.
-        with mlflow.start_run(run_name=f"grid-{i:02d}", nested=True,
-                              experiment_id=parent.info.experiment_id) as child:
-            mlflow.log_params({**fixed_params, **point})
-            mlflow.log_metrics({f"cv_{metric}": mean, f"cv_{metric}_std": std})
-            ids.append(child.info.run_id)
-    return ids
-
-
-def log_params(params: dict[str, Any]) -> None:
-    import mlflow
-
-    mlflow.log_params(params)
-
-
-def log_metrics(metrics: dict[str, float]) -> None:
-    import mlflow
-
-    mlflow.log_metrics(metrics)
-
-
-def set_tags(tags: dict[str, Any]) -> None:
-    import mlflow
-
-    mlflow.set_tags({k: str(v) for k, v in tags.items()})
-
-
-def log_figure(figure: Any, name: str) -> None:
-    """Log a matplotlib figure as a PNG artifact under plots/."""
-    import matplotlib.pyplot as plt
-    import mlflow
-
-    mlflow.log_figure(figure, f"plots/{name}")
-    plt.close(figure)
-
-
-def log_dict(data: dict[str, Any], name: str) -> None:
-    import mlflow
-
-    mlflow.log_dict(data, name)
-
-
-def log_input_tables(tables: dict[str, tuple[str, int]]) -> None:
-    """Record each input table's path and Delta version (tags, plus mlflow inputs) for time travel."""
-    import mlflow
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource
-
-    for name, (path, version) in tables.items():
-        mlflow.set_tag(f"input.{name}.path", path)
-        mlflow.set_tag(f"input.{name}.version", str(version))
-        source = LocalArtifactDatasetSource(path) if "://" not in path else None
-        if source is not None:
-            dataset = MetaDataset(source=source, name=f"{name}@v{version}", digest=f"v{version}")
-            mlflow.log_input(dataset, context="training", tags={"delta_version": str(version)})
-
-
-def log_spark_model(model: Any, config: ClickrecConfig, metadata: dict[str, Any]) -> int:
-    """Log the fitted ALSModel as an MLflow Spark model and register it; return the version."""
-    import mlflow.spark
-    import pyspark
-
-    info = mlflow.spark.log_model(
-        model,
-        artifact_path="model",
-        registered_model_name=config.mlflow.model_name,
-        metadata={k: str(v) for k, v in metadata.items()},
-        # Given explicitly, MLflow skips inferring them, which starts a second Spark JVM in a
-        # subprocess just to load the model and list its imports.
-        pip_requirements=[f"pyspark=={pyspark.__version__}"],
-    )
-    version = info.registered_model_version
-    if version is None:
-        raise RuntimeError("MLflow did not return a registered model version")
-    return int(version)
-
-
-def set_alias(config: ClickrecConfig, alias: str, version: int) -> None:
-    from mlflow import MlflowClient
-
-    configure(config)
-    MlflowClient().set_registered_model_alias(config.mlflow.model_name, alias, str(version))
-
-
-def load_alias_model(config: ClickrecConfig, alias: str) -> Any | None:
-    """The ALSModel behind `alias`, or None when the alias is unset.
-
-    Raises ChampionUnavailableError when the alias is set but its model cannot be loaded: a
-    champion that cannot be scored is not "no champion" (train then does not promote).
-    """
-    import mlflow.spark
-
-    from clickrec.errors import ChampionUnavailableError
-
-    configure(config)
-    version = alias_versions(config).get(alias)
-    if version is None:
-        return None
-    try:
-        model = mlflow.spark.load_model(f"models:/{config.mlflow.model_name}@{alias}")
-    except Exception as exc:  # MLflow, Spark and file-system errors alike
-        raise ChampionUnavailableError(
-            f"{config.mlflow.model_name}@{alias} (v{version}) cannot be loaded: {first_line(exc)}"
-        ) from exc
-    stages = getattr(model, "stages", None)
-    return stages[-1] if stages else model
-
-
-# --- publishing -----------------------------------------------------------------------------
-
-
-def resolve_model_version(config: ClickrecConfig, *, alias: str | None = None,
-                          version: int | None = None) -> dict[str, Any]:
-    """Name, version, run id and recorded input table versions of a registered model version.
-
-    Give `version` (a rollback) or `alias`; the input versions come from the training run's
-    `input.<table>.version` tags, else from the model's metadata, else are absent. Raises
-    NotFoundError naming the alias or version when the registry has none.
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from clickrec.errors import NotFoundError, ServiceError
-
-    configure(config)
-    client = MlflowClient()
-    name = config.mlflow.model_name
-    try:
-        if version is not None:
-            mv = client.get_model_version(name, str(version))
-        else:
-            mv = client.get_model_version_by_alias(name, alias or "champion")
-    except MlflowException as exc:
-        if not _is_absent(exc):  # an unreachable or failing registry is not "no such model"
-            raise ServiceError(f"MLflow registry at {config.mlflow.tracking_uri}: {first_line(exc)}") from exc
-        what = f"version {version}" if version is not None else f"alias '{alias or 'champion'}'"
-        raise NotFoundError(
-            f"registered model '{name}' has no {what} in {config.mlflow.tracking_uri} "
-            "(run `clickrec train` first, or pick --model-version from the registry)"
-        ) from exc
-    inputs: dict[str, int] = {}
-    if mv.run_id:
-        try:
-            tags = client.get_run(mv.run_id).data.tags
-        except MlflowException:
-            tags = {}
-        inputs = _input_versions(tags)
-    if not inputs:
-        try:
-            import mlflow.models
-
-            meta = mlflow.models.get_model_info(f"models:/{name}/{mv.version}").metadata or {}
-        except (MlflowException, OSError):
-            meta = {}
-        inputs = _input_versions({k: str(v) for k, v in meta.items()})
-    return {"model_name": name, "model_version": int(mv.version), "run_id": mv.run_id,
-            "input_versions": inputs}
-
-
-def _input_versions(tags: dict[str, str]) -> dict[str, int]:
-    """{table: version} from `input.<table>.version` keys."""
-    out = {}
-    for key, value in tags.items():
-        if key.startswith("input.") and key.endswith(".version"):
-            try:
-                out[key[len("input.") : -len(".version")]] = int(value)
-            except ValueError:
-                continue
-    return out
-
-
-def load_model_version(config: ClickrecConfig, version: int) -> Any:
-    """The ALSModel of registered version `version`.
-
-    NotFoundError when the version or its files are gone; ServiceError when the registry or
-    the artifact store fails to answer (a restart, a 5xx), which is worth trying again.
-    """
-    import mlflow.spark
-    from mlflow.exceptions import MlflowException
-
-    from clickrec.errors import NotFoundError, ServiceError
-
-    configure(config)
-    uri = f"models:/{config.mlflow.model_name}/{version}"
-    try:
-        model = mlflow.spark.load_model(uri)
-    except MlflowException as exc:
-        if not _is_absent(exc):
-            raise ServiceError(f"cannot load {uri} from MLflow at {config.mlflow.tracking_uri}: "
-                               f"{first_line(exc)}") from exc
-        raise NotFoundError(f"cannot load {uri}: {exc}") from exc
-    except OSError as exc:
-        raise NotFoundError(f"cannot load {uri}: {exc}") from exc
-    stages = getattr(model, "stages", None)
-    return stages[-1] if stages else model
-
-
-# --- streaming fold-in ------------------------------------------------------------------------
-
-
-def run_params(config: ClickrecConfig, run_id: str) -> dict[str, str]:
-    """The params logged on a run (empty when the run is gone): the stream reads regParam/alpha here.
-
-    A registry that cannot be reached raises (ServiceError) instead of looking like a run
-    without params.
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from clickrec.errors import ServiceError
-
-    configure(config)
-    try:
-        return dict(MlflowClient().get_run(run_id).data.params)
-    except MlflowException as exc:
-        if not _is_absent(exc):
-            raise ServiceError(f"MLflow at {config.mlflow.tracking_uri}: {first_line(exc)}") from exc
-        return {}

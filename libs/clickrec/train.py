@@ -17,23 +17,26 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from clickrec import columns as C
-from clickrec import tracking
+from clickrec.choices import PromoteMode
 from clickrec.config import ClickrecConfig, TrainConfig
 from clickrec.errors import (
     ChampionUnavailableError,
     ClickrecError,
+    ConfigKeyError,
     InputError,
-    NotFoundError,
+    TableNotFoundError,
     first_line,
 )
 from clickrec.io.delta import table_path, table_version
 from clickrec.ml.estimator import RankingALSModel
 from clickrec.ml.evaluate import catalogue_coverage, evaluate_ranking, metric_name, ranking_frame
 from clickrec.ml.plots import grid_heatmap, model_vs_baseline
-from clickrec.ml.promotion import PromoteMode, decide_promotion
+from clickrec.ml.promotion import decide_promotion
 from clickrec.ml.recommend import popularity_factors, recommend_top_k
 from clickrec.ml.split import split_stratified_random, split_temporal
 from clickrec.ml.tuning import tune
+from clickrec.spark import NATIVE_BLAS_PACKAGE, blas_in_use
+from clickrec.tracking import Tracking, run_name
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +60,14 @@ def read_inputs(spark: SparkSession, config: ClickrecConfig) -> TrainingInputs:
         path = table_path(config, table)
         version = table_version(spark, path)
         if version is None:
-            raise NotFoundError(f"table {table} not found at {path}: run `clickrec ingest` first")
+            raise TableNotFoundError(table, path)
         tables[table] = (path, version)
         frames[table] = spark.read.format("delta").option("versionAsOf", version).load(path)
     rating_col = config.train.rating_col
     interactions = frames[C.SILVER_INTERACTIONS]
     if rating_col not in interactions.columns:
-        raise InputError(
-            f"config key 'train.rating_col': column {rating_col!r} is not in silver/interactions "
-            f"(columns: {', '.join(interactions.columns)})"
-        )
+        raise ConfigKeyError("train.rating_col", f"column {rating_col!r} is not in silver/interactions "
+                             f"(columns: {', '.join(interactions.columns)})")
     ratings_df = to_als_input(interactions, rating_col=rating_col)
     return TrainingInputs(ratings_df, tables, interactions)
 
@@ -116,7 +117,8 @@ def split_by(ratings_df: DataFrame, how: str, *, test_fraction: float, seed: int
     raise InputError(f"unknown split {how!r}")
 
 
-def champion_train_pairs(spark: SparkSession, config: ClickrecConfig) -> tuple[DataFrame | None, str]:
+def champion_train_pairs(spark: SparkSession, config: ClickrecConfig,
+                         tracking: Tracking) -> tuple[DataFrame | None, str]:
     """The (user_idx, item_idx) pairs the champion was trained on, persisted; or None and why not.
 
     Rebuilt from what its run recorded: the silver/interactions version it read (time travel)
@@ -124,8 +126,8 @@ def champion_train_pairs(spark: SparkSession, config: ClickrecConfig) -> tuple[D
     pairs it saw. None when the run lacks them or that table version can no longer be read.
     """
     try:
-        info = tracking.resolve_model_version(config, alias="champion")
-        params = tracking.run_params(config, info["run_id"]) if info.get("run_id") else {}
+        info = tracking.resolve_model_version(alias="champion")
+        params = tracking.run_params(info["run_id"]) if info.get("run_id") else {}
     except ClickrecError as exc:  # the model is trained: a registry blip must not lose the run
         return None, f"the champion's run cannot be read: {first_line(exc)}"
     version = info["input_versions"].get(C.SILVER_INTERACTIONS)
@@ -209,10 +211,15 @@ def score_popularity(train_df: DataFrame, test_df: DataFrame, *, k: int, catalog
 
 
 def run_train(
-    spark: SparkSession, config: ClickrecConfig, *, promote: PromoteMode | None = None
+    spark: SparkSession, config: ClickrecConfig, *, promote: PromoteMode | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate, log and register a model; promote it per the rule. Returns the summary."""
+    """Train, evaluate, log and register a model; promote it per the rule. Returns the summary.
+
+    `tracking`: the job's MLflow (default: one built from config.mlflow).
+    """
     tc = config.train
+    tracking = tracking or Tracking(config.mlflow)
     mode: PromoteMode = promote or tc.promote
     started = time.monotonic()
     inputs = read_inputs(spark, config)
@@ -231,7 +238,8 @@ def run_train(
         "implicit_prefs": tc.implicit_prefs, "nonnegative": tc.nonnegative, "seed": tc.seed,
         "k": tc.k, "rating_col": tc.rating_col,
     }
-    with tracking.start_parent_run(config, "train", {"clickrec.job": "train"}) as run:
+    name = run_name("train", config.mlflow.model_name, tc.split)
+    with tracking.start_parent_run(name, {"clickrec.job": "train"}) as run:
         tracking.log_input_tables(inputs.tables)
         tracking.log_params({
             "split": tc.split, "test_fraction": tc.test_fraction, "tuning": tc.tuning,
@@ -243,6 +251,12 @@ def run_train(
         t0 = time.monotonic()
         result = tune(train_df, tc)
         tune_s = time.monotonic() - t0
+        blas = blas_in_use(spark)
+        tracking.set_tags(blas)
+        if not blas["blas"].startswith("native"):
+            log.warning("no native BLAS: ALS ran on %s, about 1.6x slower per iteration than with a system "
+                        "libblas.so.3 (docs/benchmarks.md); optional, on Debian: apt-get install %s",
+                        blas["blas"], NATIVE_BLAS_PACKAGE)
         selection = metric_name(tc.metric, tc.k)
         tracking.log_grid(result.points, result.mean_metric, result.std_metric, selection, fixed)
         tracking.log_params({f"best_{k}": v for k, v in result.best_params.items()})
@@ -258,7 +272,7 @@ def run_train(
 
         champion_score, unavailable = None, None
         try:
-            champion = tracking.load_alias_model(config, "champion")
+            champion = tracking.load_alias_model("champion")
         except ChampionUnavailableError as exc:  # cannot compare: registered, not promoted (unless forced)
             log.error("%s; the new model is registered as challenger and not promoted", exc)
             champion, unavailable = None, str(exc)
@@ -267,7 +281,7 @@ def run_train(
         if champion is not None:
             champ = RankingALSModel(champion, None)
             champ._set(k=tc.k)
-            champion_train, why_not = champion_train_pairs(spark, config)
+            champion_train, why_not = champion_train_pairs(spark, config, tracking)
             if champion_train is None:
                 log.warning("comparing with the champion on this run's split only: %s", why_not)
             try:
@@ -285,19 +299,19 @@ def run_train(
             tracking.set_tags({"champion_comparison": json.dumps(comparison)})
 
         version = tracking.log_spark_model(
-            result.best_model.als_model, config,
+            result.best_model.als_model,
             metadata={
                 **{f"input.{t}.version": v for t, (_, v) in inputs.tables.items()},
                 **{f"input.{t}.path": p for t, (p, _) in inputs.tables.items()},
                 "run_id": run.info.run_id,
             },
         )
-        tracking.set_alias(config, "challenger", version)
+        tracking.set_alias("challenger", version)
         challenger_score = comparison["challenger"] if comparison is not None else metrics[selection]
         decision = decide_promotion(mode, challenger_score, champion_score, tc.promotion_margin,
                                     champion_unavailable=unavailable)
         if decision.promote:
-            tracking.set_alias(config, "champion", version)
+            tracking.set_alias("champion", version)
         tracking.set_tags({"promoted": decision.promote, "promotion_reason": decision.reason,
                            "model_version": version})
         log.info("registered %s v%d as challenger; promoted: %s (%s)",
@@ -317,6 +331,8 @@ def run_train(
         "promotion_reason": decision.reason,
         "input_versions": {t: v for t, (_, v) in inputs.tables.items()},
         "rows": rows,
+        "blas": blas["blas"],
+        "lapack": blas["lapack"],
         "seconds": round(time.monotonic() - started, 1),
     }
 

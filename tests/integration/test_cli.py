@@ -119,6 +119,11 @@ def test_missing_default_config_names_the_folder_it_looked_in(
         (["ingest"], "ingest", "Missing option '--input'"),
         (["services", "up", "--bogus"], "services up", "No such option: --bogus"),
         (["nosuch"], "clickrec", "No such command 'nosuch'"),
+        # the closed choices (clickrec.choices) are refused here, before any config or Spark
+        (["ingest", "--input", "x", "--format", "csv"], "ingest", "Invalid value for '--format'"),
+        (["train", "--promote", "sometimes"], "train", "Invalid value for '--promote'"),
+        (["publish", "--alias", "default"], "publish", "Invalid value for '--alias'"),
+        (["recommend", "--user", "u", "--variant", "x"], "recommend", "Invalid value for '--variant'"),
     ],
 )
 def test_usage_errors_end_stdout_with_a_json_line_too(

@@ -8,10 +8,10 @@ import pytest
 from pyspark.sql import SparkSession
 
 from clickrec import columns as C
-from clickrec import tracking
 from clickrec.generate import generate_clickstream
 from clickrec.io.delta import table_path
 from clickrec.pipeline import run_pipeline
+from clickrec.tracking import Tracking
 from tests.support.config import make_config
 
 ONE_POINT = {"rank": [4], "reg_param": [0.1], "alpha": [10.0], "max_iter": [3]}
@@ -33,6 +33,6 @@ def test_promote_never_on_an_empty_registry_skips_publish_and_says_so(spark: Spa
     champion, challenger = summary["publish"]["champion"], summary["publish"]["challenger"]
     assert set(champion) == {"skipped"} and "has the alias champion" in champion["skipped"]
     assert challenger["variant"] == "challenger" and challenger["model_version"] == 1 and challenger["users"] > 0
-    assert tracking.alias_versions(config) == {"champion": None, "challenger": 1}
+    assert Tracking(config.mlflow).alias_versions() == {"champion": None, "challenger": 1}
     gold = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
     assert {r[C.VARIANT] for r in gold.select(C.VARIANT).distinct().collect()} == {"challenger"}

@@ -21,13 +21,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from clickrec import columns as C
-from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.io.delta import table_path, table_version
 from clickrec.ml.recommend import recommend_top_k
 from clickrec.publish import publish
 from clickrec.serving import RecommendationReader, recommendations
 from clickrec.serving.api import create_app
+from clickrec.tracking import Tracking
 from clickrec.train import run_train
 from clickrec.transforms.recommendations import exclusion_pairs, reference_top_k
 from tests.support.config import REPO_ROOT, make_config
@@ -70,7 +70,7 @@ def silver(spark: SparkSession, config: ClickrecConfig) -> list[Any]:
 
 def test_every_trained_user_gets_a_clean_ranked_list(spark: SparkSession, lake: dict[str, Any]) -> None:
     config, first = lake["config"], lake["first"]
-    model = tracking.load_model_version(config, 1)
+    model = Tracking(config.mlflow).load_model_version(1)
     model_users = {r["id"] for r in model.userFactors.collect()}
     model_items = {r["id"] for r in model.itemFactors.collect()}
     rows = silver(spark, config)
@@ -124,7 +124,7 @@ def test_a_rerun_changes_nothing(spark: SparkSession, lake: dict[str, Any]) -> N
 
 def test_fast_top_n_equals_recommend_for_all_users_plus_filter(spark: SparkSession, lake: dict[str, Any]) -> None:
     config = lake["config"]
-    model = tracking.load_model_version(config, 1)
+    model = Tracking(config.mlflow).load_model_version(1)
     inter = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
     n_items = model.itemFactors.count()
     everything = model.recommendForAllUsers(n_items).collect()
@@ -195,7 +195,7 @@ def test_variants_new_champion_served_live_and_rollback(spark: SparkSession, lak
         assert client.get("/v1/recommendations/u3", params={"n": "x"}).status_code == 422
 
         # The challenger is promoted and published: the running service serves it after a poll.
-        tracking.set_alias(config, "champion", v2)
+        Tracking(config.mlflow).set_alias("champion", v2)
         second = publish(spark, config)
         assert second["model_version"] == 2
         v2_lists = {u: r[C.ITEMS] for u, r in gold(spark, config).items()}
@@ -261,12 +261,10 @@ def _wait_for_version(client: TestClient, version: int, timeout: float = 20.0) -
 
 
 def test_missing_model_and_bad_alias_are_clear_errors(spark: SparkSession, lake: dict[str, Any], tmp_path: Path) -> None:
-    from clickrec.errors import InputError, NotFoundError
+    from clickrec.errors import NotFoundError
 
     with pytest.raises(NotFoundError, match="has no version 99"):
         publish(spark, lake["config"], model_version=99)
-    with pytest.raises(InputError, match="--alias 'default'"):
-        publish(spark, lake["config"], alias="default")
     with pytest.raises(NotFoundError, match="alias 'champion'"):
         publish(spark, make_config(tmp_path))
 
@@ -286,7 +284,7 @@ def test_a_failed_recommendations_merge_puts_the_popular_row_back(
 
     before, rec_before, pop_before = popular_rows(), table_version(spark, rec_path), table_version(spark, pop_path)
     assert {r[C.VARIANT]: r[C.MODEL_VERSION] for r in before}["champion"] == 1  # the rollback's
-    assert tracking.alias_versions(config)["champion"] == 2  # so publishing the alias switches
+    assert Tracking(config.mlflow).alias_versions()["champion"] == 2  # so publishing the alias switches
     real_merge = publish_module.delta.merge_changes
 
     def failing_merge(spark_: SparkSession, df: Any, path: str, **kwargs: Any) -> dict[str, int]:
@@ -312,7 +310,7 @@ def test_a_lease_that_cannot_be_taken_changes_no_gold_table(
     config = lake["config"]
     pop_path, rec_path = table_path(config, C.GOLD_POPULAR_ITEMS), table_path(config, C.GOLD_RECOMMENDATIONS)
     before = {p: table_version(spark, p) for p in (pop_path, rec_path)}
-    assert tracking.alias_versions(config)["champion"] != spark.read.format("delta").load(pop_path).where(
+    assert Tracking(config.mlflow).alias_versions()["champion"] != spark.read.format("delta").load(pop_path).where(
         F.col(C.VARIANT) == "champion").first()[C.MODEL_VERSION]  # so a publish would switch it
 
     def busy(*_: Any, **__: Any) -> None:

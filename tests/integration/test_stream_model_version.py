@@ -10,7 +10,6 @@ import pytest
 from pyspark.sql import SparkSession
 
 from clickrec import columns as C
-from clickrec import tracking
 from clickrec.errors import ServiceError
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
@@ -19,6 +18,7 @@ from clickrec.microbatch import BatchProcessor
 from clickrec.ml.foldin_model import served_version
 from clickrec.publish import publish
 from clickrec.status import collect_status
+from clickrec.tracking import Tracking
 from tests.support.config import make_config
 from tests.support.models import register_model
 
@@ -100,28 +100,28 @@ def test_an_unreachable_registry_is_a_service_error_and_the_stream_keeps_its_mod
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     down = make_config(tmp_path, mlflow={"tracking_uri": "http://127.0.0.1:9"})
     with pytest.raises(ServiceError):  # not NotFoundError: "run `clickrec train` first" would mislead
-        tracking.resolve_model_version(down, version=version)
+        Tracking(down.mlflow).resolve_model_version(version=version)
     with pytest.raises(ServiceError):  # not "no alias set", not a raw MlflowException (exit 1)
-        tracking.alias_versions(down)
+        Tracking(down.mlflow).alias_versions()
     with pytest.raises(ServiceError):  # worth retrying: not "the version is gone"
-        tracking.load_model_version(down, version)
+        Tracking(down.mlflow).load_model_version(version)
     report = collect_status(down)  # still lists the tables, and says why the models are missing
     assert "MLflow at http://127.0.0.1:9" in report["models"]["error"] and report["tables"]
     # A stream that has a model keeps it through the outage instead of failing its batch.
-    processor.config = down
+    processor.config, processor.tracking = down, Tracking(down.mlflow)
     processor.model_checked_version = None
     processor.refresh_model()
     assert processor.model.version == version and processor.model_checked_version is None
 
     # Gold now serves a newer version the stream cannot load during the outage: fold-in stops
     # rather than mixing the old model's lists with the new one's, and it tries again later.
-    processor.config, processor.model_checked_version = config, version
+    processor.config, processor.tracking, processor.model_checked_version = config, Tracking(config.mlflow), version
     newer = register_model(spark, config, max_iter=2, seed=2)
     publish(spark, config)
-    processor.config = down
+    processor.config, processor.tracking = down, Tracking(down.mlflow)
     processor.refresh_model()
     assert processor.model is None and processor.model_checked_version == version
-    processor.config = config  # the registry is back
+    processor.config, processor.tracking = config, Tracking(config.mlflow)  # the registry is back
     processor.refresh_model()
     assert processor.model is not None and processor.model.version == newer
 

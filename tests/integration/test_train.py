@@ -60,9 +60,9 @@ def test_the_champion_is_not_scored_on_pairs_it_was_trained_on(
 ) -> None:
     """A run with another split seed compares with the champion on test pairs neither trained on."""
     from clickrec import columns as C
-    from clickrec import tracking
     from clickrec.ml.estimator import RankingALSModel
     from clickrec.ml.split import split_stratified_random
+    from clickrec.tracking import Tracking
     from clickrec.train import score_model, to_als_input
 
     # the champion: the module's first run, split with seed 42
@@ -78,7 +78,7 @@ def test_the_champion_is_not_scored_on_pairs_it_was_trained_on(
     fair = new_test.join(champ_train.select(*keys), keys, "left_anti")
     assert comparison["exact"] is True
     assert comparison["test_rows"] == fair.count() < new_test.count()
-    champion = RankingALSModel(tracking.load_alias_model(trained_config, "champion"), None)
+    champion = RankingALSModel(Tracking(trained_config.mlflow).load_alias_model("champion"), None)
     champion._set(k=10)
     seen = new_train.select(*keys).unionByName(champ_train.select(*keys)).distinct()
     expected = score_model(champion, seen, fair, k=10, catalogue=1)["ndcg_at_10"]
@@ -105,6 +105,14 @@ def test_a_rerun_reproduces_and_promotion_follows_the_champion(
     name = trained_config.mlflow.model_name
     assert int(client.get_model_version_by_alias(name, "champion").version) == 1
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 3
+    # The MLflow UI opens a model-training experiment on its runs (not on GenAI traces), and
+    # tells the parent runs apart by name; the run and the summary say which BLAS ALS ran on.
+    experiment = client.get_experiment_by_name(trained_config.mlflow.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = [client.get_run(s["run_id"]) for s in (first, second)]
+    assert runs[0].info.run_name != runs[1].info.run_name
+    assert all(r.info.run_name.startswith(f"train {name} stratified_random-") for r in runs)
+    assert first["blas"].startswith(("native (", "java (")) and runs[0].data.tags["blas"] == first["blas"]
 
     # A worse challenger (rank 1, one iteration) leaves the champion where it is ...
     worse = trained_config.model_copy(update={"train": trained_config.train.model_copy(

@@ -35,6 +35,8 @@ def test_train_logs_to_server(spark: SparkSession, mlflow_service: ServiceProces
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary['run_id']}'"
     )
     assert sorted(int(c.data.params["rank"]) for c in children) == [4, 8]
+    assert sorted(c.info.run_name for c in children) == ["rank=4 reg=0.05 alpha=10 iter=4",
+                                                         "rank=8 reg=0.05 alpha=10 iter=4"]
     assert all("cv_ndcg_at_10" in c.data.metrics for c in children)
     plots = {a.path for a in client.list_artifacts(summary["run_id"], "plots")}
     assert plots == {"plots/grid_heatmap.png", "plots/model_vs_baseline.png"}

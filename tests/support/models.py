@@ -10,9 +10,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from clickrec import columns as C
-from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.io.delta import table_path, table_version
+from clickrec.tracking import Tracking
 
 # The stream folds users in with the run's best_* params: these are logged on every model's run.
 REG_PARAM, ALPHA, RANK = 0.1, 1.0, 8
@@ -36,12 +36,13 @@ def register_model(spark: SparkSession, config: ClickrecConfig, *, alias: str | 
     model = ALS(rank=rank, maxIter=max_iter, regParam=reg_param, alpha=alpha, implicitPrefs=True, seed=seed,
                 userCol=C.USER_IDX, itemCol=C.ITEM_IDX, ratingCol=C.RATING,
                 numUserBlocks=2, numItemBlocks=2).fit(ratings)
-    with tracking.start_parent_run(config, f"test-als-rank{rank}", {"clickrec.job": "test"}) as run:
+    tracking = Tracking(config.mlflow)
+    with tracking.start_parent_run(f"test-als-rank{rank}", {"clickrec.job": "test"}) as run:
         tracking.log_input_tables(tables)
         tracking.log_params({"best_reg_param": reg_param, "best_alpha": alpha, "best_rank": rank, **(params or {})})
         version = tracking.log_spark_model(
-            model, config, metadata={**{f"input.{t}.version": v for t, (_, v) in tables.items()},
+            model, metadata={**{f"input.{t}.version": v for t, (_, v) in tables.items()},
                                      "run_id": run.info.run_id})
     if alias is not None:
-        tracking.set_alias(config, alias, version)
+        tracking.set_alias(alias, version)
     return version

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clickrec import columns as C
-from clickrec import tracking
 from clickrec.config import ClickrecConfig
 from clickrec.io import delta
 from clickrec.io.delta_reader import open_table
@@ -24,6 +23,8 @@ from clickrec.ml.foldin import ItemFactors, fold_in, top_n
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+    from clickrec.tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,15 @@ def _param(params: dict[str, str], keys: tuple[str, ...]) -> float | None:
     return None
 
 
-def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, version: int) -> FoldInModel | None:
+def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, tracking: Tracking,
+                       version: int) -> FoldInModel | None:
     """Load `version`'s item factors and its run's reg_param/alpha; None (logged) when unusable."""
     from pyspark.sql import functions as F
 
     from clickrec.ml.recommend import item_matrix
 
-    ref = tracking.resolve_model_version(config, version=version)
-    params = tracking.run_params(config, ref["run_id"]) if ref["run_id"] else {}
+    ref = tracking.resolve_model_version(version=version)
+    params = tracking.run_params(ref["run_id"]) if ref["run_id"] else {}
     reg_param, alpha = _param(params, REG_PARAM_KEYS), _param(params, ALPHA_KEYS)
     if params.get("implicit_prefs", "True") != "True" or params.get("nonnegative", "False") != "False":
         # fold_in solves the implicit, unconstrained user equations; an explicit or NNLS model's
@@ -71,7 +73,7 @@ def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, version: int
         log.error("model %s v%d: its run %s logs no %s/%s params; fold-in is off until a model has them",
                   ref["model_name"], version, ref["run_id"], REG_PARAM_KEYS[0], ALPHA_KEYS[0])
         return None
-    model = tracking.load_model_version(config, version)
+    model = tracking.load_model_version(version)
     ids, mat = item_matrix(model.itemFactors)
     index = delta.read_table(spark, delta.table_path(config, C.SILVER_ITEM_INDEX))
     known = index.where(F.col(C.IDX).isin([int(i) for i in ids])) if len(ids) < 50_000 else index

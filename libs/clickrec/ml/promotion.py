@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-PromoteMode = Literal["auto", "never", "always"]
+from clickrec.choices import PromoteMode
 
 
 @dataclass(frozen=True)
