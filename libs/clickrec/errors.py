@@ -60,3 +60,12 @@ class ChampionUnavailableError(ClickrecError):
     """The registry names a champion whose model cannot be loaded (artifacts gone or unreadable)."""
 
     exit_code = 5
+
+
+class TableNotFoundError(NotFoundError):
+    """A Delta table asked for does not exist (yet); the message names the table, where it was
+    looked for and, when given, the command that creates it."""
+
+    def __init__(self, table: str, path: str, *, hint: str | None = None) -> None:
+        self.table, self.path, self.hint = table, path, hint
+        super().__init__(f"table {table} not found at {path}" + (f": {hint}" if hint else ""))
