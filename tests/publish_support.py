@@ -14,7 +14,8 @@ from pyspark.sql import functions as F
 from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
-from clickrec.io.delta import table_path, table_version
+from clickrec.io.delta import table_version
+from clickrec.io.lake import Lake
 from tests.train_data import write_planted_silver
 
 TIE = 1e-4  # float32 GEMM in numpy vs the JVM's dot products: equal scores within this are ties
@@ -23,7 +24,7 @@ TIE = 1e-4  # float32 GEMM in numpy vs the JVM's dot products: equal scores with
 def write_planted_lake(spark: SparkSession, config: ClickrecConfig, *, users: int = 150, items: int = 60) -> None:
     """tests.train_data's planted silver plus a purchases column (rating 3 = bought), as ingest has it."""
     write_planted_silver(spark, config, users=users, items=items)
-    path = table_path(config, C.SILVER_INTERACTIONS)
+    path = Lake.from_config(config).path(C.SILVER_INTERACTIONS)
     bought = spark.read.format("delta").load(path).withColumn(
         C.PURCHASES, (F.col(C.RATING) >= 3).cast("long")
     )
@@ -39,7 +40,7 @@ def register_als(spark: SparkSession, config: ClickrecConfig, *, rank: int, alia
     """
     tables = {}
     for t in (C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX):
-        path = table_path(config, t)
+        path = Lake.from_config(config).path(t)
         tables[t] = (path, int(table_version(spark, path) or 0))
     ratings = spark.read.format("delta").load(tables[C.SILVER_INTERACTIONS][0]).select(
         C.USER_IDX, C.ITEM_IDX, F.col(C.RATING).cast("float").alias(C.RATING)

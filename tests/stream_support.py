@@ -15,7 +15,8 @@ from pyspark.sql import functions as F
 from clickrec import columns as C
 from clickrec import tracking
 from clickrec.config import ClickrecConfig
-from clickrec.io.delta import table_path, table_version
+from clickrec.io.delta import table_version
+from clickrec.io.lake import Lake
 
 REG_PARAM, ALPHA, RANK = 0.1, 1.0, 8
 # silver columns compared across lakes: the surrogate int ids are given in arrival order
@@ -40,7 +41,7 @@ def register_model(spark: SparkSession, config: ClickrecConfig, *, alias: str = 
     (and `params`, logged on the run as train logs its fixed params)."""
     tables = {}
     for t in (C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX):
-        path = table_path(config, t)
+        path = Lake.from_config(config).path(t)
         tables[t] = (path, int(table_version(spark, path) or 0))
     ratings = spark.read.format("delta").load(tables[C.SILVER_INTERACTIONS][0]).select(
         C.USER_IDX, C.ITEM_IDX, F.col(C.RATING).cast("float").alias(C.RATING))
@@ -65,7 +66,7 @@ def write_config_file(config: ClickrecConfig, path: Path) -> Path:
 
 
 def silver_values(spark: SparkSession, config: ClickrecConfig) -> DataFrame:
-    return spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS)).select(*SILVER_VALUE_COLUMNS)
+    return Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS).select(*SILVER_VALUE_COLUMNS)
 
 
 def assert_same(actual: DataFrame, expected: DataFrame) -> None:
@@ -78,9 +79,9 @@ def assert_same(actual: DataFrame, expected: DataFrame) -> None:
 
 def assert_ids_match_index(spark: SparkSession, config: ClickrecConfig) -> None:
     """Every silver row's user_idx/item_idx is its id's entry in the lake's own index tables."""
-    silver = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
-    users = spark.read.format("delta").load(table_path(config, C.SILVER_USER_INDEX))
-    items = spark.read.format("delta").load(table_path(config, C.SILVER_ITEM_INDEX))
+    silver = Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS)
+    users = Lake.from_config(config).read(spark, C.SILVER_USER_INDEX)
+    items = Lake.from_config(config).read(spark, C.SILVER_ITEM_INDEX)
     joined = silver.join(users.select(F.col(C.SOURCE_ID).alias(C.USER_ID), F.col(C.IDX).alias("_u")), C.USER_ID) \
         .join(items.select(F.col(C.SOURCE_ID).alias(C.ITEM_ID), F.col(C.IDX).alias("_i")), C.ITEM_ID)
     assert joined.count() == silver.count()
@@ -89,5 +90,5 @@ def assert_ids_match_index(spark: SparkSession, config: ClickrecConfig) -> None:
 
 def gold_lists(spark: SparkSession, config: ClickrecConfig) -> dict[str, dict[str, Any]]:
     """{user_id: row as dict} of gold/recommendations (variant champion)."""
-    df = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
+    df = Lake.from_config(config).read(spark, C.GOLD_RECOMMENDATIONS)
     return {r[C.USER_ID]: r.asDict(recursive=True) for r in df.where(F.col(C.VARIANT) == "champion").collect()}

@@ -14,7 +14,8 @@ from clickrec import tracking
 from clickrec.errors import ServiceError
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
-from clickrec.io.delta import table_path, table_version
+from clickrec.io.delta import table_version
+from clickrec.io.lake import Lake
 from clickrec.publish import publish
 from clickrec.status import collect_status
 from clickrec.stream import BatchProcessor, served_version
@@ -24,6 +25,7 @@ from tests.stream_support import register_model
 
 def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession, tmp_path: Path) -> None:
     config = make_config(tmp_path, ingest={"data_docs": False}, publish={"n": 5})
+    lake = Lake.from_config(config)
     source = tmp_path / "events.csv"
     generate_clickstream(source, events=800, seed=11)
     ingest(spark, config, input_path=str(source))
@@ -55,11 +57,11 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
 
     # The same user's list folded in twice: the second write commits nothing (a replayed batch
     # leaves gold, and the list's updated_at, as they were).
-    items = [r[C.ITEM_IDX] for r in spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
+    items = [r[C.ITEM_IDX] for r in lake.read(spark, C.SILVER_INTERACTIONS)
              .select(C.ITEM_IDX).distinct().limit(3).collect()]
     late = pd.DataFrame({C.USER_ID: ["late-user"] * 3, C.ITEM_IDX: items, C.RATING: [3.0] * 3,
                          C.PURCHASES: [0] * 3})
-    gold_path = table_path(config, C.GOLD_RECOMMENDATIONS)
+    gold_path = lake.path(C.GOLD_RECOMMENDATIONS)
     assert processor._refresh_gold(late, datetime(2026, 1, 1)) == 1
     written = table_version(spark, gold_path)
     assert processor._refresh_gold(late, datetime(2026, 1, 2)) == 0
@@ -73,7 +75,7 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     late[C.USER_ID] = "later-user"
     assert processor._refresh_gold(late, datetime(2026, 1, 3)) == 1
     assert processor.model.version == second
-    gold = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
+    gold = lake.read(spark, C.GOLD_RECOMMENDATIONS)
     assert [r[C.MODEL_VERSION] for r in gold.where(f"{C.USER_ID} = 'later-user'").collect()] == [second]
     assert gold.where(f"{C.VARIANT} = 'champion' AND {C.MODEL_VERSION} = {first}").count() == 0
 

@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from clickrec import columns as C
 from clickrec.generate import generate_clickstream
-from clickrec.io.delta import table_path
+from clickrec.io.lake import Lake
 from clickrec.services import ServiceProcess
 from clickrec.stream import replay
 from tests.conftest import REPO_ROOT, make_config
@@ -58,5 +58,5 @@ def test_sigterm_stops_after_the_running_batch(spark: SparkSession, kafka_servic
     summary = json.loads(out.decode().strip().splitlines()[-1])
     assert summary["ok"] is True and summary["stop_reason"] == "sigterm"
     assert summary["rows_read"] == sent and summary["model_version"] is None
-    bronze = spark.read.format("delta").load(table_path(config, C.BRONZE_EVENTS))
+    bronze = Lake.from_config(config).read(spark, C.BRONZE_EVENTS)
     assert bronze.count() == bronze.select(C.EVENT_ID).distinct().count() == summary["accepted"] > 0
