@@ -81,7 +81,7 @@ def _pct(samples: list[float], q: int) -> float:
 def _load(path: Path, config: Any, *, rate: float, seconds: float, probe_items: list[str],
           sent_at: dict[str, float], tag: str) -> Iterator[tuple[str | None, bytes]]:
     """Events of `path` (cycled) for `seconds` at `rate`, a probe every 0.5 s; records probe times."""
-    from clickrec.stream import event_payloads
+    from clickrec.replay import event_payloads
 
     total = int(rate * seconds)
     every = max(1, int(rate * 0.5))
@@ -110,8 +110,8 @@ def measure_rate(spark: Any, root: Path, bootstrap: str, load_file: Path, probe_
     config = _config(root, bootstrap, topic=f"clickstream-{tag}", query=f"bench-{tag}", trigger=trigger)
     result: dict[str, Any] = {}
     batches = _BatchLog()
-    logging.getLogger("clickrec.stream").addHandler(batches)
-    logging.getLogger("clickrec.stream").setLevel(logging.INFO)
+    logging.getLogger("clickrec.microbatch").addHandler(batches)
+    logging.getLogger("clickrec.microbatch").setLevel(logging.INFO)
     runner = threading.Thread(target=lambda: result.update(
         run_stream(spark, config, max_seconds=seconds + 120)), daemon=True)
     runner.start()
@@ -143,7 +143,7 @@ def measure_rate(spark: Any, root: Path, bootstrap: str, load_file: Path, probe_
         if q.name == config.stream.query_name:
             q.stop()
     runner.join(timeout=300)
-    logging.getLogger("clickrec.stream").removeHandler(batches)
+    logging.getLogger("clickrec.microbatch").removeHandler(batches)
     metrics_file = Path(metrics_path(config))
     history = json.loads(metrics_file.read_text())["history"] if metrics_file.is_file() else []
     busy = [h for h in history if h["num_input_rows"]]

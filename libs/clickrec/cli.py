@@ -279,7 +279,7 @@ def replay(
     """
 
     def body() -> dict[str, Any]:
-        from clickrec.stream import replay as run_replay
+        from clickrec.replay import replay as run_replay
 
         return run_replay(_config(config, set_), input_path=input_path, rate=rate, topic=topic)
 

@@ -77,6 +77,24 @@ SOURCE_STREAM: Final = "stream"
 SOURCE_POPULAR: Final = "popular"
 RECOMMENDATION_KEYS: Final = (USER_ID, VARIANT)
 
+# --- table columns, in table order ---------------------------------------------------------------
+BRONZE_COLUMNS: Final[tuple[str, ...]] = (
+    EVENT_ID, EVENT_TIME, EVENT_TYPE, PRODUCT_ID, CATEGORY_ID, CATEGORY_CODE,
+    BRAND, PRICE, USER_ID, USER_SESSION, EVENT_DATE, SOURCE_FILE,
+    INGEST_RUN_ID, INGESTED_AT,
+)
+# bronze/events' columns that come from the event itself (the writer adds the run and time stamp)
+BRONZE_EVENT_COLUMNS: Final[tuple[str, ...]] = tuple(
+    c for c in BRONZE_COLUMNS if c not in (INGEST_RUN_ID, INGESTED_AT)
+)
+QUARANTINE_COLUMNS: Final[tuple[str, ...]] = (
+    RAW_LINE, REASONS, SOURCE_FILE, INPUT_FORMAT, INGEST_RUN_ID, INGESTED_AT,
+)
+SILVER_COLUMNS: Final[tuple[str, ...]] = (
+    USER_ID, ITEM_ID, USER_IDX, ITEM_IDX, VIEWS, DWELL_SECONDS, CARTS,
+    PURCHASES, FIRST_SEEN, LAST_SEEN, RATING,
+)
+
 # --- tables, relative to lake.root -------------------------------------------------------------
 BRONZE_EVENTS: Final = "bronze/events"
 BRONZE_QUARANTINE: Final = "bronze/quarantine"

@@ -1,7 +1,8 @@
 """`clickrec ingest`: raw clickstream (or ratings) files -> bronze -> silver, behind a quality gate.
 
 One function, `ingest`, does the I/O and orchestration around the pure transformations of
-clickrec.transforms:
+clickrec.transforms, as a sequence of named steps (parsing and validation are clickrec.staging's,
+shared with the stream):
 
 1. list the input (file, folder, glob, s3a://) and read it as raw text lines, so malformed,
    truncated and non-UTF-8 lines are kept with their text;
@@ -25,8 +26,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -41,153 +43,27 @@ from clickrec.io.files import (
     list_input_files,
     remove_stale_dirs,
 )
-from clickrec.quality import load_suite, preload_gx, rejection_checks, validate_batch
+from clickrec.quality import load_suite, preload_gx, validate_batch
+from clickrec.staging import (
+    count_batch,
+    quarantine_rejected,
+    stage_events,
+    stage_ratings,
+    suite_params,
+)
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
-BRONZE_COLUMNS: tuple[str, ...] = (
-    C.EVENT_ID, C.EVENT_TIME, C.EVENT_TYPE, C.PRODUCT_ID, C.CATEGORY_ID, C.CATEGORY_CODE,
-    C.BRAND, C.PRICE, C.USER_ID, C.USER_SESSION, C.EVENT_DATE, C.SOURCE_FILE,
-    C.INGEST_RUN_ID, C.INGESTED_AT,
-)
-QUARANTINE_COLUMNS: tuple[str, ...] = (
-    C.RAW_LINE, C.REASONS, C.SOURCE_FILE, C.INPUT_FORMAT, C.INGEST_RUN_ID, C.INGESTED_AT,
-)
-SILVER_COLUMNS: tuple[str, ...] = (
-    C.USER_ID, C.ITEM_ID, C.USER_IDX, C.ITEM_IDX, C.VIEWS, C.DWELL_SECONDS, C.CARTS,
-    C.PURCHASES, C.FIRST_SEEN, C.LAST_SEEN, C.RATING,
-)
 SUMMARY_TABLES: tuple[str, ...] = (
     C.BRONZE_EVENTS, C.BRONZE_QUARANTINE, C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX,
     C.SILVER_ITEM_INDEX,
 )
-_JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 
 
-def _file_format(config: ClickrecConfig, files: Sequence[InputFile]) -> str:
-    """csv or json for the input, from ingest.file_format or the file names (auto)."""
-    if config.ingest.file_format != "auto":
-        return config.ingest.file_format
-    kinds = {
-        "json" if f.path.lower().removesuffix(".gz").endswith(_JSON_SUFFIXES) else "csv" for f in files
-    }
-    if len(kinds) > 1:
-        raise InputError(
-            "--input mixes JSON-lines and CSV files; ingest them separately or set ingest.file_format"
-        )
-    return kinds.pop()
-
-
-def _read_lines(spark: SparkSession, files: Sequence[InputFile]) -> DataFrame:
-    """Every line of every file as text (bytes kept as read), with its source file."""
-    from pyspark.sql import functions as F
-
-    return spark.read.text([f.path for f in files]).select(
-        F.col(C.VALUE), F.col("_metadata.file_path").alias(C.SOURCE_FILE)
-    )
-
-
-def _suite_params(config: ClickrecConfig) -> dict[str, Any]:
-    ic = config.ingest
-    return {
-        "column_count": len(ic.source_columns),
-        "event_time_min": ic.event_time_min,
-        "event_time_max": ic.event_time_max,
-    }
-
-
-def stage_events(spark: SparkSession, config: ClickrecConfig, files: Sequence[InputFile], suite: dict[str, Any]) -> DataFrame:
-    """Raw clickstream lines -> typed, flagged, hashed rows (not yet written)."""
-    return stage_event_lines(_read_lines(spark, files), config, file_format=_file_format(config, files), suite=suite)
-
-
-def stage_event_lines(lines: DataFrame, config: ClickrecConfig, *, file_format: str, suite: dict[str, Any]) -> DataFrame:
-    """(value, source_file) text lines -> typed, flagged, hashed rows; shared by ingest and stream."""
-    from pyspark.sql import functions as F
-
-    from clickrec.transforms import clickstream as T
-
-    ic = config.ingest
-    keep = (C.VALUE, C.SOURCE_FILE, C.COLUMN_COUNT, C.UTF8_VALID)
-    if file_format == "json":
-        parsed = lines.transform(T.parse_json_lines, source_columns=ic.source_columns)
-    else:
-        if ic.header:
-            header = ic.delimiter.join(ic.source_columns)
-            unquoted = F.trim(F.translate(F.col(C.VALUE), '"', ""))
-            # The cheap test first: only lines holding the first column's name are unquoted
-            # and compared (translate on every line was a quarter of the parse's CPU time).
-            is_header = F.contains(F.col(C.VALUE), F.lit(ic.source_columns[0])) & (unquoted == F.lit(header))
-            lines = lines.where(~is_header)
-        parsed = lines.transform(
-            T.parse_csv_lines, source_columns=ic.source_columns, delimiter=ic.delimiter
-        )
-    for canonical, source in ic.column_mapping.items():
-        if source not in ic.source_columns:
-            raise InputError(
-                f"ingest.column_mapping.{canonical}: source column {source!r} is not in "
-                f"ingest.source_columns {list(ic.source_columns)}"
-            )
-    return (
-        parsed.transform(T.to_canonical, column_mapping=ic.column_mapping, keep=keep)
-        .transform(T.type_events, time_formats=ic.event_time_formats)
-        .transform(T.flag_rejections, checks=rejection_checks(suite))
-        .transform(T.add_event_id)
-        .withColumn(
-            C.RAW_LINE,
-            F.when(F.size(C.REASONS) > 0, F.make_valid_utf8(F.col(C.VALUE))),
-        )
-        .drop(C.VALUE)
-    )
-
-
-def stage_ratings(spark: SparkSession, config: ClickrecConfig, files: Sequence[InputFile], suite: dict[str, Any]) -> DataFrame:
-    """Raw `user item rating timestamp` lines -> typed, flagged rows (not yet written)."""
-    from pyspark.sql import functions as F
-
-    from clickrec.transforms import clickstream as T
-
-    delimiter = config.ingest.ratings_delimiter
-    lines = _read_lines(spark, files).where(~T.is_ratings_header(F.col(C.VALUE), delimiter_regex=delimiter))
-    return (
-        lines.transform(T.parse_ratings_lines, delimiter_regex=delimiter)
-        .transform(T.flag_rejections, checks=rejection_checks(suite))
-        .withColumn(
-            C.RAW_LINE,
-            F.when(F.size(C.REASONS) > 0, F.make_valid_utf8(F.col(C.VALUE))),
-        )
-        .drop(C.VALUE)
-    )
-
-
-def _count_batch(staged: DataFrame) -> tuple[int, int, dict[str, int]]:
-    """(rows, rejected rows, rejected rows per reason) of a staged batch.
-
-    One aggregation: rejected rows grouped by their whole reasons array (few distinct
-    combinations), from which the total and the per-reason counts (a row with two reasons
-    counts under each, as exploding the arrays would) are summed on the driver. On a Parquet
-    batch it reads only the reasons column.
-    """
-    from pyspark.sql import functions as F
-
-    rows = int(staged.count())
-    combos = (
-        staged.where(F.size(C.REASONS) > 0).groupBy(C.REASONS).count().collect()
-    )
-    rejected = 0
-    counts: dict[str, int] = {}
-    for r in combos:
-        n = int(r["count"])
-        rejected += n
-        for reason in r[C.REASONS]:
-            counts[reason] = counts.get(reason, 0) + n
-    return rows, rejected, dict(sorted(counts.items()))
-
-
-def _extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: str) -> int:
+def extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: str) -> int:
     """Give ids to the keys the index at `path` lacks; return how many it added.
 
     The stream may number new keys at the same time. Each writer numbers them after the
@@ -243,39 +119,64 @@ def _changed_rows(spark: SparkSession, rows_df: DataFrame, path: str) -> DataFra
     return rows_df.join(target, on=cond, how="left_anti")
 
 
-def _update_silver(
-    spark: SparkSession, config: ClickrecConfig, interactions_df: DataFrame, staging: str,
-    *, scratch: bool = False, added: dict[str, int] | None = None, update_when: str | None = None,
-) -> dict[str, int]:
-    """Index new users/items and MERGE changed interactions; returns counts of what changed.
+# --- silver: new ids and changed interactions --------------------------------------------------
 
-    `scratch`: `interactions_df` is already scratch Parquet (read once, not written again).
-    `added`, when given, receives the new ids as soon as they are committed, so that a retry
-    after a lost silver MERGE still counts the ids its first attempt gave. `update_when` goes
-    to the MERGE (see delta.merge_upsert).
+
+@dataclass(frozen=True)
+class SilverUpdate:
+    """What an update of silver changed: interaction rows MERGEd, ids new to the indexes."""
+
+    interactions_changed: int = 0
+    new_users: int = 0
+    new_items: int = 0
+
+
+def update_silver(
+    spark: SparkSession, config: ClickrecConfig, interactions_for: Callable[[int], DataFrame],
+    *, update_when: str | None = None,
+) -> SilverUpdate:
+    """Index new users/items and MERGE the changed interactions, redone when a MERGE loses a race.
+
+    `interactions_for(attempt)` (1, 2, ...) gives each attempt's interactions, read from scratch
+    Parquet (they are read more than once); a redone attempt reads afresh what it writes. Ids
+    an attempt committed stay committed when its MERGE loses, so every attempt's are counted.
+    `update_when` goes to the MERGE (see delta.merge_upsert).
     """
-    from clickrec.transforms.index import attach_ids
-
-    if scratch:
-        inter = interactions_df
-    else:
-        inter_path = f"{staging}/interactions"
-        interactions_df.write.mode("overwrite").parquet(inter_path)
-        inter = spark.read.parquet(inter_path)
     user_index = delta.table_path(config, C.SILVER_USER_INDEX)
     item_index = delta.table_path(config, C.SILVER_ITEM_INDEX)
+    new_ids: list[tuple[int, int]] = []  # (users, items) per attempt
+
+    def attempt(n: int) -> int:
+        interactions = interactions_for(n)
+        new_ids.append(_index_new_keys(spark, interactions, user_index, item_index))
+        return _merge_changed_interactions(spark, config, interactions, user_index, item_index,
+                                           update_when=update_when)
+
+    changed = conflicts.retry_on_conflict(attempt, what=C.SILVER_INTERACTIONS)
+    return SilverUpdate(changed, sum(users for users, _ in new_ids), sum(items for _, items in new_ids))
+
+
+def _index_new_keys(spark: SparkSession, interactions: DataFrame, user_index: str, item_index: str) -> tuple[int, int]:
+    """Give ids to the interactions' users and items the indexes lack; (new users, new items)."""
     # Two small jobs dominated by Delta's commit overhead on the driver: run them side by side.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        users_added = pool.submit(_extend_index, spark, inter, C.USER_ID, user_index)
-        items_added = pool.submit(_extend_index, spark, inter, C.ITEM_ID, item_index)
+        users_added = pool.submit(extend_index, spark, interactions, C.USER_ID, user_index)
+        items_added = pool.submit(extend_index, spark, interactions, C.ITEM_ID, item_index)
         new_users, new_items = users_added.result(), items_added.result()
     log.info("indexes: %d new users, %d new items", new_users, new_items)
-    if added is not None:
-        added["new_users"] = added.get("new_users", 0) + new_users
-        added["new_items"] = added.get("new_items", 0) + new_items
+    return new_users, new_items
+
+
+def _merge_changed_interactions(
+    spark: SparkSession, config: ClickrecConfig, interactions: DataFrame, user_index: str, item_index: str,
+    *, update_when: str | None,
+) -> int:
+    """MERGE the interactions (with their ids) silver does not hold with the same values; how many."""
+    from clickrec.transforms.index import attach_ids
+
     rows = attach_ids(
-        inter, delta.read_table(spark, user_index), delta.read_table(spark, item_index)
-    ).select(*SILVER_COLUMNS)
+        interactions, delta.read_table(spark, user_index), delta.read_table(spark, item_index)
+    ).select(*C.SILVER_COLUMNS)
     silver = delta.table_path(config, C.SILVER_INTERACTIONS)
     if not delta.table_exists(spark, silver):
         delta.append(rows, silver)
@@ -286,64 +187,50 @@ def _update_silver(
         if changed:
             delta.merge_upsert(spark, changes, silver, keys=C.INTERACTION_KEYS, update_when=update_when)
     log.info("silver/interactions: %d rows inserted or updated", changed)
-    return {"interactions_changed": changed, "new_users": new_users, "new_items": new_items}
+    return changed
 
 
-def quarantine_rejected(spark: SparkSession, config: ClickrecConfig, staged: DataFrame, *, fmt: str, input_key: str,
-                        run_id: str, now: datetime, txn_version: int | None = 1, skip_held: bool = False) -> None:
-    """Append the batch's rejected rows to bronze/quarantine once per (input_key, txn_version).
-
-    `skip_held`: leave out the rows bronze/quarantine already holds from the same source file,
-    so ingesting a landing folder again after a file was added (another input_key) does not
-    write the older files' rejected rows twice. `txn_version=None` (the stream) appends without
-    Delta's (app id, version) guard and relies on `skip_held` alone: its rows name their Kafka
-    offset, and after a checkpoint reset batch ids restart at 0, so the guard would skip new
-    rows whose batch id it has seen.
-    """
-    from pyspark.sql import functions as F
-
-    rejected = staged.where(F.size(C.REASONS) > 0).select(
-        C.RAW_LINE, C.REASONS, C.SOURCE_FILE,
-        F.lit(fmt).alias(C.INPUT_FORMAT),
-        F.lit(run_id).alias(C.INGEST_RUN_ID),
-        F.lit(now).cast("timestamp").alias(C.INGESTED_AT),
-    )
-    if skip_held:
-        rejected = _not_yet_quarantined(spark, config, rejected)
-    path = delta.table_path(config, C.BRONZE_QUARANTINE)
-    if txn_version is None:
-        if not skip_held:
-            raise ValueError("an unguarded quarantine append needs skip_held, or a rerun doubles it")
-        delta.append(rejected.select(*QUARANTINE_COLUMNS), path)
-        return
-    delta.append_once(rejected.select(*QUARANTINE_COLUMNS), path,
-                      app_id=f"clickrec-ingest-quarantine-{input_key[:40]}", version=txn_version)
+def _to_scratch(spark: SparkSession, df: DataFrame, path: str) -> DataFrame:
+    """`df` written once to scratch Parquet at `path` and read back, so later plans reuse it."""
+    df.write.mode("overwrite").parquet(path)
+    return spark.read.parquet(path)
 
 
-def _not_yet_quarantined(spark: SparkSession, config: ClickrecConfig, rejected: DataFrame) -> DataFrame:
-    """Rejected rows beyond the copies of the same (source file, raw line) quarantine holds.
+# --- the ingest job ----------------------------------------------------------------------------
 
-    Counted per line, not deduplicated: a file with the same bad line twice keeps both rows.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
 
-    path = delta.table_path(config, C.BRONZE_QUARANTINE)
-    if not delta.table_exists(spark, path):
-        return rejected
-    keys = [C.SOURCE_FILE, C.RAW_LINE]
-    held = (
-        delta.read_table(spark, path)
-        .join(rejected.select(C.SOURCE_FILE).distinct(), on=C.SOURCE_FILE, how="left_semi")
-        .groupBy(*keys).agg(F.count(F.lit(1)).alias("_held"))
-    )
-    copy = F.row_number().over(Window.partitionBy(*keys).orderBy(C.RAW_LINE))
-    return (
-        rejected.withColumn("_copy", copy)
-        .join(held, on=keys, how="left")
-        .where(F.col("_copy") > F.coalesce(F.col("_held"), F.lit(0)))
-        .select(*rejected.columns)
-    )
+@dataclass(frozen=True)
+class IngestedRows:
+    """What the events or ratings path wrote of a batch's accepted rows."""
+
+    accepted: int  # rows new to the tables
+    duplicates: int  # rows they already held
+    silver: SilverUpdate = SilverUpdate()
+    repaired_runs: list[str] = field(default_factory=list)  # killed runs whose users silver caught up on
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _CheckedBatch:
+    """The staged batch's counts and Great Expectations' verdict on it."""
+
+    rows: int
+    rejected: int
+    by_reason: dict[str, int]
+    quality: dict[str, Any]
+
+
+class _PhaseClock:
+    """Seconds between successive laps, by the name of the phase each lap ends."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = round(now - self._mark, 2)
+        self._mark = now
 
 
 def ingest(
@@ -370,67 +257,119 @@ def ingest(
     now = datetime.now(UTC).replace(tzinfo=None)
     input_key = fingerprint(files, fmt, config.ingest.model_dump_json())
     log.info("ingest %s: %d file(s) as %s, run %s", input_path, len(files), fmt, run_id)
+    stale = _remove_stale_staging(spark, config)
+    staging = delta.table_path(config, f"_staging/{run_id}")
+    suite_path = config.ingest.events_suite if fmt == "rees46" else config.ingest.ratings_suite
+    suite = load_suite(suite_path, suite_params(config))
+    clock = _PhaseClock()
+    try:
+        staged = _parse_once(spark, config, fmt, files, suite, f"{staging}/batch")
+        clock.lap("parse")
+        checked = _count_and_validate(config, staged, suite, run_id)
+        clock.lap("count_gx")
+        _check_quality_gate(config, input_path, checked)
+        if checked.rejected:
+            quarantine_rejected(spark, config, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now,
+                                skip_held=True)
+        clock.lap("quarantine")
+        valid = staged.where(F.size(C.REASONS) == 0)
+        valid_rows = checked.rows - checked.rejected
+        if fmt == "rees46":
+            written = ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging)
+        else:
+            written = _ingest_valid_ratings(spark, config, valid, valid_rows, run_id, staging)
+            clock.lap("silver")
+    finally:
+        delete_path(spark, staging)
+    seconds = time.monotonic() - started
+    table_rows, table_versions = _table_sizes(spark, config)
+    phases = {**clock.seconds, **written.phase_seconds}
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "format": fmt,
+        "input": input_path,
+        "files": len(files),
+        "rows_read": checked.rows,
+        "accepted": written.accepted,
+        "duplicates": written.duplicates,
+        "quarantined": checked.rejected,
+        "quarantined_by_reason": checked.by_reason,
+        "users": table_rows[C.SILVER_USER_INDEX],
+        "items": table_rows[C.SILVER_ITEM_INDEX],
+        "interactions": table_rows[C.SILVER_INTERACTIONS],
+        "interactions_changed": written.silver.interactions_changed,
+        "new_users": written.silver.new_users,
+        "new_items": written.silver.new_items,
+        "repaired_runs": written.repaired_runs,
+        "quality": checked.quality,
+        "data_docs": checked.quality["data_docs"],
+        "tables": table_versions,
+        "seconds": round(seconds, 3),
+        "phase_seconds": {k: v for k, v in phases.items() if v},
+        "stale_staging_removed": len(stale),
+        "rows_per_second": round(checked.rows / seconds, 1) if seconds > 0 else None,
+    }
+    assert summary["rows_read"] == summary["accepted"] + summary["duplicates"] + summary["quarantined"]
+    return summary
+
+
+def _remove_stale_staging(spark: SparkSession, config: ClickrecConfig) -> list[str]:
+    """Remove the scratch folders killed jobs left behind; their names."""
     stale = remove_stale_dirs(spark, delta.table_path(config, "_staging"),
                               older_than_hours=config.ingest.stale_staging_hours)
     if stale:
         log.warning("removed %d scratch folder(s) left by killed jobs: %s", len(stale), ", ".join(stale))
-    staging = delta.table_path(config, f"_staging/{run_id}")
-    suite_path = config.ingest.events_suite if fmt == "rees46" else config.ingest.ratings_suite
-    suite = load_suite(suite_path, _suite_params(config))
-    phases: dict[str, float] = {}
-    mark = time.monotonic()
+    return stale
 
-    def phase(name: str) -> None:
-        nonlocal mark
-        now_ = time.monotonic()
-        phases[name] = round(now_ - mark, 2)
-        mark = now_
 
-    try:
-        stage = stage_events if fmt == "rees46" else stage_ratings
-        # Counting, GX, quarantine and bronze all scan the parsed batch: parse the input once
-        # into scratch Parquet (one pass, like a plain copy) and let every later step read only
-        # the columns it needs from there. Nothing is cached, so memory stays flat with size.
-        batch_path = f"{staging}/batch"
-        staged_plan = stage(spark, config, files, suite)
-        # GX's slow import overlaps the parse job. Started only now: while the plan above is
-        # built (hundreds of py4j calls), an import holding the GIL made it 2 s slower.
-        preload_gx()
-        staged_plan.write.mode("overwrite").parquet(batch_path)
-        staged = spark.read.parquet(batch_path)
-        phase("parse")
-        docs_dir = delta.table_path(config, "_quality/data_docs") if config.ingest.data_docs else None
-        # GX (mostly Python: suite setup, result handling, data docs rendering) runs beside the
-        # count; both only read the scratch batch, and the gate below waits for both.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            validation = pool.submit(validate_batch, staged, suite, run_name=run_id, docs_dir=docs_dir)
-            rows_read, quarantined, by_reason = _count_batch(staged)
-            log.info("read %d rows, %d rejected %s", rows_read, quarantined, by_reason)
-            quality = validation.result()
-        log.info("quality: %s", {k: v for k, v in quality.items() if k != "unexpected"})
-        phase("count_gx")
-        if rows_read and quarantined / rows_read > config.ingest.max_rejected_fraction:
-            raise InputError(
-                f"--input {input_path}: quality gate failed, {quarantined} of {rows_read} rows "
-                f"rejected ({quarantined / rows_read:.1%} > ingest.max_rejected_fraction="
-                f"{config.ingest.max_rejected_fraction}); by reason {by_reason}; data docs "
-                f"{quality['data_docs']}; nothing was written"
-            )
-        if quarantined:
-            quarantine_rejected(spark, config, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now,
-                                skip_held=True)
-        phase("quarantine")
-        valid = staged.where(F.size(C.REASONS) == 0)
-        if fmt == "rees46":
-            counts = ingest_valid_events(
-                spark, config, valid, rows_read - quarantined, run_id, now, staging, phases=phases
-            )
-        else:
-            counts = _ingest_valid_ratings(spark, config, valid, rows_read - quarantined, run_id, staging)
-            phase("silver")
-    finally:
-        delete_path(spark, staging)
-    seconds = time.monotonic() - started
+def _parse_once(
+    spark: SparkSession, config: ClickrecConfig, fmt: str, files: Sequence[InputFile], suite: dict[str, Any],
+    path: str,
+) -> DataFrame:
+    """The input staged (parsed, typed, flagged, hashed) once into scratch Parquet at `path`.
+
+    Counting, GX, quarantine and bronze all scan the parsed batch: parsed once (one pass, like
+    a plain copy), every later step reads only the columns it needs from there. Nothing is
+    cached, so memory stays flat with size.
+    """
+    stage = stage_events if fmt == "rees46" else stage_ratings
+    staged_plan = stage(spark, config, files, suite)
+    # GX's slow import overlaps the parse job. Started only now: while the plan above is
+    # built (hundreds of py4j calls), an import holding the GIL made it 2 s slower.
+    preload_gx()
+    return _to_scratch(spark, staged_plan, path)
+
+
+def _count_and_validate(config: ClickrecConfig, staged: DataFrame, suite: dict[str, Any], run_id: str) -> _CheckedBatch:
+    """Count the staged batch's rows and rejections, and validate it with Great Expectations.
+
+    GX (mostly Python: suite setup, result handling, data docs rendering) runs beside the
+    count; both only read the scratch batch.
+    """
+    docs_dir = delta.table_path(config, "_quality/data_docs") if config.ingest.data_docs else None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        validation = pool.submit(validate_batch, staged, suite, run_name=run_id, docs_dir=docs_dir)
+        rows_read, quarantined, by_reason = count_batch(staged)
+        log.info("read %d rows, %d rejected %s", rows_read, quarantined, by_reason)
+        quality = validation.result()
+    log.info("quality: %s", {k: v for k, v in quality.items() if k != "unexpected"})
+    return _CheckedBatch(rows_read, quarantined, by_reason, quality)
+
+
+def _check_quality_gate(config: ClickrecConfig, input_path: str, checked: _CheckedBatch) -> None:
+    """Raise InputError, before any write, when the rejected fraction exceeds ingest.max_rejected_fraction."""
+    rows_read, quarantined = checked.rows, checked.rejected
+    if rows_read and quarantined / rows_read > config.ingest.max_rejected_fraction:
+        raise InputError(
+            f"--input {input_path}: quality gate failed, {quarantined} of {rows_read} rows "
+            f"rejected ({quarantined / rows_read:.1%} > ingest.max_rejected_fraction="
+            f"{config.ingest.max_rejected_fraction}); by reason {checked.by_reason}; data docs "
+            f"{checked.quality['data_docs']}; nothing was written"
+        )
+
+
+def _table_sizes(spark: SparkSession, config: ClickrecConfig) -> tuple[dict[str, int], dict[str, int | None]]:
+    """(rows of the indexes and silver, versions of SUMMARY_TABLES) for the summary."""
     # Row counts and versions of five tables: many small Delta log reads, run side by side.
     with ThreadPoolExecutor(max_workers=4) as pool:
         sizes = {
@@ -440,38 +379,193 @@ def ingest(
         versions = {
             t: pool.submit(delta.table_version, spark, delta.table_path(config, t)) for t in SUMMARY_TABLES
         }
-        table_rows = {t: f.result() for t, f in sizes.items()}
-        table_versions = {t: f.result() for t, f in versions.items()}
-    summary: dict[str, Any] = {
-        "run_id": run_id,
-        "format": fmt,
-        "input": input_path,
-        "files": len(files),
-        "rows_read": rows_read,
-        "accepted": counts["accepted"],
-        "duplicates": counts["duplicates"],
-        "quarantined": quarantined,
-        "quarantined_by_reason": by_reason,
-        "users": table_rows[C.SILVER_USER_INDEX],
-        "items": table_rows[C.SILVER_ITEM_INDEX],
-        "interactions": table_rows[C.SILVER_INTERACTIONS],
-        "interactions_changed": counts.get("interactions_changed", 0),
-        "new_users": counts.get("new_users", 0),
-        "new_items": counts.get("new_items", 0),
-        "repaired_runs": counts.get("repaired_runs", []),
-        "quality": quality,
-        "data_docs": quality["data_docs"],
-        "tables": table_versions,
-        "seconds": round(seconds, 3),
-        "phase_seconds": {k: v for k, v in phases.items() if v},
-        "stale_staging_removed": len(stale),
-        "rows_per_second": round(rows_read / seconds, 1) if seconds > 0 else None,
-    }
-    assert summary["rows_read"] == summary["accepted"] + summary["duplicates"] + summary["quarantined"]
-    return summary
+        return {t: f.result() for t, f in sizes.items()}, {t: f.result() for t, f in versions.items()}
 
 
-def _dedup_by_event_id(spark: SparkSession, valid: DataFrame, scratch: str) -> DataFrame:
+# --- the events path: bronze, then silver ------------------------------------------------------
+
+
+def ingest_valid_events(
+    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
+    run_id: str, now: datetime, staging: str,
+) -> IngestedRows:
+    """Accepted events -> bronze/events (new event_ids only) -> silver for the affected users.
+
+    The affected users are the batch's and those of any killed ingest's bronze rows (their
+    run ids under `repaired_runs`). `phase_seconds` holds the seconds spent on bronze and on
+    silver.
+    """
+    if valid_rows == 0:
+        return IngestedRows(accepted=0, duplicates=0)
+    # The stream holds its silver commits meanwhile (a long MERGE would lose every race to it).
+    # A failure leaves the lease expired, not dropped (like a kill): the next ingest repairs
+    # silver for this run's bronze rows if it got as far as committing them.
+    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}", expire_on_error=True):
+        try:
+            return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging)
+        except _BronzeCreatedMeanwhile:
+            # Another writer created bronze while this run was writing it first: redo the
+            # batch as an update of the table that now exists, deduplicated against it.
+            log.warning("bronze/events was created by another writer meanwhile; deduplicating against it")
+            return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging)
+
+
+class _BronzeCreatedMeanwhile(Exception):
+    """The first write of bronze lost to another writer's: nothing of this run was committed."""
+
+
+@dataclass(frozen=True)
+class _BronzeWrite:
+    """The bronze step's result: what silver is recomputed from."""
+
+    accepted: int  # events new to bronze
+    affected: DataFrame  # the users whose interactions are recomputed
+    interactions: DataFrame  # their interactions (already scratch Parquet when in_scratch)
+    in_scratch: bool
+    repaired_runs: list[str] = field(default_factory=list)  # killed runs whose bronze rows had no silver
+    dead_owners: list[str] = field(default_factory=list)  # killed runs' expired leases, dropped after silver
+
+
+def _ingest_valid_events(
+    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
+    run_id: str, now: datetime, staging: str,
+) -> IngestedRows:
+    started = time.monotonic()
+    bronze = delta.table_path(config, C.BRONZE_EVENTS)
+    if delta.table_exists(spark, bronze):
+        written = _append_new_events(spark, config, valid, run_id, now, staging, bronze)
+    else:
+        written = _create_bronze(spark, config, valid, run_id, now, staging, bronze)
+    log.info("bronze/events: %d accepted, %d duplicates", written.accepted, valid_rows - written.accepted)
+    bronze_done = time.monotonic()
+
+    def interactions_for(attempt: int) -> DataFrame:
+        # The stream may MERGE the same users' rows meanwhile: redone from bronze re-read.
+        if attempt == 1 and written.in_scratch:
+            return written.interactions
+        recomputed = written.interactions if attempt == 1 else _interactions_of(
+            config, _events_of_users(spark, bronze, written.affected))
+        return _to_scratch(spark, recomputed, f"{staging}/interactions")
+
+    silver = update_silver(spark, config, interactions_for)
+    if written.dead_owners:  # their users are recomputed now
+        leases.drop(config, C.SILVER_INTERACTIONS, written.dead_owners)
+    return IngestedRows(
+        accepted=written.accepted, duplicates=valid_rows - written.accepted, silver=silver,
+        repaired_runs=written.repaired_runs,
+        phase_seconds={"bronze": round(bronze_done - started, 2), "silver": round(time.monotonic() - bronze_done, 2)},
+    )
+
+
+def _run_stamp(run_id: str, now: datetime) -> tuple[Column, Column]:
+    """The columns bronze/events adds to each event: the run that wrote it and when."""
+    from pyspark.sql import functions as F
+
+    return F.lit(run_id).alias(C.INGEST_RUN_ID), F.lit(now).cast("timestamp").alias(C.INGESTED_AT)
+
+
+def _create_bronze(
+    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, run_id: str, now: datetime, staging: str,
+    bronze: str,
+) -> _BronzeWrite:
+    """First write of bronze/events: the batch, one row per event_id.
+
+    There are valid rows, so never an empty commit; its metrics count them. No shuffle of
+    whole rows: each task writes its rows into their event_date folders. Bronze will hold
+    exactly these events, so silver's interactions are computed from them into scratch Parquet
+    while bronze is written (the jobs share the 2 cores, filling each other's idle tails);
+    nothing reaches silver before bronze is committed.
+    """
+    new_events = dedup_by_event_id(spark, valid, f"{staging}/repeated_ids").select(
+        *C.BRONZE_EVENT_COLUMNS, *_run_stamp(run_id, now))
+    inter_path = f"{staging}/interactions"
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        inter_done = pool.submit(
+            lambda: _interactions_of(config, new_events).write.mode("overwrite").parquet(inter_path)
+        )
+        try:  # create, not append: appending to a table created meanwhile would skip the dedup
+            delta.create(new_events, bronze, partition_by=[C.EVENT_DATE])
+        except Exception as exc:
+            if not delta.table_exists(spark, bronze):  # not a race: the error itself
+                raise
+            raise _BronzeCreatedMeanwhile(bronze) from exc
+        inter_done.result()
+    accepted = int(delta.last_operation_metrics(spark, bronze).get("numOutputRows", 0))
+    return _BronzeWrite(accepted=accepted, affected=valid.select(C.USER_ID).distinct(),
+                        interactions=spark.read.parquet(inter_path), in_scratch=True)
+
+
+def _append_new_events(
+    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, run_id: str, now: datetime, staging: str,
+    bronze: str,
+) -> _BronzeWrite:
+    """Append the events bronze/events lacks; recompute the batch's users and killed runs' users.
+
+    Every user of the batch is recomputed, not only those with new events: after a job killed
+    between bronze and silver, the rerun finds no new events but repairs silver.
+    """
+    affected = valid.select(C.USER_ID).distinct()
+    dead, repaired, orphaned_users = _killed_runs(spark, config, bronze)
+    if orphaned_users is not None:
+        affected = affected.unionByName(orphaned_users).distinct()
+    known = delta.read_table(spark, bronze).select(C.EVENT_ID)
+    candidates = valid.dropDuplicates([C.EVENT_ID]).join(known, on=C.EVENT_ID, how="left_anti")
+    new_events = candidates.select(*C.BRONZE_EVENT_COLUMNS, *_run_stamp(run_id, now)).repartition(C.EVENT_DATE)
+    # Deduplicate once into scratch Parquet, count it from file metadata, and commit only
+    # when something is new (a rerun leaves bronze's version alone).
+    staged_new = _to_scratch(spark, new_events, f"{staging}/new_events")
+    accepted = int(staged_new.count())
+    if accepted:
+        delta.append(staged_new, bronze, partition_by=[C.EVENT_DATE])
+    interactions = _interactions_of(config, _events_of_users(spark, bronze, affected))
+    return _BronzeWrite(accepted=accepted, affected=affected, interactions=interactions, in_scratch=False,
+                        repaired_runs=repaired, dead_owners=dead)
+
+
+def _killed_runs(spark: SparkSession, config: ClickrecConfig, bronze: str) -> tuple[list[str], list[str], DataFrame | None]:
+    """(expired ingest leases, their runs with bronze rows, those rows' users or None).
+
+    A job killed (or failed) after its bronze commit left silver without its events, and its
+    lease (owner ingest-<run id>) expired without being dropped: its bronze rows name the
+    users to recompute with this batch's, so any next ingest repairs it, not only a rerun.
+    """
+    from pyspark.sql import functions as F
+
+    dead = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
+    if not dead:
+        return dead, [], None
+    orphaned = delta.read_table(spark, bronze).where(
+        F.col(C.INGEST_RUN_ID).isin([owner.removeprefix("ingest-") for owner in dead]))
+    repaired = sorted(r[0] for r in orphaned.select(C.INGEST_RUN_ID).distinct().collect())
+    if not repaired:  # a run that died before its bronze commit left nothing to repair
+        return dead, [], None
+    log.warning("repairing silver for %d killed run(s): %s", len(repaired), ", ".join(repaired))
+    return dead, repaired, orphaned.select(C.USER_ID)
+
+
+def _events_of_users(spark: SparkSession, bronze: str, users: DataFrame) -> DataFrame:
+    """All of bronze/events' events of `users` (a user_id column)."""
+    return delta.read_table(spark, bronze).join(users, on=C.USER_ID, how="left_semi")
+
+
+def _interactions_of(config: ClickrecConfig, events_df: DataFrame) -> DataFrame:
+    """events_to_interactions over `events_df`, shuffled once by user."""
+    from clickrec.transforms.clickstream import events_to_interactions
+
+    ic = config.ingest
+    # One shuffle by user serves both the per-(user, session) dwell window and the
+    # per-(user, item) aggregation (a partitioning by user satisfies both).
+    # Only the columns the transform reads cross the shuffle (not the whole bronze row).
+    narrow = events_df.select(*C.INTERACTION_INPUTS)
+    return narrow.repartition(C.USER_ID).transform(
+        events_to_interactions,
+        cap_seconds=ic.dwell_cap_seconds,
+        last_view_seconds=ic.last_view_dwell_seconds,
+        rating=ic.rating.model_dump(),
+    )
+
+
+def dedup_by_event_id(spark: SparkSession, valid: DataFrame, scratch: str) -> DataFrame:
     """`valid` with one row per event_id, without shuffling whole rows.
 
     Duplicates are rare (a repeated line, a re-sent event), so only the 64-bit hashes of the
@@ -500,141 +594,12 @@ def _dedup_by_event_id(spark: SparkSession, valid: DataFrame, scratch: str) -> D
     return unique.drop(h).unionByName(dups)
 
 
-def ingest_valid_events(
-    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
-    run_id: str, now: datetime, staging: str, *, phases: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """Accepted events -> bronze/events (new event_ids only) -> silver for the affected users.
-
-    The affected users are the batch's and those of any killed ingest's bronze rows (their
-    run ids under `repaired_runs`). `phases`, when given, receives the seconds spent on bronze
-    and on silver.
-    """
-    if valid_rows == 0:
-        return {"accepted": 0, "duplicates": 0}
-    # The stream holds its silver commits meanwhile (a long MERGE would lose every race to it).
-    # A failure leaves the lease expired, not dropped (like a kill): the next ingest repairs
-    # silver for this run's bronze rows if it got as far as committing them.
-    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}", expire_on_error=True):
-        try:
-            return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging, phases)
-        except _BronzeCreatedMeanwhile:
-            # Another writer created bronze while this run was writing it first: redo the
-            # batch as an update of the table that now exists, deduplicated against it.
-            log.warning("bronze/events was created by another writer meanwhile; deduplicating against it")
-            return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging, phases)
-
-
-class _BronzeCreatedMeanwhile(Exception):
-    """The first write of bronze lost to another writer's: nothing of this run was committed."""
-
-
-def _ingest_valid_events(
-    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
-    run_id: str, now: datetime, staging: str, phases: dict[str, float] | None,
-) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-
-    from clickrec.transforms.clickstream import events_to_interactions
-
-    started = time.monotonic()
-    bronze = delta.table_path(config, C.BRONZE_EVENTS)
-    bronze_existed = delta.table_exists(spark, bronze)
-    stamp = (F.lit(run_id).alias(C.INGEST_RUN_ID), F.lit(now).cast("timestamp").alias(C.INGESTED_AT))
-    data_columns = [c for c in BRONZE_COLUMNS if c not in (C.INGEST_RUN_ID, C.INGESTED_AT)]
-    ic = config.ingest
-
-    def to_interactions(events_df: DataFrame) -> DataFrame:
-        # One shuffle by user serves both the per-(user, session) dwell window and the
-        # per-(user, item) aggregation (a partitioning by user satisfies both).
-        # Only the columns the transform reads cross the shuffle (not the whole bronze row).
-        narrow = events_df.select(*C.INTERACTION_INPUTS)
-        return narrow.repartition(C.USER_ID).transform(
-            events_to_interactions,
-            cap_seconds=ic.dwell_cap_seconds,
-            last_view_seconds=ic.last_view_dwell_seconds,
-            rating=ic.rating.model_dump(),
-        )
-
-    scratch_interactions = False
-    dead: list[str] = []
-    repaired: list[str] = []
-    affected = valid.select(C.USER_ID).distinct()
-    if not bronze_existed:
-        # First write: there are valid rows, so never an empty commit; its metrics count them.
-        # No shuffle of whole rows: each task writes its rows into their event_date folders.
-        new_events = _dedup_by_event_id(spark, valid, f"{staging}/repeated_ids").select(*data_columns, *stamp)
-        # Bronze will hold exactly `new_events`, so silver's interactions are computed from
-        # them into scratch Parquet while bronze is written (the jobs share the 2 cores, filling
-        # each other's idle tails); nothing reaches silver before bronze is committed.
-        inter_path = f"{staging}/interactions"
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            inter_done = pool.submit(
-                lambda: to_interactions(new_events).write.mode("overwrite").parquet(inter_path)
-            )
-            try:  # create, not append: appending to a table created meanwhile would skip the dedup
-                delta.create(new_events, bronze, partition_by=[C.EVENT_DATE])
-            except Exception as exc:
-                if not delta.table_exists(spark, bronze):  # not a race: the error itself
-                    raise
-                raise _BronzeCreatedMeanwhile(bronze) from exc
-            inter_done.result()
-        accepted = int(delta.last_operation_metrics(spark, bronze).get("numOutputRows", 0))
-        interactions = spark.read.parquet(inter_path)
-        scratch_interactions = True
-    else:
-        # A job killed (or failed) after its bronze commit left silver without its events, and
-        # its lease (owner ingest-<run id>) expired without being dropped: its bronze rows name
-        # the users to recompute with this batch's, so any next ingest repairs it, not only a rerun.
-        dead = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
-        if dead:
-            orphaned = delta.read_table(spark, bronze).where(
-                F.col(C.INGEST_RUN_ID).isin([owner.removeprefix("ingest-") for owner in dead]))
-            repaired = sorted(r[0] for r in orphaned.select(C.INGEST_RUN_ID).distinct().collect())
-            if repaired:  # a run that died before its bronze commit left nothing to repair
-                log.warning("repairing silver for %d killed run(s): %s", len(repaired), ", ".join(repaired))
-                affected = affected.unionByName(orphaned.select(C.USER_ID)).distinct()
-        known = delta.read_table(spark, bronze).select(C.EVENT_ID)
-        candidates = valid.dropDuplicates([C.EVENT_ID]).join(known, on=C.EVENT_ID, how="left_anti")
-        new_events = candidates.select(*data_columns, *stamp).repartition(C.EVENT_DATE)
-        # Deduplicate once into scratch Parquet, count it from file metadata, and commit only
-        # when something is new (a rerun leaves bronze's version alone).
-        new_path = f"{staging}/new_events"
-        new_events.write.mode("overwrite").parquet(new_path)
-        staged_new = spark.read.parquet(new_path)
-        accepted = int(staged_new.count())
-        if accepted:
-            delta.append(staged_new, bronze, partition_by=[C.EVENT_DATE])
-        # Recompute every user of the batch (not only those with new events): after a job
-        # killed between bronze and silver, the rerun finds no new events but repairs silver.
-        events = delta.read_table(spark, bronze).join(affected, on=C.USER_ID, how="left_semi")
-        interactions = to_interactions(events)
-    log.info("bronze/events: %d accepted, %d duplicates", accepted, valid_rows - accepted)
-    bronze_done = time.monotonic()
-
-    ids_added: dict[str, int] = {}
-
-    def update_silver(attempt: int) -> dict[str, int]:
-        # The stream may MERGE the same users' rows meanwhile: redone from bronze re-read.
-        if attempt == 1:
-            return _update_silver(spark, config, interactions, staging, scratch=scratch_interactions,
-                                  added=ids_added)
-        events = delta.read_table(spark, bronze).join(affected, on=C.USER_ID, how="left_semi")
-        return _update_silver(spark, config, to_interactions(events), staging, added=ids_added)
-
-    silver: dict[str, Any] = {**conflicts.retry_on_conflict(update_silver, what=C.SILVER_INTERACTIONS), **ids_added}
-    if dead:  # their users are recomputed now
-        leases.drop(config, C.SILVER_INTERACTIONS, dead)
-        silver["repaired_runs"] = repaired
-    if phases is not None:
-        phases["bronze"] = round(bronze_done - started, 2)
-        phases["silver"] = round(time.monotonic() - bronze_done, 2)
-    return {"accepted": accepted, "duplicates": valid_rows - accepted, **silver}
+# --- the ratings path: straight to silver ------------------------------------------------------
 
 
 def _ingest_valid_ratings(
     spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int, run_id: str, staging: str
-) -> dict[str, int]:
+) -> IngestedRows:
     """Accepted explicit ratings -> silver directly; accepted = (user, item) rows that changed.
 
     The latest rating of a (user, item) wins across batches as it does within one: a rating
@@ -646,20 +611,17 @@ def _ingest_valid_ratings(
     from clickrec.transforms.clickstream import ratings_to_interactions
 
     if valid_rows == 0:
-        return {"accepted": 0, "duplicates": 0}
+        return IngestedRows(accepted=0, duplicates=0)
     interactions = valid.transform(ratings_to_interactions)
-    ids_added: dict[str, int] = {}
+
+    def interactions_for(_attempt: int) -> DataFrame:
+        newer = _not_older_than_silver(spark, config, interactions)
+        return _to_scratch(spark, newer, f"{staging}/interactions")
+
     with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):  # no bronze: nothing to repair
-        silver = conflicts.retry_on_conflict(
-            lambda _: _update_silver(
-                spark, config, _not_older_than_silver(spark, config, interactions), staging, added=ids_added,
-                update_when=_NEWER_RATING,
-            ),
-            what=C.SILVER_INTERACTIONS,
-        )
-    silver.update(ids_added)
-    accepted = silver["interactions_changed"]
-    return {"accepted": accepted, "duplicates": valid_rows - accepted, **silver}
+        silver = update_silver(spark, config, interactions_for, update_when=_NEWER_RATING)
+    accepted = silver.interactions_changed
+    return IngestedRows(accepted=accepted, duplicates=valid_rows - accepted, silver=silver)
 
 
 # The same rule inside the MERGE, so that a rating committed by another ingest between the
@@ -712,4 +674,4 @@ def recompute_interactions(spark: SparkSession, config: ClickrecConfig) -> DataF
         inter,
         delta.read_table(spark, delta.table_path(config, C.SILVER_USER_INDEX)),
         delta.read_table(spark, delta.table_path(config, C.SILVER_ITEM_INDEX)),
-    ).select(*SILVER_COLUMNS)
+    ).select(*C.SILVER_COLUMNS)

@@ -175,7 +175,7 @@ def publish(
         model_users = model.userFactors.count()
         # gold/popular_items first: it names the version a variant is published with, and the
         # stream folds users in with that version, so it stops writing the old model's lists
-        # before this MERGE replaces them (see stream.served_version). Both writes happen under
+        # before this MERGE replaces them (see clickrec.ml.foldin_model.served_version). Both writes happen under
         # the lease, so a lease that cannot be taken changes nothing, and the stream holds its
         # gold commits from the switch on.
         popular = popular_items(trained_inter, n=pc.popular_n, variant=alias, model_name=ref["model_name"],

@@ -22,7 +22,7 @@ from clickrec.config import ClickrecConfig
 from clickrec.errors import ConcurrentWriteError
 from clickrec.io import conflicts, delta, delta_rs
 from clickrec.io.lake import Lake
-from clickrec.stream import STREAM_REPLACES, BatchProcessor
+from clickrec.microbatch import STREAM_REPLACES, BatchProcessor
 from tests.conftest import make_config
 
 
@@ -38,7 +38,7 @@ def _index(spark: SparkSession, config: ClickrecConfig) -> dict[str, int]:
 
 def _extend(spark: SparkSession, config: ClickrecConfig, users: list[str]) -> int:
     keys = spark.createDataFrame([(u,) for u in users], f"{C.USER_ID} string")
-    return ingest._extend_index(spark, keys, C.USER_ID, Lake.from_config(config).path(C.SILVER_USER_INDEX))
+    return ingest.extend_index(spark, keys, C.USER_ID, Lake.from_config(config).path(C.SILVER_USER_INDEX))
 
 
 def test_stream_with_an_older_index_version_does_not_reuse_ids(spark: SparkSession, tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_stream_with_an_older_index_version_does_not_reuse_ids(spark: SparkSessi
     stale = Lake.from_config(config).open(C.SILVER_USER_INDEX)  # the stream read version 0 ...
     assert _extend(spark, config, ["u3", "u4"]) == 2  # ... and an ingest gave ids 2 and 3 meanwhile
 
-    ids = BatchProcessor(spark, config)._ids(stale, ["u3", "u5"])
+    ids = BatchProcessor(spark, config).index_ids(stale, ["u3", "u5"])
 
     index = _index(spark, config)
     assert index == {"u1": 0, "u2": 1, "u3": 2, "u4": 3, "u5": 4}
@@ -64,7 +64,7 @@ def test_ingest_numbers_again_the_ids_the_stream_took_before_its_merge(
 
     def stream_commits_first(*args: object, **kwargs: object) -> int:
         if not calls:  # between the ingest's read of the index and its MERGE
-            BatchProcessor(spark, config)._ids(Lake.from_config(config).open(C.SILVER_USER_INDEX), ["s1", "u3"])
+            BatchProcessor(spark, config).index_ids(Lake.from_config(config).open(C.SILVER_USER_INDEX), ["s1", "u3"])
         calls.append(1)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 

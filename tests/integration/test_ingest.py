@@ -128,7 +128,7 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
         raise KeyboardInterrupt("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ingest_module, "_update_silver", killed)
+        patch.setattr(ingest_module, "update_silver", killed)
         with pytest.raises(KeyboardInterrupt):
             ingest(spark, config, input_path=str(data))
     assert latest(spark, config, C.BRONZE_EVENTS).count() > 0
@@ -141,12 +141,12 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
 def test_in_batch_dedup_keeps_one_row_per_event_id_the_same_row_every_time(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    from clickrec.ingest import _dedup_by_event_id
+    from clickrec.ingest import dedup_by_event_id
 
     rows = [("a", "u1", 3.0), ("b", "u2", 1.0), ("b", "u9", 0.5), ("b", "u2", 2.0), ("c", "u3", 1.0),
             ("c", "u3", 1.0)]
     valid = spark.createDataFrame(rows, f"{C.EVENT_ID} string, {C.USER_ID} string, {C.PRICE} double")
-    deduped = _dedup_by_event_id(spark, valid.repartition(3), str(tmp_path / "repeated"))
+    deduped = dedup_by_event_id(spark, valid.repartition(3), str(tmp_path / "repeated"))
     got = sorted(tuple(r) for r in deduped.select(C.EVENT_ID, C.USER_ID, C.PRICE).collect())
     # one row per id; of a repeated id, the smallest row (user_id, then price)
     assert got == [("a", "u1", 3.0), ("b", "u2", 1.0), ("c", "u3", 1.0)]
@@ -193,7 +193,7 @@ def test_a_killed_ingest_is_repaired_by_the_next_ingest_of_another_input(
         raise RuntimeError("disk full (injected)")
 
     with monkeypatch.context() as patch:  # b: bronze committed, silver not
-        patch.setattr(ingest_module, "_update_silver", fails)
+        patch.setattr(ingest_module, "update_silver", fails)
         with pytest.raises(RuntimeError, match="injected"):
             ingest(spark, config, input_path=str(files["b"]))
     (failed_b,) = leases.expired_owners(Lake.from_config(config), C.SILVER_INTERACTIONS, "ingest-")

@@ -15,8 +15,9 @@ from clickrec.ingest import ingest
 from clickrec.io import leases
 from clickrec.io.delta import table_version
 from clickrec.io.lake import Lake
+from clickrec.microbatch import BatchProcessor
 from clickrec.status import collect_status
-from clickrec.stream import BatchProcessor, staged_events
+from clickrec.stream import staged_events
 from tests.conftest import make_config
 
 

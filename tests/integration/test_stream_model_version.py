@@ -16,9 +16,10 @@ from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
 from clickrec.io.delta import table_version
 from clickrec.io.lake import Lake
+from clickrec.microbatch import BatchProcessor
+from clickrec.ml.foldin_model import served_version
 from clickrec.publish import publish
 from clickrec.status import collect_status
-from clickrec.stream import BatchProcessor, served_version
 from tests.conftest import make_config
 from tests.stream_support import register_model
 
@@ -62,9 +63,9 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     late = pd.DataFrame({C.USER_ID: ["late-user"] * 3, C.ITEM_IDX: items, C.RATING: [3.0] * 3,
                          C.PURCHASES: [0] * 3})
     gold_path = lake.path(C.GOLD_RECOMMENDATIONS)
-    assert processor._refresh_gold(late, datetime(2026, 1, 1)) == 1
+    assert processor.gold(late, datetime(2026, 1, 1)) == 1
     written = table_version(spark, gold_path)
-    assert processor._refresh_gold(late, datetime(2026, 1, 2)) == 0
+    assert processor.gold(late, datetime(2026, 1, 2)) == 0
     assert table_version(spark, gold_path) == written
 
     # A publish lands between a batch's model load and its gold write: the batch must not add
@@ -73,7 +74,7 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     publish(spark, config)  # the champion (second) again; the processor still holds the first
     assert served_version(config) == second and processor.model.version == first
     late[C.USER_ID] = "later-user"
-    assert processor._refresh_gold(late, datetime(2026, 1, 3)) == 1
+    assert processor.gold(late, datetime(2026, 1, 3)) == 1
     assert processor.model.version == second
     gold = lake.read(spark, C.GOLD_RECOMMENDATIONS)
     assert [r[C.MODEL_VERSION] for r in gold.where(f"{C.USER_ID} = 'later-user'").collect()] == [second]

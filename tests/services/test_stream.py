@@ -24,9 +24,10 @@ from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest, recompute_interactions
 from clickrec.io.kafka import send_events
 from clickrec.io.lake import Lake
+from clickrec.replay import replay
 from clickrec.services import ServiceProcess
 from clickrec.status import collect_status
-from clickrec.stream import checkpoint_path, metrics_path, replay, run_stream
+from clickrec.stream import checkpoint_path, metrics_path, run_stream
 from tests.conftest import make_config
 from tests.stream_support import (
     SILVER_VALUE_COLUMNS,
@@ -175,7 +176,7 @@ def test_a_failed_batch_ends_the_stream_with_its_own_exit_code(
     # the query reports a foreachBatch error as text; the command must still exit 6 for a lost
     # commit race (not 2, "bad input"), so a scheduler can tell a retryable failure
     from clickrec.errors import ConcurrentWriteError
-    from clickrec.stream import BatchProcessor
+    from clickrec.microbatch import BatchProcessor
 
     def lose_the_race(self: BatchProcessor, staged: Any, batch_id: int) -> None:
         raise ConcurrentWriteError("silver/interactions: lost the commit race 5 times")

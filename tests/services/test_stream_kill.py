@@ -28,8 +28,9 @@ from clickrec import columns as C
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
 from clickrec.io.lake import Lake
+from clickrec.replay import replay
 from clickrec.services import ServiceProcess
-from clickrec.stream import checkpoint_path, replay
+from clickrec.stream import checkpoint_path
 from tests.conftest import REPO_ROOT, make_config
 from tests.stream_support import (
     assert_ids_match_index,

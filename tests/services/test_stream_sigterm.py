@@ -19,8 +19,8 @@ from pyspark.sql import SparkSession
 from clickrec import columns as C
 from clickrec.generate import generate_clickstream
 from clickrec.io.lake import Lake
+from clickrec.replay import replay
 from clickrec.services import ServiceProcess
-from clickrec.stream import replay
 from tests.conftest import REPO_ROOT, make_config
 from tests.stream_support import write_config_file
 

@@ -12,7 +12,8 @@ import pytest
 from clickrec.config import KafkaConfig, build_config
 from clickrec.errors import ConfigError, ServiceError
 from clickrec.io.kafka import stream_source_options
-from clickrec.stream import event_payloads, progress_record
+from clickrec.replay import event_payloads
+from clickrec.stream import progress_record
 
 HEADER = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
 
@@ -78,7 +79,7 @@ def test_changed_keeps_new_and_different_rows_in_order_and_drops_identical_ones(
 
     import pyarrow as pa
 
-    from clickrec.stream import _changed
+    from clickrec.microbatch import changed_rows
 
     t = datetime(2019, 10, 1)
     schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("views", pa.int64()),
@@ -97,10 +98,10 @@ def test_changed_keeps_new_and_different_rows_in_order_and_drops_identical_ones(
         ("u2", "b", 1, None, t, 1.0),                     # new pair, with a null
         ("u3", "z", 9, 9.0, datetime(2019, 10, 2), 9.0),  # last_seen differs
     ])
-    got = _changed(rows, held).to_pylist()
+    got = changed_rows(rows, held).to_pylist()
     assert [(r["user_id"], r["item_id"]) for r in got] == [("u2", "a"), ("u1", "c"), ("u2", "b"), ("u3", "z")]
-    assert _changed(rows, held.slice(0, 0)).num_rows == rows.num_rows
-    assert _changed(rows.slice(0, 0), held).num_rows == 0
+    assert changed_rows(rows, held.slice(0, 0)).num_rows == rows.num_rows
+    assert changed_rows(rows.slice(0, 0), held).num_rows == 0
 
 
 def test_lines_batch_ingest_would_quarantine_are_sent_raw(tmp_path: Path) -> None:
@@ -119,7 +120,7 @@ def test_lines_batch_ingest_would_quarantine_are_sent_raw(tmp_path: Path) -> Non
 
 def test_only_lists_that_differ_from_gold_are_written() -> None:
     from clickrec import columns as C
-    from clickrec.stream import _changed_lists
+    from clickrec.microbatch import changed_lists
 
     def held(user: str, items: list[tuple[str, float, int]], version: int = 3, source: str = "stream") -> dict:
         return {C.USER_ID: user, C.VARIANT: "champion", C.MODEL_NAME: "m", C.MODEL_VERSION: version,
@@ -131,4 +132,4 @@ def test_only_lists_that_differ_from_gold_are_written() -> None:
             held("u2", [("b", 0.05, 1), ("a", 0.1, 2)]),      # another order
             held("u3", same, version=2),                      # another model version
             held("u4", same, source="batch")]                 # a batch list
-    assert [r[0] for r in _changed_lists(rows, gold)] == ["u2", "u3", "u4", "u5"]  # u5: not in gold
+    assert [r[0] for r in changed_lists(rows, gold)] == ["u2", "u3", "u4", "u5"]  # u5: not in gold
