@@ -34,27 +34,27 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     second = register_model(spark, config, max_iter=2, seed=2)  # now the champion
 
     processor = BatchProcessor(spark, config)
-    assert served_version(config) is None  # nothing published: the alias decides
+    assert served_version(config, lake) is None  # nothing published: the alias decides
     processor.refresh_model()
     assert processor.model is not None and processor.model.version == second
 
     publish(spark, config)  # the champion, as the pipeline publishes it
-    assert served_version(config) == second
+    assert served_version(config, lake) == second
     processor.refresh_model()
     assert processor.model.version == second and processor.totals["model_reloads"] == 1
 
     # A rollback republishes the first version as the champion and leaves the alias on the second:
     # the stream's lists must come from the model the rest of the variant was published with.
     publish(spark, config, model_version=first)
-    assert served_version(config) == first
+    assert served_version(config, lake) == first
     processor.refresh_model()
     assert processor.model.version == first and processor.totals["model_reloads"] == 2
 
     # Another variant, or gold written under another model name, falls back to that alias.
     other = make_config(tmp_path, stream={"variant": "challenger"})
-    assert served_version(other) is None
+    assert served_version(other, lake) is None
     renamed = make_config(tmp_path, mlflow={"model_name": "another-model"})
-    assert served_version(renamed) is None
+    assert served_version(renamed, lake) is None
 
     # The same user's list folded in twice: the second write commits nothing (a replayed batch
     # leaves gold, and the list's updated_at, as they were).
@@ -72,7 +72,7 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     # lists of the version gold no longer serves (lists of two models would mix), and its users
     # are folded in again with the version now served.
     publish(spark, config)  # the champion (second) again; the processor still holds the first
-    assert served_version(config) == second and processor.model.version == first
+    assert served_version(config, lake) == second and processor.model.version == first
     late[C.USER_ID] = "later-user"
     assert processor.gold(late, datetime(2026, 1, 3)) == 1
     assert processor.model.version == second
