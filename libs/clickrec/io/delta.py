@@ -196,7 +196,8 @@ def append_once(
 
     Delta's idempotent writes (txnAppId/txnVersion) make a retried or rerun write with the same
     key a no-op, so a job killed after this commit and run again adds nothing twice. Creates
-    the table on first write.
+    the table on first write. Unlike delta_rs.append_once it cannot say whether it skipped:
+    Spark drops a recorded (app_id, version) without a sign.
     """
     writer = (
         df.write.format("delta")
