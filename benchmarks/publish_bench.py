@@ -82,8 +82,9 @@ def write_silver(spark: Any, config: Any, users: int, items: int, activity: str 
     import pandas as pd
 
     from clickrec import columns as C
-    from clickrec.io.delta import table_path
+    from clickrec.io.lake import Lake
 
+    lake = Lake.from_config(config)
     rng = np.random.default_rng(seed)
     groups = 20
     group_of = rng.permutation(items) % groups
@@ -109,11 +110,11 @@ def write_silver(spark: Any, config: Any, users: int, items: int, activity: str 
     pdf[C.ITEM_ID] = "sku-" + pdf[C.ITEM_IDX].astype(str)
     pdf[C.LAST_SEEN] = pd.Timestamp("2026-01-01")
     pdf = pdf.astype({C.USER_IDX: "int32", C.ITEM_IDX: "int32"})
-    spark.createDataFrame(pdf).write.format("delta").mode("overwrite").save(table_path(config, C.SILVER_INTERACTIONS))
+    spark.createDataFrame(pdf).write.format("delta").mode("overwrite").save(lake.path(C.SILVER_INTERACTIONS))
     spark.createDataFrame(pd.DataFrame({C.SOURCE_ID: [f"user-{u}" for u in range(users)], C.IDX: np.arange(users, dtype="int32")})) \
-        .write.format("delta").mode("overwrite").save(table_path(config, C.SILVER_USER_INDEX))
+        .write.format("delta").mode("overwrite").save(lake.path(C.SILVER_USER_INDEX))
     spark.createDataFrame(pd.DataFrame({C.SOURCE_ID: [f"sku-{i}" for i in range(items)], C.IDX: np.arange(items, dtype="int32")})) \
-        .write.format("delta").mode("overwrite").save(table_path(config, C.SILVER_ITEM_INDEX))
+        .write.format("delta").mode("overwrite").save(lake.path(C.SILVER_ITEM_INDEX))
     return len(pdf)
 
 
@@ -122,10 +123,11 @@ def fit_and_register(spark: Any, config: Any, rank: int) -> int:
     from pyspark.sql import functions as F
 
     from clickrec import columns as C
-    from clickrec.io.delta import table_path, table_version
+    from clickrec.io.lake import Lake
     from clickrec.tracking import Tracking
 
-    tables = {t: (table_path(config, t), int(table_version(spark, table_path(config, t)) or 0))
+    lake = Lake.from_config(config)
+    tables = {t: (lake.path(t), int(lake.version(spark, t) or 0))
               for t in (C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX)}
     ratings = spark.read.format("delta").load(tables[C.SILVER_INTERACTIONS][0]).select(
         C.USER_IDX, C.ITEM_IDX, F.col(C.RATING).cast("float").alias(C.RATING))
@@ -146,7 +148,7 @@ def time_top_n(spark: Any, config: Any) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     from clickrec import columns as C
-    from clickrec.io.delta import table_path
+    from clickrec.io.lake import Lake
     from clickrec.ml.recommend import recommend_top_k
     from clickrec.tracking import Tracking
     from clickrec.transforms.recommendations import exclusion_pairs, reference_top_k
@@ -156,7 +158,7 @@ def time_top_n(spark: Any, config: Any) -> dict[str, Any]:
     users_df = model.userFactors.persist()
     items_df = model.itemFactors.persist()
     users, items = users_df.count(), items_df.count()
-    inter = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
+    inter = Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS)
     excluded = exclusion_pairs(inter, exclude="bought").persist()
     most = int(excluded.groupBy(C.USER_IDX).count().agg(F.max("count")).first()[0])
 
@@ -272,9 +274,9 @@ def spark_latency(spark: Any, config: Any, users: int, reads: int) -> dict[str, 
     from pyspark.sql import functions as F
 
     from clickrec import columns as C
-    from clickrec.io.delta import table_path
+    from clickrec.io.lake import Lake
 
-    path = table_path(config, C.GOLD_RECOMMENDATIONS)
+    path = Lake.from_config(config).path(C.GOLD_RECOMMENDATIONS)
     samples = []
     for uid in _user_ids(users, reads + 3, 7):
         t = time.perf_counter()

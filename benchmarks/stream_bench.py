@@ -101,12 +101,9 @@ def _load(path: Path, config: Any, *, rate: float, seconds: float, probe_items: 
 
 def measure_rate(spark: Any, root: Path, bootstrap: str, load_file: Path, probe_items: list[str], *,
                  rate: float, seconds: float, trigger: float) -> dict[str, Any]:
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
     from clickrec import columns as C
-    from clickrec.io.delta import table_path
     from clickrec.io.kafka import send_events
+    from clickrec.io.lake import Lake
     from clickrec.stream import metrics_path, run_stream
 
     tag = f"r{int(rate)}"
@@ -130,13 +127,11 @@ def measure_rate(spark: Any, root: Path, bootstrap: str, load_file: Path, probe_
         _load(load_file, config, rate=rate, seconds=seconds, probe_items=probe_items, sent_at=sent_at, tag=tag),
         rate=rate)), daemon=True)
     sender.start()
-    gold = table_path(config, C.GOLD_RECOMMENDATIONS)
+    lake = Lake.from_config(config)
     stop_at = time.monotonic() + seconds + 90
     while time.monotonic() < stop_at:
-        try:
-            users = set(DeltaTable(gold).to_pyarrow_table(columns=[C.USER_ID])[C.USER_ID].to_pylist())
-        except TableNotFoundError:  # the stream has not written gold yet
-            users = set()
+        gold = lake.open(C.GOLD_RECOMMENDATIONS)  # None until the stream has written gold
+        users = set(gold.to_pyarrow_table(columns=[C.USER_ID])[C.USER_ID].to_pylist()) if gold is not None else set()
         now = time.time()
         for user, t in list(sent_at.items()):
             if user not in seen_at and user in users:
@@ -198,7 +193,7 @@ def run(argv: list[str]) -> str:
     from clickrec import columns as C
     from clickrec.generate import generate_clickstream
     from clickrec.ingest import ingest
-    from clickrec.io.delta import table_path
+    from clickrec.io.lake import Lake
     from clickrec.pipeline import run_pipeline
     from clickrec.services import start_kafka
     from clickrec.spark import build_spark_session
@@ -219,7 +214,7 @@ def run(argv: list[str]) -> str:
         generate_clickstream(load_file, events=int(max(args.rates) * args.seconds) + 1000, seed=4)
         ingest(spark, config, input_path=str(base))
         run_train(spark, config, promote="always")
-        items = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS)) \
+        items = Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS) \
             .groupBy(C.ITEM_ID).count().orderBy(F.col("count").desc()).limit(200).collect()
         probe_items = [r[C.ITEM_ID] for r in items]
         rows = [measure_rate(spark, root, kafka.url, load_file, probe_items, rate=r, seconds=args.seconds,

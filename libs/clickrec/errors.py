@@ -120,8 +120,9 @@ class ModelUnreadableError(NotFoundError):
 
 
 class TableNotFoundError(NotFoundError):
-    """A Delta table a job reads does not exist yet."""
+    """A Delta table asked for does not exist (yet); the message names the table, where it was
+    looked for and, when given, the command that creates it."""
 
-    def __init__(self, table: str, path: str) -> None:
-        self.table, self.path = table, path
-        super().__init__(f"table {table} not found at {path}: run `clickrec ingest` first")
+    def __init__(self, table: str, path: str, *, hint: str | None = None) -> None:
+        self.table, self.path, self.hint = table, path, hint
+        super().__init__(f"table {table} not found at {path}" + (f": {hint}" if hint else ""))

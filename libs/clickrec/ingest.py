@@ -44,6 +44,7 @@ from clickrec.io.files import (
     list_input_files,
     remove_stale_dirs,
 )
+from clickrec.io.lake import Lake
 from clickrec.quality import load_suite, preload_gx, validate_batch
 from clickrec.staging import (
     count_batch,
@@ -83,7 +84,7 @@ def extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: st
         if version is None:
             empty = spark.createDataFrame([], f"{C.SOURCE_ID} string, {C.IDX} int")
             try:
-                delta.create(assign_new_ids(keys_df, empty, key_col=key_col), path)
+                delta.create(path, assign_new_ids(keys_df, empty, key_col=key_col))
             except Exception:
                 if not delta.table_exists(spark, path):  # not a lost race to create it: a real error
                     raise
@@ -100,7 +101,7 @@ def extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: st
         newer = f"t.`{C.IDX}` >= {int(stats['first'])}"
         inserted = conflicts.retry_on_conflict(
             lambda _, rows=new_df, newer=newer: delta.insert_unless_taken(
-                spark, rows, path, unique=(C.SOURCE_ID, C.IDX), target_filter=newer),
+                path, rows, unique=(C.SOURCE_ID, C.IDX), target_filter=newer),
             what=f"new ids into {path}",
         )
         added += inserted
@@ -133,7 +134,7 @@ class SilverUpdate:
 
 
 def update_silver(
-    spark: SparkSession, config: ClickrecConfig, interactions_for: Callable[[int], DataFrame],
+    spark: SparkSession, lake: Lake, interactions_for: Callable[[int], DataFrame],
     *, update_when: str | None = None,
 ) -> SilverUpdate:
     """Index new users/items and MERGE the changed interactions, redone when a MERGE loses a race.
@@ -143,14 +144,13 @@ def update_silver(
     an attempt committed stay committed when its MERGE loses, so every attempt's are counted.
     `update_when` goes to the MERGE (see delta.merge_upsert).
     """
-    user_index = delta.table_path(config, C.SILVER_USER_INDEX)
-    item_index = delta.table_path(config, C.SILVER_ITEM_INDEX)
+    user_index, item_index = lake.path(C.SILVER_USER_INDEX), lake.path(C.SILVER_ITEM_INDEX)
     new_ids: list[tuple[int, int]] = []  # (users, items) per attempt
 
     def attempt(n: int) -> int:
         interactions = interactions_for(n)
         new_ids.append(_index_new_keys(spark, interactions, user_index, item_index))
-        return _merge_changed_interactions(spark, config, interactions, user_index, item_index,
+        return _merge_changed_interactions(spark, lake, interactions, user_index, item_index,
                                            update_when=update_when)
 
     changed = conflicts.retry_on_conflict(attempt, what=C.SILVER_INTERACTIONS)
@@ -169,7 +169,7 @@ def _index_new_keys(spark: SparkSession, interactions: DataFrame, user_index: st
 
 
 def _merge_changed_interactions(
-    spark: SparkSession, config: ClickrecConfig, interactions: DataFrame, user_index: str, item_index: str,
+    spark: SparkSession, lake: Lake, interactions: DataFrame, user_index: str, item_index: str,
     *, update_when: str | None,
 ) -> int:
     """MERGE the interactions (with their ids) silver does not hold with the same values; how many."""
@@ -178,15 +178,15 @@ def _merge_changed_interactions(
     rows = attach_ids(
         interactions, delta.read_table(spark, user_index), delta.read_table(spark, item_index)
     ).select(*C.SILVER_COLUMNS)
-    silver = delta.table_path(config, C.SILVER_INTERACTIONS)
+    silver = lake.path(C.SILVER_INTERACTIONS)
     if not delta.table_exists(spark, silver):
-        delta.append(rows, silver)
+        delta.append(silver, rows)
         changed = int(delta.last_operation_metrics(spark, silver).get("numOutputRows", 0))
     else:
         changes = _changed_rows(spark, rows, silver)
         changed = int(changes.count())
         if changed:
-            delta.merge_upsert(spark, changes, silver, keys=C.INTERACTION_KEYS, update_when=update_when)
+            delta.merge_upsert(silver, changes, keys=C.INTERACTION_KEYS, update_when=update_when)
     log.info("silver/interactions: %d rows inserted or updated", changed)
     return changed
 
@@ -257,32 +257,34 @@ def ingest(
     now = datetime.now(UTC).replace(tzinfo=None)
     input_key = fingerprint(files, fmt, config.ingest.model_dump_json())
     log.info("ingest %s: %d file(s) as %s, run %s", input_path, len(files), fmt, run_id)
-    stale = _remove_stale_staging(spark, config)
-    staging = delta.table_path(config, f"_staging/{run_id}")
+    lake = Lake.from_config(config)
+    stale = _remove_stale_staging(spark, lake, older_than_hours=config.ingest.stale_staging_hours)
+    staging = lake.path(f"_staging/{run_id}")
     suite_path = config.ingest.events_suite if fmt == "rees46" else config.ingest.ratings_suite
     suite = load_suite(suite_path, suite_params(config))
     clock = _PhaseClock()
     try:
         staged = _parse_once(spark, config, fmt, files, suite, f"{staging}/batch")
         clock.lap("parse")
-        checked = _count_and_validate(config, staged, suite, run_id)
+        docs_dir = lake.path("_quality/data_docs") if config.ingest.data_docs else None
+        checked = _count_and_validate(staged, suite, run_id, docs_dir=docs_dir)
         clock.lap("count_gx")
         _check_quality_gate(config, input_path, checked)
         if checked.rejected:
-            quarantine_rejected(spark, config, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now,
+            quarantine_rejected(spark, lake, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now,
                                 skip_held=True)
         clock.lap("quarantine")
         valid = staged.where(F.size(C.REASONS) == 0)
         valid_rows = checked.rows - checked.rejected
         if fmt == "rees46":
-            written = ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging)
+            written = ingest_valid_events(spark, config, lake, valid, valid_rows, run_id, now, staging)
         else:
-            written = _ingest_valid_ratings(spark, config, valid, valid_rows, run_id, staging)
+            written = _ingest_valid_ratings(spark, lake, valid, valid_rows, run_id, staging)
             clock.lap("silver")
     finally:
         delete_path(spark, staging)
     seconds = time.monotonic() - started
-    table_rows, table_versions = _table_sizes(spark, config)
+    table_rows, table_versions = _table_sizes(spark, lake)
     phases = {**clock.seconds, **written.phase_seconds}
     summary: dict[str, Any] = {
         "run_id": run_id,
@@ -313,10 +315,9 @@ def ingest(
     return summary
 
 
-def _remove_stale_staging(spark: SparkSession, config: ClickrecConfig) -> list[str]:
+def _remove_stale_staging(spark: SparkSession, lake: Lake, *, older_than_hours: float) -> list[str]:
     """Remove the scratch folders killed jobs left behind; their names."""
-    stale = remove_stale_dirs(spark, delta.table_path(config, "_staging"),
-                              older_than_hours=config.ingest.stale_staging_hours)
+    stale = remove_stale_dirs(spark, lake.path("_staging"), older_than_hours=older_than_hours)
     if stale:
         log.warning("removed %d scratch folder(s) left by killed jobs: %s", len(stale), ", ".join(stale))
     return stale
@@ -340,13 +341,13 @@ def _parse_once(
     return _to_scratch(spark, staged_plan, path)
 
 
-def _count_and_validate(config: ClickrecConfig, staged: DataFrame, suite: dict[str, Any], run_id: str) -> _CheckedBatch:
+def _count_and_validate(staged: DataFrame, suite: dict[str, Any], run_id: str, *,
+                        docs_dir: str | None) -> _CheckedBatch:
     """Count the staged batch's rows and rejections, and validate it with Great Expectations.
 
     GX (mostly Python: suite setup, result handling, data docs rendering) runs beside the
-    count; both only read the scratch batch.
+    count; both only read the scratch batch. `docs_dir`: where GX renders its data docs (None: none).
     """
-    docs_dir = delta.table_path(config, "_quality/data_docs") if config.ingest.data_docs else None
     with ThreadPoolExecutor(max_workers=1) as pool:
         validation = pool.submit(validate_batch, staged, suite, run_name=run_id, docs_dir=docs_dir)
         rows_read, quarantined, by_reason = count_batch(staged)
@@ -368,16 +369,16 @@ def _check_quality_gate(config: ClickrecConfig, input_path: str, checked: _Check
         )
 
 
-def _table_sizes(spark: SparkSession, config: ClickrecConfig) -> tuple[dict[str, int], dict[str, int | None]]:
+def _table_sizes(spark: SparkSession, lake: Lake) -> tuple[dict[str, int], dict[str, int | None]]:
     """(rows of the indexes and silver, versions of SUMMARY_TABLES) for the summary."""
     # Row counts and versions of five tables: many small Delta log reads, run side by side.
     with ThreadPoolExecutor(max_workers=4) as pool:
         sizes = {
-            t: pool.submit(delta.count_rows, spark, delta.table_path(config, t))
+            t: pool.submit(delta.count_rows, spark, lake.path(t))
             for t in (C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX, C.SILVER_INTERACTIONS)
         }
         versions = {
-            t: pool.submit(delta.table_version, spark, delta.table_path(config, t)) for t in SUMMARY_TABLES
+            t: pool.submit(lake.version, spark, t) for t in SUMMARY_TABLES
         }
         return {t: f.result() for t, f in sizes.items()}, {t: f.result() for t, f in versions.items()}
 
@@ -386,7 +387,7 @@ def _table_sizes(spark: SparkSession, config: ClickrecConfig) -> tuple[dict[str,
 
 
 def ingest_valid_events(
-    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
+    spark: SparkSession, config: ClickrecConfig, lake: Lake, valid: DataFrame, valid_rows: int,
     run_id: str, now: datetime, staging: str,
 ) -> IngestedRows:
     """Accepted events -> bronze/events (new event_ids only) -> silver for the affected users.
@@ -400,14 +401,14 @@ def ingest_valid_events(
     # The stream holds its silver commits meanwhile (a long MERGE would lose every race to it).
     # A failure leaves the lease expired, not dropped (like a kill): the next ingest repairs
     # silver for this run's bronze rows if it got as far as committing them.
-    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}", expire_on_error=True):
+    with leases.hold(lake, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}", expire_on_error=True):
         try:
-            return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging)
+            return _ingest_valid_events(spark, config, lake, valid, valid_rows, run_id, now, staging)
         except _BronzeCreatedMeanwhile:
             # Another writer created bronze while this run was writing it first: redo the
             # batch as an update of the table that now exists, deduplicated against it.
             log.warning("bronze/events was created by another writer meanwhile; deduplicating against it")
-            return _ingest_valid_events(spark, config, valid, valid_rows, run_id, now, staging)
+            return _ingest_valid_events(spark, config, lake, valid, valid_rows, run_id, now, staging)
 
 
 class _BronzeCreatedMeanwhile(Exception):
@@ -427,13 +428,13 @@ class _BronzeWrite:
 
 
 def _ingest_valid_events(
-    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int,
+    spark: SparkSession, config: ClickrecConfig, lake: Lake, valid: DataFrame, valid_rows: int,
     run_id: str, now: datetime, staging: str,
 ) -> IngestedRows:
     started = time.monotonic()
-    bronze = delta.table_path(config, C.BRONZE_EVENTS)
+    bronze = lake.path(C.BRONZE_EVENTS)
     if delta.table_exists(spark, bronze):
-        written = _append_new_events(spark, config, valid, run_id, now, staging, bronze)
+        written = _append_new_events(spark, config, lake, valid, run_id, now, staging, bronze)
     else:
         written = _create_bronze(spark, config, valid, run_id, now, staging, bronze)
     log.info("bronze/events: %d accepted, %d duplicates", written.accepted, valid_rows - written.accepted)
@@ -447,9 +448,9 @@ def _ingest_valid_events(
             config, _events_of_users(spark, bronze, written.affected))
         return _to_scratch(spark, recomputed, f"{staging}/interactions")
 
-    silver = update_silver(spark, config, interactions_for)
+    silver = update_silver(spark, lake, interactions_for)
     if written.dead_owners:  # their users are recomputed now
-        leases.drop(config, C.SILVER_INTERACTIONS, written.dead_owners)
+        leases.drop(lake, C.SILVER_INTERACTIONS, written.dead_owners)
     return IngestedRows(
         accepted=written.accepted, duplicates=valid_rows - written.accepted, silver=silver,
         repaired_runs=written.repaired_runs,
@@ -484,7 +485,7 @@ def _create_bronze(
             lambda: _interactions_of(config, new_events).write.mode("overwrite").parquet(inter_path)
         )
         try:  # create, not append: appending to a table created meanwhile would skip the dedup
-            delta.create(new_events, bronze, partition_by=[C.EVENT_DATE])
+            delta.create(bronze, new_events, partition_by=[C.EVENT_DATE])
         except Exception as exc:
             if not delta.table_exists(spark, bronze):  # not a race: the error itself
                 raise
@@ -496,7 +497,7 @@ def _create_bronze(
 
 
 def _append_new_events(
-    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, run_id: str, now: datetime, staging: str,
+    spark: SparkSession, config: ClickrecConfig, lake: Lake, valid: DataFrame, run_id: str, now: datetime, staging: str,
     bronze: str,
 ) -> _BronzeWrite:
     """Append the events bronze/events lacks; recompute the batch's users and killed runs' users.
@@ -505,7 +506,7 @@ def _append_new_events(
     between bronze and silver, the rerun finds no new events but repairs silver.
     """
     affected = valid.select(C.USER_ID).distinct()
-    dead, repaired, orphaned_users = _killed_runs(spark, config, bronze)
+    dead, repaired, orphaned_users = _killed_runs(spark, lake, bronze)
     if orphaned_users is not None:
         affected = affected.unionByName(orphaned_users).distinct()
     known = delta.read_table(spark, bronze).select(C.EVENT_ID)
@@ -516,13 +517,13 @@ def _append_new_events(
     staged_new = _to_scratch(spark, new_events, f"{staging}/new_events")
     accepted = int(staged_new.count())
     if accepted:
-        delta.append(staged_new, bronze, partition_by=[C.EVENT_DATE])
+        delta.append(bronze, staged_new, partition_by=[C.EVENT_DATE])
     interactions = _interactions_of(config, _events_of_users(spark, bronze, affected))
     return _BronzeWrite(accepted=accepted, affected=affected, interactions=interactions, in_scratch=False,
                         repaired_runs=repaired, dead_owners=dead)
 
 
-def _killed_runs(spark: SparkSession, config: ClickrecConfig, bronze: str) -> tuple[list[str], list[str], DataFrame | None]:
+def _killed_runs(spark: SparkSession, lake: Lake, bronze: str) -> tuple[list[str], list[str], DataFrame | None]:
     """(expired ingest leases, their runs with bronze rows, those rows' users or None).
 
     A job killed (or failed) after its bronze commit left silver without its events, and its
@@ -531,7 +532,7 @@ def _killed_runs(spark: SparkSession, config: ClickrecConfig, bronze: str) -> tu
     """
     from pyspark.sql import functions as F
 
-    dead = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
+    dead = leases.expired_owners(lake, C.SILVER_INTERACTIONS, "ingest-")
     if not dead:
         return dead, [], None
     orphaned = delta.read_table(spark, bronze).where(
@@ -598,7 +599,7 @@ def dedup_by_event_id(spark: SparkSession, valid: DataFrame, scratch: str) -> Da
 
 
 def _ingest_valid_ratings(
-    spark: SparkSession, config: ClickrecConfig, valid: DataFrame, valid_rows: int, run_id: str, staging: str
+    spark: SparkSession, lake: Lake, valid: DataFrame, valid_rows: int, run_id: str, staging: str
 ) -> IngestedRows:
     """Accepted explicit ratings -> silver directly; accepted = (user, item) rows that changed.
 
@@ -615,11 +616,11 @@ def _ingest_valid_ratings(
     interactions = valid.transform(ratings_to_interactions)
 
     def interactions_for(_attempt: int) -> DataFrame:
-        newer = _not_older_than_silver(spark, config, interactions)
+        newer = _not_older_than_silver(spark, lake, interactions)
         return _to_scratch(spark, newer, f"{staging}/interactions")
 
-    with leases.hold(config, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):  # no bronze: nothing to repair
-        silver = update_silver(spark, config, interactions_for, update_when=_NEWER_RATING)
+    with leases.hold(lake, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}"):  # no bronze: nothing to repair
+        silver = update_silver(spark, lake, interactions_for, update_when=_NEWER_RATING)
     accepted = silver.interactions_changed
     return IngestedRows(accepted=accepted, duplicates=valid_rows - accepted, silver=silver)
 
@@ -632,15 +633,14 @@ _NEWER_RATING = (
 )
 
 
-def _not_older_than_silver(spark: SparkSession, config: ClickrecConfig, ratings: DataFrame) -> DataFrame:
+def _not_older_than_silver(spark: SparkSession, lake: Lake, ratings: DataFrame) -> DataFrame:
     """The (user, item) ratings at least as recent as silver's: later time, or same time and
     a rating not lower (the tie rule of `ratings_to_interactions`)."""
     from pyspark.sql import functions as F
 
-    path = delta.table_path(config, C.SILVER_INTERACTIONS)
-    if not delta.table_exists(spark, path):
+    if not lake.exists(spark, C.SILVER_INTERACTIONS):
         return ratings
-    held = delta.read_table(spark, path).select(
+    held = lake.read(spark, C.SILVER_INTERACTIONS).select(
         C.USER_ID, C.ITEM_ID, F.col(C.LAST_SEEN).alias("_held_seen"), F.col(C.RATING).alias("_held_rating")
     )
     seen, held_seen = F.col(C.LAST_SEEN), F.col("_held_seen")
@@ -663,8 +663,8 @@ def recompute_interactions(spark: SparkSession, config: ClickrecConfig) -> DataF
     from clickrec.transforms.clickstream import events_to_interactions
     from clickrec.transforms.index import attach_ids
 
-    ic = config.ingest
-    inter = delta.read_table(spark, delta.table_path(config, C.BRONZE_EVENTS)).transform(
+    ic, lake = config.ingest, Lake.from_config(config)
+    inter = lake.read(spark, C.BRONZE_EVENTS).transform(
         events_to_interactions,
         cap_seconds=ic.dwell_cap_seconds,
         last_view_seconds=ic.last_view_dwell_seconds,
@@ -672,6 +672,6 @@ def recompute_interactions(spark: SparkSession, config: ClickrecConfig) -> DataF
     )
     return attach_ids(
         inter,
-        delta.read_table(spark, delta.table_path(config, C.SILVER_USER_INDEX)),
-        delta.read_table(spark, delta.table_path(config, C.SILVER_ITEM_INDEX)),
+        lake.read(spark, C.SILVER_USER_INDEX),
+        lake.read(spark, C.SILVER_ITEM_INDEX),
     ).select(*C.SILVER_COLUMNS)

@@ -49,8 +49,8 @@ from clickrec.config import ClickrecConfig
 from clickrec.errors import IdsKeptCollidingError, NotFoundError, ServiceError
 from clickrec.ingest import ingest_valid_events
 from clickrec.io import conflicts, delta, delta_rs, leases
-from clickrec.io.delta_reader import open_table
 from clickrec.io.files import delete_path
+from clickrec.io.lake import Lake
 from clickrec.ml.foldin_model import FoldInModel, fold_in_lists, load_fold_in_model, served_version
 from clickrec.staging import count_batch, quarantine_rejected
 from clickrec.tracking import Tracking
@@ -118,15 +118,17 @@ class BatchProcessor:
     # for a lost commit race, 4 for a service, 1 for a bug) must reach the user
     error: Exception | None = field(default=None, repr=False)
     model_checked_version: int | None = None
+    lake: Lake = field(init=False, repr=False)
     lease_view: leases.LeaseView = field(init=False, repr=False)  # asked before every silver and gold commit
 
     def __post_init__(self) -> None:
         self.tracking = self.tracking or Tracking(self.config.mlflow)
-        self.lease_view = leases.LeaseView(self.config)
+        self.lake = Lake.from_config(self.config)
+        self.lease_view = leases.LeaseView(self.lake)
 
     def refresh_model(self) -> None:
         """Load the version gold serves (else the alias's) when it changed since the last batch."""
-        version = served_version(self.config)
+        version = served_version(self.config, self.lake)
         if version is None:
             try:
                 version = self.tracking.alias_versions().get(self.config.stream.variant)
@@ -136,7 +138,7 @@ class BatchProcessor:
         if version is None or version == self.model_checked_version:
             return
         try:
-            model = load_fold_in_model(self.spark, self.config, self.tracking, version)
+            model = load_fold_in_model(self.spark, self.config, self.lake, self.tracking, version)
         except ServiceError as exc:
             # The registry is unreachable: try again next batch. Meanwhile fold in only with the
             # version gold serves, never with another one (lists of two models would mix).
@@ -166,7 +168,7 @@ class BatchProcessor:
         config = self.config
         run_id = f"stream-{config.stream.query_name}-{batch_id}"
         now = datetime.now(UTC).replace(tzinfo=None)
-        tables = {t: open_table(config, t) for t in DELTA_RS_PATH_TABLES}
+        tables = {t: self.lake.open(t) for t in DELTA_RS_PATH_TABLES}
         if all(dt is not None for dt in tables.values()):
             info = self.process_with_delta_rs(staged, batch_id, run_id, now, tables)
         else:
@@ -222,7 +224,7 @@ class BatchProcessor:
         flagged = pc.greater(pc.list_value_length(batch.column(C.REASONS)), 0)
         rejected = int(pc.sum(flagged).as_py() or 0)
         if rejected:
-            quarantine_rejected(self.spark, config, staged, fmt="rees46", input_key=f"stream-{config.stream.query_name}",
+            quarantine_rejected(self.spark, self.lake, staged, fmt="rees46", input_key=f"stream-{config.stream.query_name}",
                                 run_id=run_id, now=now, txn_version=None, skip_held=True)
         valid = batch.filter(pc.invert(flagged)).select(list(C.BRONZE_EVENT_COLUMNS))
         return StagedBatch(rows=batch.num_rows, rejected=rejected, valid=valid)
@@ -246,13 +248,12 @@ class BatchProcessor:
         app_id = f"clickrec-stream-{config.stream.query_name}"
         # bronze as `history` + `new_events` describe it: the version read, plus this batch's append
         bronze_seen = bronze_dt.version() + (1 if new_events.num_rows else 0)
-        if new_events.num_rows and not delta_rs.append_once(config, bronze_dt, new_events, app_id=app_id,
-                                                            version=batch_id):
+        if new_events.num_rows and not delta_rs.append_once(bronze_dt, new_events, app_id=app_id, version=batch_id):
             # bronze records this batch id but not these events: the checkpoint was reset and
             # batch ids restarted; the event_ids decide, so nothing is lost or doubled
             log.warning("bronze already records %s batch %d, but %d of its events are new (checkpoint reset?): "
                         "appending them", app_id, batch_id, new_events.num_rows)
-            delta_rs.append(config, bronze_dt, new_events)
+            delta_rs.append(bronze_dt, new_events)
         return BronzeAppend(users=users, history=history, appended=new_events, version=bronze_seen)
 
     def silver(self, bronze: BronzeAppend, tables: dict[str, Any]) -> tuple[Any, Any]:
@@ -351,18 +352,18 @@ class BatchProcessor:
 
         config, spark = self.config, self.spark
         staged = staged.persist(StorageLevel.MEMORY_AND_DISK)
-        staging = delta.table_path(config, f"_staging/{run_id}")
+        staging = self.lake.path(f"_staging/{run_id}")
         try:
             rows, rejected, _ = count_batch(staged)
             if rejected:
-                quarantine_rejected(spark, config, staged, fmt="rees46", input_key=f"stream-{config.stream.query_name}",
+                quarantine_rejected(spark, self.lake, staged, fmt="rees46", input_key=f"stream-{config.stream.query_name}",
                                     run_id=run_id, now=now, txn_version=None, skip_held=True)
             valid = staged.where(F.size(C.REASONS) == 0)
-            written = ingest_valid_events(spark, config, valid, rows - rejected, run_id, now, staging)
+            written = ingest_valid_events(spark, config, self.lake, valid, rows - rejected, run_id, now, staging)
             users = [r[C.USER_ID] for r in valid.select(C.USER_ID).distinct().collect()]
             refreshed = 0
             if users and self.model is not None:
-                silver = delta.read_table(spark, delta.table_path(config, C.SILVER_INTERACTIONS))
+                silver = self.lake.read(spark, C.SILVER_INTERACTIONS)
                 wanted = spark.createDataFrame([(u,) for u in users], f"{C.USER_ID} string")
                 rows_pdf = (silver.join(F.broadcast(wanted), C.USER_ID, "left_semi")
                             .select(C.USER_ID, C.ITEM_IDX, config.train.rating_col, C.PURCHASES).toPandas())
@@ -384,7 +385,7 @@ class BatchProcessor:
         """
         config = self.config
         pdf = interactions.assign(**{C.RATING: interactions[config.train.rating_col]})
-        path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
+        path = self.lake.path(C.GOLD_RECOMMENDATIONS)
         for _switch in range(3):
             model = self.model
             if model is None:
@@ -402,12 +403,12 @@ class BatchProcessor:
             def write(_attempt: int, model: FoldInModel = model, rows: list[tuple[Any, ...]] = rows) -> int | None:
                 # publish may MERGE into gold at the same time: redone from a fresh read
                 self.lease_view.wait_until_free((C.GOLD_RECOMMENDATIONS,))  # publish holds one while it writes
-                served = served_version(config)
+                served = served_version(config, self.lake)
                 if served is not None and served != model.version:
                     return None  # switched since this batch loaded its model
-                gold_dt = open_table(config, C.GOLD_RECOMMENDATIONS)
+                gold_dt = self.lake.open(C.GOLD_RECOMMENDATIONS)
                 if gold_dt is None:  # created by Spark, partitioned by variant like publish's
-                    delta.merge_upsert(self.spark, self.spark.createDataFrame(rows, GOLD_SCHEMA), path,
+                    delta.merge_upsert(path, self.spark.createDataFrame(rows, GOLD_SCHEMA),
                                        keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,))
                     return len(rows)
                 # only lists that differ from what gold holds: a replayed batch commits nothing and

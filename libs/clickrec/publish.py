@@ -2,7 +2,8 @@
 
 Orchestration only. The model comes from the MLflow registry (clickrec.tracking), the top-N from
 the blocked scorer clickrec.ml.recommend.recommend_top_k (seen-item masking in mapInPandas), the
-row shapes from clickrec.transforms.recommendations, the writes from clickrec.io.delta and the
+row shapes from clickrec.transforms.recommendations, the tables from clickrec.io.lake (reads, time travel)
+and clickrec.io.delta (writes), and the
 announcement from clickrec.io.kafka.
 
 - Variant = the alias published (champion or challenger), so both can be served side by side.
@@ -30,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 from clickrec import columns as C
 from clickrec.choices import Alias
 from clickrec.config import ClickrecConfig
-from clickrec.errors import InputError, TableNotFoundError
+from clickrec.errors import InputError
 from clickrec.io import conflicts, delta, leases
 from clickrec.io.kafka import send_json
+from clickrec.io.lake import INGEST_FIRST, Lake
 from clickrec.ml.recommend import recommend_top_k
 from clickrec.tracking import Tracking
 from clickrec.transforms.recommendations import (
@@ -49,17 +51,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def read_pinned(spark: SparkSession, config: ClickrecConfig, table: str, version: int | None) -> tuple[DataFrame, int]:
-    """`table` at `version` when given and still readable, else the latest; returns (df, version read)."""
+def read_pinned(spark: SparkSession, lake: Lake, table: str, version: int | None) -> tuple[DataFrame, int]:
+    """`table` at `version` when given and still readable, else the latest; returns (df, version read).
+
+    TableNotFoundError when the table does not exist.
+    """
     from pyspark.errors import AnalysisException
 
-    path = delta.table_path(config, table)
-    latest = delta.table_version(spark, path)
-    if latest is None:
-        raise TableNotFoundError(table, path)
+    latest = lake.require_version(spark, table, hint=INGEST_FIRST)
     if version is not None and version <= latest:
         try:
-            df = spark.read.format("delta").option("versionAsOf", version).load(path)
+            df = lake.read(spark, table, version)
             df.schema  # noqa: B018 -- resolves the snapshot now, so a vacuumed version fails here
             return df, version
         except AnalysisException as exc:
@@ -67,7 +69,7 @@ def read_pinned(spark: SparkSession, config: ClickrecConfig, table: str, version
     elif version is not None:
         log.warning("%s v%d recorded by the model is newer than the table's v%d; using the latest",
                     table, version, latest)
-    return delta.read_table(spark, path), latest
+    return lake.read(spark, table), latest
 
 
 def model_message(*, model_name: str, model_version: int, variant: str, rollback: bool,
@@ -108,16 +110,16 @@ def _check_columns(df: DataFrame, table: str, needed: tuple[str, ...], why: str)
                          f"(columns: {', '.join(df.columns)})")
 
 
-def _restore_popular(spark: SparkSession, path: str, popular: DataFrame, *, variant: str,
+def _restore_popular(spark: SparkSession, lake: Lake, popular: DataFrame, *, variant: str,
                      version: int | None) -> None:
     """Give `variant`'s row in gold/popular_items back the content it had at `version`."""
     from pyspark.sql import functions as F
 
-    before = (delta.read_table(spark, path, version=version).where(F.col(C.VARIANT) == variant)
+    before = (lake.read(spark, C.GOLD_POPULAR_ITEMS, version).where(F.col(C.VARIANT) == variant)
               if version is not None else spark.createDataFrame([], popular.schema))
     try:
         conflicts.retry_on_conflict(lambda _: delta.merge_changes(
-            spark, before, path, keys=(C.VARIANT,), delete_unmatched_where=f"t.`{C.VARIANT}` = '{variant}'",
+            lake.path(C.GOLD_POPULAR_ITEMS), before, keys=(C.VARIANT,), delete_unmatched_where=f"t.`{C.VARIANT}` = '{variant}'",
         ), what=C.GOLD_POPULAR_ITEMS)
     except Exception:  # the original error is the one to report; a rerun repairs the row
         log.exception("could not restore %s for variant %s to version %s", C.GOLD_POPULAR_ITEMS, variant, version)
@@ -144,6 +146,7 @@ def publish(
     tracking = tracking or Tracking(config.mlflow)
     pc = config.publish
     started = time.monotonic()
+    lake = Lake.from_config(config)
     ref = tracking.resolve_model_version(alias=alias, version=model_version)
     version = ref["model_version"]
     log.info("publishing %s v%d as variant %s (top %d, exclude %s)",
@@ -151,11 +154,11 @@ def publish(
     model = tracking.load_model_version(version)
     pinned = ref["input_versions"]
 
-    user_index, user_index_v = read_pinned(spark, config, C.SILVER_USER_INDEX, pinned.get(C.SILVER_USER_INDEX))
-    item_index, item_index_v = read_pinned(spark, config, C.SILVER_ITEM_INDEX, pinned.get(C.SILVER_ITEM_INDEX))
-    latest_inter, latest_inter_v = read_pinned(spark, config, C.SILVER_INTERACTIONS, None)
+    user_index, user_index_v = read_pinned(spark, lake, C.SILVER_USER_INDEX, pinned.get(C.SILVER_USER_INDEX))
+    item_index, item_index_v = read_pinned(spark, lake, C.SILVER_ITEM_INDEX, pinned.get(C.SILVER_ITEM_INDEX))
+    latest_inter, latest_inter_v = read_pinned(spark, lake, C.SILVER_INTERACTIONS, None)
     trained_inter, trained_inter_v = read_pinned(
-        spark, config, C.SILVER_INTERACTIONS, pinned.get(C.SILVER_INTERACTIONS)
+        spark, lake, C.SILVER_INTERACTIONS, pinned.get(C.SILVER_INTERACTIONS)
     )
     needed = (C.USER_IDX, C.ITEM_IDX) + ((C.PURCHASES,) if pc.exclude == "bought" else ())
     _check_columns(latest_inter, C.SILVER_INTERACTIONS, needed, f"by publish.exclude={pc.exclude}")
@@ -177,21 +180,20 @@ def publish(
         # gold commits from the switch on.
         popular = popular_items(trained_inter, n=pc.popular_n, variant=alias, model_name=ref["model_name"],
                                 model_version=version, updated_at=now)
-        pop_path = delta.table_path(config, C.GOLD_POPULAR_ITEMS)
-        rec_path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
+        pop_path, rec_path = lake.path(C.GOLD_POPULAR_ITEMS), lake.path(C.GOLD_RECOMMENDATIONS)
         same_model = f"t.`{C.MODEL_NAME}` = '{ref['model_name']}' AND t.`{C.MODEL_VERSION}` = {version}"
-        lease = leases.hold(config, C.GOLD_RECOMMENDATIONS, owner=f"publish-{alias}-v{version}-{now.isoformat()}")
+        lease = leases.hold(lake, C.GOLD_RECOMMENDATIONS, owner=f"publish-{alias}-v{version}-{now.isoformat()}")
         with lease:  # the stream MERGEs into the variant too: it holds its commits meanwhile
-            pop_before = delta.table_version(spark, pop_path)
+            pop_before = lake.version(spark, C.GOLD_POPULAR_ITEMS)
             pop_changes = conflicts.retry_on_conflict(
-                lambda _: delta.merge_changes(spark, popular, pop_path, keys=(C.VARIANT,),
+                lambda _: delta.merge_changes(pop_path, popular, keys=(C.VARIANT,),
                                               ignore_changes=(C.UPDATED_AT,)),
                 what=C.GOLD_POPULAR_ITEMS,
             )
             try:
                 rec_changes = conflicts.retry_on_conflict(
                     lambda _: delta.merge_changes(
-                        spark, rows, rec_path, keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
+                        rec_path, rows, keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
                         ignore_changes=(C.UPDATED_AT,), target_filter=f"t.`{C.VARIANT}` = '{alias}'",
                         # the stream's list from this same model folds in newer events: it stays
                         keep_where=f"t.`{C.SOURCE}` = '{C.SOURCE_STREAM}' AND {same_model}",
@@ -206,13 +208,13 @@ def publish(
                 # the lease still holds the stream, so a failed publish leaves gold describing
                 # the old model; a rerun does the whole switch. (A killed publish cannot do this:
                 # rerun it with the same arguments.)
-                _restore_popular(spark, pop_path, popular, variant=alias, version=pop_before)
+                _restore_popular(spark, lake, popular, variant=alias, version=pop_before)
                 raise
     finally:
         rows.unpersist()
     compute_s = time.monotonic() - started
 
-    rec_v, pop_v = delta.table_version(spark, rec_path), delta.table_version(spark, pop_path)
+    rec_v, pop_v = lake.version(spark, C.GOLD_RECOMMENDATIONS), lake.version(spark, C.GOLD_POPULAR_ITEMS)
 
     message = model_message(model_name=ref["model_name"], model_version=version, variant=alias,
                             rollback=model_version is not None, table_version=rec_v,

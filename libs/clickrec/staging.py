@@ -19,6 +19,7 @@ from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError
 from clickrec.io import delta
 from clickrec.io.files import InputFile
+from clickrec.io.lake import Lake
 from clickrec.quality import rejection_checks
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def count_batch(staged: DataFrame) -> tuple[int, int, dict[str, int]]:
     return rows, rejected, dict(sorted(counts.items()))
 
 
-def quarantine_rejected(spark: SparkSession, config: ClickrecConfig, staged: DataFrame, *, fmt: str, input_key: str,
+def quarantine_rejected(spark: SparkSession, lake: Lake, staged: DataFrame, *, fmt: str, input_key: str,
                         run_id: str, now: datetime, txn_version: int | None = 1, skip_held: bool = False) -> None:
     """Append the batch's rejected rows to bronze/quarantine once per (input_key, txn_version).
 
@@ -168,18 +169,18 @@ def quarantine_rejected(spark: SparkSession, config: ClickrecConfig, staged: Dat
         F.lit(now).cast("timestamp").alias(C.INGESTED_AT),
     )
     if skip_held:
-        rejected = _not_yet_quarantined(spark, config, rejected)
-    path = delta.table_path(config, C.BRONZE_QUARANTINE)
+        rejected = _not_yet_quarantined(spark, lake, rejected)
+    path = lake.path(C.BRONZE_QUARANTINE)
     if txn_version is None:
         if not skip_held:
             raise ValueError("an unguarded quarantine append needs skip_held, or a rerun doubles it")
-        delta.append(rejected.select(*C.QUARANTINE_COLUMNS), path)
+        delta.append(path, rejected.select(*C.QUARANTINE_COLUMNS))
         return
-    delta.append_once(rejected.select(*C.QUARANTINE_COLUMNS), path,
+    delta.append_once(path, rejected.select(*C.QUARANTINE_COLUMNS),
                       app_id=f"clickrec-ingest-quarantine-{input_key[:40]}", version=txn_version)
 
 
-def _not_yet_quarantined(spark: SparkSession, config: ClickrecConfig, rejected: DataFrame) -> DataFrame:
+def _not_yet_quarantined(spark: SparkSession, lake: Lake, rejected: DataFrame) -> DataFrame:
     """Rejected rows beyond the copies of the same (source file, raw line) quarantine holds.
 
     Counted per line, not deduplicated: a file with the same bad line twice keeps both rows.
@@ -187,12 +188,11 @@ def _not_yet_quarantined(spark: SparkSession, config: ClickrecConfig, rejected: 
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    path = delta.table_path(config, C.BRONZE_QUARANTINE)
-    if not delta.table_exists(spark, path):
+    if not lake.exists(spark, C.BRONZE_QUARANTINE):
         return rejected
     keys = [C.SOURCE_FILE, C.RAW_LINE]
     held = (
-        delta.read_table(spark, path)
+        lake.read(spark, C.BRONZE_QUARANTINE)
         .join(rejected.select(C.SOURCE_FILE).distinct(), on=C.SOURCE_FILE, how="left_semi")
         .groupBy(*keys).agg(F.count(F.lit(1)).alias("_held"))
     )

@@ -11,13 +11,13 @@ from typing import Any
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
 from clickrec.io import leases
-from clickrec.io.delta_reader import open_table, reader_uri
+from clickrec.io.lake import Lake
 
 
-def table_status(config: ClickrecConfig, table: str) -> dict[str, Any]:
+def table_status(lake: Lake, table: str) -> dict[str, Any]:
     """Path, version and row count of one table; `exists: false` when it is absent."""
-    dt = open_table(config, table)
-    path = reader_uri(config, table)
+    dt = lake.open(table)
+    path = lake.uri(table)
     if dt is None:
         return {"table": table, "path": path, "exists": False, "version": None, "rows": None}
     rows = dt.to_pyarrow_dataset().count_rows()
@@ -73,11 +73,12 @@ def stream_status(config: ClickrecConfig) -> dict[str, Any] | None:
 
 def collect_status(config: ClickrecConfig) -> dict[str, Any]:
     """The whole status object printed by `clickrec status`."""
+    lake = Lake.from_config(config)
     return {
         "lake_root": config.lake.root,
-        "tables": [table_status(config, t) for t in C.ALL_TABLES],
+        "tables": [table_status(lake, t) for t in C.ALL_TABLES],
         "models": model_status(config),
         # a live lease is why the stream holds its silver or gold commits (clickrec.io.leases)
-        "leases": [{**r, "until": str(r["until"])} for r in leases.live(config, C.ALL_TABLES)],
+        "leases": [{**r, "until": str(r["until"])} for r in leases.live(lake, C.ALL_TABLES)],
         "stream": stream_status(config),
     }

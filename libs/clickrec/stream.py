@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
 from clickrec.errors import NotFoundError, ServiceError, first_line
-from clickrec.io import delta
+from clickrec.io.lake import Lake
 from clickrec.microbatch import BatchProcessor
 from clickrec.staging import stage_event_lines, suite_params
 from clickrec.tracking import Tracking
@@ -39,12 +39,12 @@ log = logging.getLogger(__name__)
 
 def checkpoint_path(config: ClickrecConfig) -> str:
     """The query's own checkpoint, under the lake so it travels with the tables it protects."""
-    return delta.table_path(config, f"_checkpoints/stream/{config.stream.query_name}")
+    return Lake.from_config(config).path(f"_checkpoints/stream/{config.stream.query_name}")
 
 
 def metrics_path(config: ClickrecConfig) -> str:
     """The JSON file the listener keeps the latest progress in (for monitoring)."""
-    return delta.table_path(config, f"_metrics/stream/{config.stream.query_name}.json")
+    return Lake.from_config(config).path(f"_metrics/stream/{config.stream.query_name}.json")
 
 
 def staged_events(kafka_df: DataFrame, config: ClickrecConfig) -> DataFrame:
@@ -220,7 +220,7 @@ def run_stream(
         "last_progress": listener.history[-1] if listener.history else None,
         "checkpoint": checkpoint_path(config),
         "metrics": metrics_path(config),
-        "tables": {t: delta.table_version(spark, delta.table_path(config, t))
+        "tables": {t: processor.lake.version(spark, t)
                    for t in (C.BRONZE_EVENTS, C.SILVER_INTERACTIONS, C.GOLD_RECOMMENDATIONS)},
         "seconds": round(time.monotonic() - started, 1),
     }

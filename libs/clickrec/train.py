@@ -1,7 +1,7 @@
 """`clickrec train`: silver at pinned versions -> split -> tune -> evaluate -> MLflow -> registry.
 
 Orchestration only: the split, the estimator, the metrics and the promotion rule are pure parts
-of clickrec.ml, Delta reads go through clickrec.io.delta and every MLflow call through
+of clickrec.ml, Delta reads go through clickrec.io.lake.Lake and every MLflow call through
 clickrec.tracking.
 """
 
@@ -24,10 +24,9 @@ from clickrec.errors import (
     ClickrecError,
     ConfigKeyError,
     InputError,
-    TableNotFoundError,
     first_line,
 )
-from clickrec.io.delta import table_path, table_version
+from clickrec.io.lake import INGEST_FIRST, Lake
 from clickrec.ml.estimator import RankingALSModel
 from clickrec.ml.evaluate import catalogue_coverage, evaluate_ranking, metric_name, ranking_frame
 from clickrec.ml.plots import grid_heatmap, model_vs_baseline
@@ -52,18 +51,18 @@ class TrainingInputs:
     interactions_df: DataFrame  # silver/interactions at the pinned version, before the filter
 
 
-def read_inputs(spark: SparkSession, config: ClickrecConfig) -> TrainingInputs:
-    """Read silver at the versions current now, so the run can be reproduced by time travel."""
+def read_inputs(spark: SparkSession, lake: Lake, *, rating_col: str) -> TrainingInputs:
+    """Read silver at the versions current now, so the run can be reproduced by time travel.
+
+    TableNotFoundError when a silver table is missing; InputError when `rating_col` (config key
+    train.rating_col) is not a silver/interactions column.
+    """
     tables: dict[str, tuple[str, int]] = {}
     frames: dict[str, DataFrame] = {}
     for table in INPUT_TABLES:
-        path = table_path(config, table)
-        version = table_version(spark, path)
-        if version is None:
-            raise TableNotFoundError(table, path)
-        tables[table] = (path, version)
-        frames[table] = spark.read.format("delta").option("versionAsOf", version).load(path)
-    rating_col = config.train.rating_col
+        version = lake.require_version(spark, table, hint=INGEST_FIRST)
+        tables[table] = (lake.path(table), version)
+        frames[table] = lake.read(spark, table, version)
     interactions = frames[C.SILVER_INTERACTIONS]
     if rating_col not in interactions.columns:
         raise ConfigKeyError("train.rating_col", f"column {rating_col!r} is not in silver/interactions "
@@ -117,7 +116,7 @@ def split_by(ratings_df: DataFrame, how: str, *, test_fraction: float, seed: int
     raise InputError(f"unknown split {how!r}")
 
 
-def champion_train_pairs(spark: SparkSession, config: ClickrecConfig,
+def champion_train_pairs(spark: SparkSession, config: ClickrecConfig, lake: Lake,
                          tracking: Tracking) -> tuple[DataFrame | None, str]:
     """The (user_idx, item_idx) pairs the champion was trained on, persisted; or None and why not.
 
@@ -136,8 +135,7 @@ def champion_train_pairs(spark: SparkSession, config: ClickrecConfig,
         return None, (f"the champion's run (v{info['model_version']}) does not record "
                       f"{'its silver version' if version is None else ', '.join(missing)}")
     try:
-        silver = (spark.read.format("delta").option("versionAsOf", version)
-                  .load(table_path(config, C.SILVER_INTERACTIONS)))
+        silver = lake.read(spark, C.SILVER_INTERACTIONS, version)
         ratings = to_als_input(silver, rating_col=params["rating_col"])
         pairs, _ = split_by(ratings, params["split"], test_fraction=float(params["test_fraction"]),
                             seed=int(params["seed"]))
@@ -222,7 +220,8 @@ def run_train(
     tracking = tracking or Tracking(config.mlflow)
     mode: PromoteMode = promote or tc.promote
     started = time.monotonic()
-    inputs = read_inputs(spark, config)
+    lake = Lake.from_config(config)
+    inputs = read_inputs(spark, lake, rating_col=tc.rating_col)
     train_df, test_df = split(inputs.ratings_df, tc)
     train_df, test_df = train_df.persist(), test_df.persist()
     n_train, n_test = train_df.count(), test_df.count()
@@ -281,7 +280,7 @@ def run_train(
         if champion is not None:
             champ = RankingALSModel(champion, None)
             champ._set(k=tc.k)
-            champion_train, why_not = champion_train_pairs(spark, config, tracking)
+            champion_train, why_not = champion_train_pairs(spark, config, lake, tracking)
             if champion_train is None:
                 log.warning("comparing with the champion on this run's split only: %s", why_not)
             try:

@@ -21,13 +21,13 @@ from clickrec import ingest
 from clickrec.config import ClickrecConfig
 from clickrec.errors import ConcurrentWriteError
 from clickrec.io import conflicts, delta, delta_rs
-from clickrec.io.delta_reader import open_table
+from clickrec.io.lake import Lake
 from clickrec.microbatch import STREAM_REPLACES, BatchProcessor
 from tests.support.config import make_config
 
 
 def _index(spark: SparkSession, config: ClickrecConfig) -> dict[str, int]:
-    rows = spark.read.format("delta").load(delta.table_path(config, C.SILVER_USER_INDEX)).collect()
+    rows = Lake.from_config(config).read(spark, C.SILVER_USER_INDEX).collect()
     ids = [r[C.IDX] for r in rows]
     keys = [r[C.SOURCE_ID] for r in rows]
     assert len(set(keys)) == len(keys), f"a key has two ids: {sorted(keys)}"
@@ -38,13 +38,13 @@ def _index(spark: SparkSession, config: ClickrecConfig) -> dict[str, int]:
 
 def _extend(spark: SparkSession, config: ClickrecConfig, users: list[str]) -> int:
     keys = spark.createDataFrame([(u,) for u in users], f"{C.USER_ID} string")
-    return ingest.extend_index(spark, keys, C.USER_ID, delta.table_path(config, C.SILVER_USER_INDEX))
+    return ingest.extend_index(spark, keys, C.USER_ID, Lake.from_config(config).path(C.SILVER_USER_INDEX))
 
 
 def test_stream_with_an_older_index_version_does_not_reuse_ids(spark: SparkSession, tmp_path: Path) -> None:
     config = make_config(tmp_path)
     assert _extend(spark, config, ["u1", "u2"]) == 2
-    stale = open_table(config, C.SILVER_USER_INDEX)  # the stream read version 0 ...
+    stale = Lake.from_config(config).open(C.SILVER_USER_INDEX)  # the stream read version 0 ...
     assert _extend(spark, config, ["u3", "u4"]) == 2  # ... and an ingest gave ids 2 and 3 meanwhile
 
     ids = BatchProcessor(spark, config).index_ids(stale, ["u3", "u5"])
@@ -64,7 +64,7 @@ def test_ingest_numbers_again_the_ids_the_stream_took_before_its_merge(
 
     def stream_commits_first(*args: object, **kwargs: object) -> int:
         if not calls:  # between the ingest's read of the index and its MERGE
-            BatchProcessor(spark, config).index_ids(open_table(config, C.SILVER_USER_INDEX), ["s1", "u3"])
+            BatchProcessor(spark, config).index_ids(Lake.from_config(config).open(C.SILVER_USER_INDEX), ["s1", "u3"])
         calls.append(1)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
@@ -118,7 +118,8 @@ def test_retry_on_conflict_gives_up_with_a_clear_error(tmp_path: Path) -> None:
 
 def test_stream_leaves_a_batch_list_of_another_model_version_alone(spark: SparkSession, tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    path = delta.table_path(config, C.GOLD_RECOMMENDATIONS)
+    lake = Lake.from_config(config)
+    path = lake.path(C.GOLD_RECOMMENDATIONS)
     schema = (f"{C.USER_ID} string, {C.VARIANT} string, {C.MODEL_VERSION} int, {C.SOURCE} string, "
               f"{C.UPDATED_AT} string")
     spark.createDataFrame([
@@ -130,7 +131,7 @@ def test_stream_leaves_a_batch_list_of_another_model_version_alone(spark: SparkS
     rows = pa.table({C.USER_ID: ["a", "b", "c", "d"], C.VARIANT: ["champion"] * 4, C.MODEL_VERSION: [1] * 4,
                      C.SOURCE: [C.SOURCE_STREAM] * 4, C.UPDATED_AT: ["stream v1"] * 4, C.MODEL_NAME: ["m"] * 4})
 
-    delta_rs.merge_upsert(open_table(config, C.GOLD_RECOMMENDATIONS), rows, keys=C.RECOMMENDATION_KEYS,
+    delta_rs.merge_upsert(lake.open(C.GOLD_RECOMMENDATIONS), rows, keys=C.RECOMMENDATION_KEYS,
                           update_when=STREAM_REPLACES, target_filter=f"t.`{C.VARIANT}` = 'champion'")
 
     got = {(r[C.USER_ID], r[C.VARIANT]): r[C.UPDATED_AT]
@@ -150,6 +151,7 @@ def test_a_first_ingest_that_finds_bronze_created_meanwhile_deduplicates_against
     from clickrec.generate import generate_clickstream
 
     config = make_config(tmp_path, ingest={"data_docs": False})
+    lake = Lake.from_config(config)
     generate_clickstream(tmp_path / "other.csv", events=300, seed=5)
     generate_clickstream(tmp_path / "mine.csv", events=200, seed=6)
     other = ingest.ingest(spark, config, input_path=str(tmp_path / "other.csv"))  # the other writer
@@ -157,7 +159,7 @@ def test_a_first_ingest_that_finds_bronze_created_meanwhile_deduplicates_against
     mine_lines = (tmp_path / "mine.csv").read_text().splitlines()[1:]
     (tmp_path / "both.csv").write_text("\n".join([header, *other_lines, *mine_lines]) + "\n")
 
-    bronze = delta.table_path(config, C.BRONZE_EVENTS)
+    bronze = lake.path(C.BRONZE_EVENTS)
     real_exists, stale_looks = delta.table_exists, []
 
     def looked_before_it_was_created(spark_: SparkSession, path: str) -> bool:
@@ -174,6 +176,6 @@ def test_a_first_ingest_that_finds_bronze_created_meanwhile_deduplicates_against
     assert events.count() == other["accepted"] + mine["accepted"]
     assert mine["rows_read"] == mine["accepted"] + mine["duplicates"] + mine["quarantined"]
     assert mine["duplicates"] >= other["accepted"]  # every event the other writer holds
-    silver = spark.read.format("delta").load(delta.table_path(config, C.SILVER_INTERACTIONS))
+    silver = lake.read(spark, C.SILVER_INTERACTIONS)
     assert sorted(silver.drop(C.USER_IDX, C.ITEM_IDX).collect()) == sorted(
         ingest.recompute_interactions(spark, config).drop(C.USER_IDX, C.ITEM_IDX).collect())

@@ -4,7 +4,8 @@ from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from clickrec.config import ClickrecConfig
-from clickrec.io.delta import merge_upsert, table_path, table_version
+from clickrec.io.delta import merge_upsert, table_version
+from clickrec.io.lake import Lake
 
 
 def _latest_metrics(spark: SparkSession, path: str) -> dict[str, str]:
@@ -16,14 +17,14 @@ def _latest_metrics(spark: SparkSession, path: str) -> dict[str, str]:
 
 
 def test_write_read_merge_and_idempotent_rerun(spark: SparkSession, config: ClickrecConfig) -> None:
-    path = table_path(config, "test/kv")
+    path = Lake.from_config(config).path("test/kv")
     first = spark.createDataFrame([(1, "a"), (2, "b")], "k INT, v STRING")
-    merge_upsert(spark, first, path, keys=["k"])
+    merge_upsert(path, first, keys=["k"])
     assert table_version(spark, path) == 0
     assertDataFrameEqual(spark.read.format("delta").load(path), first)
 
     update = spark.createDataFrame([(2, "B"), (3, "c")], "k INT, v STRING")
-    merge_upsert(spark, update, path, keys=["k"])
+    merge_upsert(path, update, keys=["k"])
     expected = spark.createDataFrame([(1, "a"), (2, "B"), (3, "c")], "k INT, v STRING")
     assertDataFrameEqual(spark.read.format("delta").load(path), expected)
     metrics = _latest_metrics(spark, path)
@@ -32,7 +33,7 @@ def test_write_read_merge_and_idempotent_rerun(spark: SparkSession, config: Clic
     assert metrics["numTargetRowsInserted"] == "1"
 
     # The same MERGE again changes nothing: no row updated or inserted, same content.
-    merge_upsert(spark, update, path, keys=["k"])
+    merge_upsert(path, update, keys=["k"])
     metrics = _latest_metrics(spark, path)
     assert metrics["numTargetRowsUpdated"] == "0"
     assert metrics["numTargetRowsInserted"] == "0"
@@ -40,4 +41,4 @@ def test_write_read_merge_and_idempotent_rerun(spark: SparkSession, config: Clic
 
 
 def test_version_of_missing_table_is_none(spark: SparkSession, config: ClickrecConfig) -> None:
-    assert table_version(spark, table_path(config, "nope")) is None
+    assert table_version(spark, Lake.from_config(config).path("nope")) is None

@@ -16,7 +16,7 @@ from clickrec import columns as C
 from clickrec.config import ClickrecConfig, GenerateConfig
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import SUMMARY_TABLES, ingest, recompute_interactions
-from clickrec.io.delta import table_path
+from clickrec.io.lake import Lake
 from tests.support.config import make_config
 
 # Enough for repeated rows (0.2%), 30 event dates and ids returning in the second batch.
@@ -27,11 +27,11 @@ pytestmark = pytest.mark.slow  # a 24k-event lake and ingests repaired after fai
 
 
 def at_version(spark: SparkSession, config: ClickrecConfig, table: str, version: int) -> DataFrame:
-    return spark.read.format("delta").option("versionAsOf", version).load(table_path(config, table))
+    return Lake.from_config(config).read(spark, table, version)
 
 
 def latest(spark: SparkSession, config: ClickrecConfig, table: str) -> DataFrame:
-    return spark.read.format("delta").load(table_path(config, table))
+    return Lake.from_config(config).read(spark, table)
 
 
 def assert_same_rows(actual: DataFrame, expected: DataFrame) -> None:
@@ -88,7 +88,7 @@ def test_counts_reconcile(spark: SparkSession, lake: dict[str, Any]) -> None:
 def test_bronze_is_partitioned_by_event_date(spark: SparkSession, lake: dict[str, Any]) -> None:
     from delta.tables import DeltaTable
 
-    detail = DeltaTable.forPath(spark, table_path(lake["config"], C.BRONZE_EVENTS)).detail().first()
+    detail = DeltaTable.forPath(spark, Lake.from_config(lake["config"]).path(C.BRONZE_EVENTS)).detail().first()
     assert detail["partitionColumns"] == [C.EVENT_DATE]
 
 
@@ -138,7 +138,7 @@ def test_a_job_killed_between_bronze_and_silver_is_repaired_by_a_rerun(
         with pytest.raises(KeyboardInterrupt):
             ingest(spark, config, input_path=str(data))
     assert latest(spark, config, C.BRONZE_EVENTS).count() > 0
-    assert not (Path(table_path(config, C.SILVER_INTERACTIONS)) / "_delta_log").exists()
+    assert not (Path(Lake.from_config(config).path(C.SILVER_INTERACTIONS)) / "_delta_log").exists()
     again = ingest(spark, config, input_path=str(data))
     assert again["accepted"] == 0 and again["duplicates"] == 1000 and again["interactions"] > 0
     assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
@@ -202,17 +202,17 @@ def test_a_killed_ingest_is_repaired_by_the_next_ingest_of_another_input(
         patch.setattr(ingest_module, "update_silver", fails)
         with pytest.raises(RuntimeError, match="injected"):
             ingest(spark, config, input_path=str(files["b"]))
-    (failed_b,) = leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")
+    (failed_b,) = leases.expired_owners(Lake.from_config(config), C.SILVER_INTERACTIONS, "ingest-")
     run_b = failed_b.removeprefix("ingest-")
     assert latest(spark, config, C.BRONZE_EVENTS).where(F.col(C.INGEST_RUN_ID) == run_b).count() > 0
     with monkeypatch.context() as patch:  # d: nothing committed at all
         patch.setattr(ingest_module.delta, "append", fails)
         with pytest.raises(RuntimeError, match="injected"):
             ingest(spark, config, input_path=str(files["d"]))
-    assert len(leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-")) == 2
+    assert len(leases.expired_owners(Lake.from_config(config), C.SILVER_INTERACTIONS, "ingest-")) == 2
 
     summary = ingest(spark, config, input_path=str(files["c"]))
     assert summary["repaired_runs"] == [run_b]  # d had no bronze rows: nothing of it to repair
     assert_same_rows(latest(spark, config, C.SILVER_INTERACTIONS), recompute_interactions(spark, config))
-    assert leases.expired_owners(config, C.SILVER_INTERACTIONS, "ingest-") == []
+    assert leases.expired_owners(Lake.from_config(config), C.SILVER_INTERACTIONS, "ingest-") == []
     assert ingest(spark, config, input_path=str(files["c"]))["repaired_runs"] == []

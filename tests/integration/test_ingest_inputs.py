@@ -16,7 +16,8 @@ from clickrec import columns as C
 from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError
 from clickrec.ingest import ingest
-from clickrec.io.delta import table_exists, table_path
+from clickrec.io.delta import table_exists
+from clickrec.io.lake import Lake
 from tests.support.config import make_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +53,7 @@ def test_bad_rows_are_quarantined_with_their_reason(spark: SparkSession, config:
     assert summary["rows_read"] == len(good) + len(expected)
     assert summary["accepted"] == len(good) and summary["duplicates"] == 0
     assert summary["quarantined"] == len(expected)
-    quarantine = spark.read.format("delta").load(table_path(config, C.BRONZE_QUARANTINE)).collect()
+    quarantine = Lake.from_config(config).read(spark, C.BRONZE_QUARANTINE).collect()
     assert len(quarantine) == len(expected)
     by_line = {r[C.RAW_LINE]: r for r in quarantine}
     for raw, reason in expected:
@@ -67,12 +68,12 @@ def test_bad_rows_are_quarantined_with_their_reason(spark: SparkSession, config:
     assert gx["success"] is False
     assert {k: v for k, v in gx["unexpected"].items() if v} == summary["quarantined_by_reason"]
     assert Path(summary["data_docs"]).is_file()
-    bronze = spark.read.format("delta").load(table_path(config, C.BRONZE_EVENTS))
+    bronze = Lake.from_config(config).read(spark, C.BRONZE_EVENTS)
     assert sorted(r[C.PRICE] for r in bronze.collect()) == [100.5 + i for i in range(12)]
     # a rerun quarantines nothing twice
     again = ingest(spark, config, input_path=str(data))
     assert again["quarantined"] == len(expected) and again["accepted"] == 0
-    assert spark.read.format("delta").load(table_path(config, C.BRONZE_QUARANTINE)).count() == len(expected)
+    assert Lake.from_config(config).read(spark, C.BRONZE_QUARANTINE).count() == len(expected)
 
 
 def test_a_landing_folder_ingested_again_with_a_new_file_quarantines_old_rows_once(
@@ -89,7 +90,7 @@ def test_a_landing_folder_ingested_again_with_a_new_file_quarantines_old_rows_on
     (landing / "day2.csv").write_bytes(b"\n".join([good_line(1).encode(), bad]) + b"\n")
     second = ingest(spark, config, input_path=str(landing))  # another input: day1 + day2
     assert second["quarantined"] == 4  # every rejected row read is counted, as before
-    rows = spark.read.format("delta").load(table_path(config, C.BRONZE_QUARANTINE)).collect()
+    rows = Lake.from_config(config).read(spark, C.BRONZE_QUARANTINE).collect()
     per_file: dict[str, int] = {}
     for r in rows:
         per_file[Path(r[C.SOURCE_FILE]).name] = per_file.get(Path(r[C.SOURCE_FILE]).name, 0) + 1
@@ -103,7 +104,7 @@ def test_the_quality_gate_stops_a_broken_feed_before_any_write(spark: SparkSessi
     data.write_text("\n".join([HEADER, good_line(1), good_line(2)] + ["garbage"] * 3) + "\n")
     with pytest.raises(InputError, match="quality gate failed, 3 of 5 rows rejected"):
         ingest(spark, config, input_path=str(data))
-    assert not any(table_exists(spark, table_path(config, t)) for t in (C.BRONZE_EVENTS, C.BRONZE_QUARANTINE))
+    assert not any(table_exists(spark, Lake.from_config(config).path(t)) for t in (C.BRONZE_EVENTS, C.BRONZE_QUARANTINE))
 
 
 def test_missing_input_names_the_path(spark: SparkSession, config: ClickrecConfig, tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ def test_scratch_of_a_killed_job_is_removed_by_the_next_ingest(
     spark: SparkSession, config: ClickrecConfig, tmp_path: Path
 ) -> None:
     """A SIGKILLed ingest cannot run its `finally`: the next one removes its old scratch."""
-    staging = Path(table_path(config, "_staging"))
+    staging = Path(Lake.from_config(config).path("_staging"))
     old_file = staging / "killed-run" / "batch" / "part-0.parquet"
     live_file = staging / "running-run" / "batch" / "part-0.parquet"
     for f in (old_file, live_file):
@@ -144,7 +145,7 @@ def test_column_mapping_lets_a_session_only_log_in(spark: SparkSession, tmp_path
     summary = ingest(spark, config, input_path=str(data))
     assert (summary["accepted"], summary["quarantined"], summary["users"]) == (3, 0, 2)
     silver = {(r[C.USER_ID], r[C.ITEM_ID]): r for r in
-              spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS)).collect()}
+              Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS).collect()}
     assert set(silver) == {("s-1", "p1"), ("s-1", "p2"), ("s-2", "p2")}
     assert silver[("s-1", "p1")][C.DWELL_SECONDS] == 40.0
 
@@ -165,7 +166,7 @@ def test_movielens_100k_through_the_ratings_format(spark: SparkSession, config: 
     summary = ingest(spark, config, input_path=str(movielens_file()), input_format="ratings")
     assert summary["rows_read"] == 100_000 and summary["quarantined"] == 0
     assert (summary["interactions"], summary["users"], summary["items"]) == (100_000, 943, 1_682)
-    silver = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
+    silver = Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS)
     row = silver.where((F.col(C.USER_ID) == "196") & (F.col(C.ITEM_ID) == "242")).first()
     assert row[C.RATING] == 3.0  # the explicit rating is kept
     assert silver.agg(F.max(C.USER_IDX), F.max(C.ITEM_IDX)).first() == (942, 1681)
@@ -175,6 +176,7 @@ def test_ratings_header_user_like_ids_huge_timestamps_and_a_late_older_rating(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = make_config(tmp_path, ingest={"data_docs": False})
+    lake = Lake.from_config(config)
     first = tmp_path / "ratings-1.csv"
     first.write_text(
         "userId,movieId,rating,timestamp\n"  # a header: not a row
@@ -192,7 +194,7 @@ def test_ratings_header_user_like_ids_huge_timestamps_and_a_late_older_rating(
     second.write_text("user42\titem7\t1\t881250000\nuser42\titem8\t2\t881250951\n")
     s2 = ingest(spark, config, input_path=str(second), input_format="ratings")
     assert (s2["rows_read"], s2["accepted"], s2["duplicates"], s2["quarantined"]) == (2, 1, 1, 0)
-    silver = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
+    silver = lake.read(spark, C.SILVER_INTERACTIONS)
     got = {(r[C.USER_ID], r[C.ITEM_ID]): r[C.RATING] for r in silver.collect()}
     assert got == {("user42", "item7"): 4.0, ("user42", "item8"): 2.0}
 
@@ -202,7 +204,7 @@ def test_ratings_header_user_like_ids_huge_timestamps_and_a_late_older_rating(
     third = tmp_path / "ratings-3.tsv"
     third.write_text("user42\titem8\t5\t881250000\n")
     ingest(spark, config, input_path=str(third), input_format="ratings")
-    silver = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
+    silver = lake.read(spark, C.SILVER_INTERACTIONS)
     assert {(r[C.USER_ID], r[C.ITEM_ID]): r[C.RATING] for r in silver.collect()}[("user42", "item8")] == 2.0
 
 

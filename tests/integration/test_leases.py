@@ -13,8 +13,8 @@ from clickrec import columns as C
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
 from clickrec.io import leases
-from clickrec.io.delta import table_path, table_version
-from clickrec.io.delta_reader import open_table
+from clickrec.io.delta import table_version
+from clickrec.io.lake import Lake
 from clickrec.microbatch import BatchProcessor
 from clickrec.status import collect_status
 from clickrec.stream import staged_events
@@ -23,36 +23,38 @@ from tests.support.config import make_config
 
 def test_a_lease_is_live_while_held_and_an_expired_one_is_ignored(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    assert leases.live(config, ("t",)) == []  # no table yet
+    lake = Lake.from_config(config)
+    assert leases.live(lake, ("t",)) == []  # no table yet
     waited: list[float] = []
-    with leases.hold(config, "t", owner="job-1"), leases.hold(config, C.SILVER_INTERACTIONS, owner="job-2"):
-        assert [r["owner"] for r in leases.live(config, ("t",))] == ["job-1"]
+    with leases.hold(lake, "t", owner="job-1"), leases.hold(lake, C.SILVER_INTERACTIONS, owner="job-2"):
+        assert [r["owner"] for r in leases.live(lake, ("t",))] == ["job-1"]
         shown = collect_status(config)["leases"]  # what `clickrec status` prints
         assert [(r["resource"], r["owner"]) for r in shown] == [(C.SILVER_INTERACTIONS, "job-2")]
-        assert leases.live(config, ("other",)) == []
-        waiter = threading.Thread(target=lambda: waited.append(leases.wait_until_free(config, ("t",), poll=0.1)))
+        assert leases.live(lake, ("other",)) == []
+        waiter = threading.Thread(target=lambda: waited.append(leases.wait_until_free(lake, ("t",), poll=0.1)))
         waiter.start()
         time.sleep(1.0)
         assert waiter.is_alive()  # still waiting for the holder
     waiter.join(timeout=10)
     assert waited and waited[0] >= 0.9
-    assert leases.live(config, ("t",)) == []  # removed at the end of the block
+    assert leases.live(lake, ("t",)) == []  # removed at the end of the block
 
     # A holder that died leaves its row; once `until` has passed nobody waits for it.
-    leases._put(config, "t", "dead-job", leases._now() - timedelta(seconds=1))
-    assert leases.live(config, ("t",)) == []
-    assert leases.wait_until_free(config, ("t",), poll=0.1) < 0.1
+    leases._put(lake, "t", "dead-job", leases._now() - timedelta(seconds=1))
+    assert leases.live(lake, ("t",)) == []
+    assert leases.wait_until_free(lake, ("t",), poll=0.1) < 0.1
 
 
 
 def test_a_kept_lease_view_sees_leases_come_and_go(tmp_path: Path) -> None:
     """The stream's view opens the table once and follows its later commits."""
     config = make_config(tmp_path)
-    view = leases.LeaseView(config)
+    lake = Lake.from_config(config)
+    view = leases.LeaseView(lake)
     assert view.live(("t",)) == []  # no table yet: opened later, on a later call
-    with leases.hold(config, "t", owner="job-1"):
+    with leases.hold(lake, "t", owner="job-1"):
         assert [r["owner"] for r in view.live(("t",))] == ["job-1"]
-        with leases.hold(config, "t", owner="job-2"):
+        with leases.hold(lake, "t", owner="job-2"):
             assert sorted(r["owner"] for r in view.live(("t",))) == ["job-1", "job-2"]
         assert [r["owner"] for r in view.live(("t", "u"))] == ["job-1"]
     assert view.live(("t",)) == []
@@ -62,6 +64,7 @@ def test_a_stream_batch_holds_its_silver_commit_while_ingest_holds_the_lease(
     spark: SparkSession, tmp_path: Path
 ) -> None:
     config = make_config(tmp_path, ingest={"data_docs": False})
+    lake = Lake.from_config(config)
     generate_clickstream(tmp_path / "first.csv", events=600, seed=3)
     ingest(spark, config, input_path=str(tmp_path / "first.csv"))
     generate_clickstream(tmp_path / "later.jsonl", events=50, seed=4)
@@ -71,7 +74,7 @@ def test_a_stream_batch_holds_its_silver_commit_while_ingest_holds_the_lease(
         "value binary, topic string, partition int, offset long",
     )
     staged = staged_events(kafka_df, config)
-    silver = table_path(config, C.SILVER_INTERACTIONS)
+    silver = lake.path(C.SILVER_INTERACTIONS)
     before = table_version(spark, silver)
     done: list[BaseException | None] = []
 
@@ -82,14 +85,14 @@ def test_a_stream_batch_holds_its_silver_commit_while_ingest_holds_the_lease(
         except BaseException as exc:  # reported by the assertion below
             done.append(exc)
 
-    bronze_before = open_table(config, C.BRONZE_EVENTS).version()  # type: ignore[union-attr]
-    with leases.hold(config, C.SILVER_INTERACTIONS, owner="ingest-test"):
+    bronze_before = lake.open(C.BRONZE_EVENTS).version()  # type: ignore[union-attr]
+    with leases.hold(lake, C.SILVER_INTERACTIONS, owner="ingest-test"):
         batch = threading.Thread(target=micro_batch)
         batch.start()
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and open_table(config, C.BRONZE_EVENTS).version() == bronze_before:  # type: ignore[union-attr]
+        while time.monotonic() < deadline and lake.open(C.BRONZE_EVENTS).version() == bronze_before:  # type: ignore[union-attr]
             time.sleep(0.2)
-        assert open_table(config, C.BRONZE_EVENTS).version() == bronze_before + 1  # type: ignore[union-attr]
+        assert lake.open(C.BRONZE_EVENTS).version() == bronze_before + 1  # type: ignore[union-attr]
         time.sleep(3.0)  # bronze is not held; silver, a second later in the batch, is
         assert batch.is_alive() and table_version(spark, silver) == before
     batch.join(timeout=120)
@@ -108,4 +111,4 @@ def test_a_ratings_ingest_holds_the_silver_lease_while_it_writes(spark: SparkSes
     table = DeltaTable(str(tmp_path / "lake" / leases.LEASES))
     held = DeltaTable(table.table_uri, version=table.version() - 1).to_pyarrow_table().to_pylist()  # before the drop
     assert [(r["resource"], r["owner"]) for r in held] == [(C.SILVER_INTERACTIONS, f"ingest-{summary['run_id']}")]
-    assert leases.live(config, (C.SILVER_INTERACTIONS,)) == []
+    assert leases.live(Lake.from_config(config), (C.SILVER_INTERACTIONS,)) == []

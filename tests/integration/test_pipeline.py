@@ -9,7 +9,7 @@ from pyspark.sql import SparkSession
 
 from clickrec import columns as C
 from clickrec.generate import generate_clickstream
-from clickrec.io.delta import table_path
+from clickrec.io.lake import Lake
 from clickrec.pipeline import run_pipeline
 from clickrec.tracking import Tracking
 from tests.support.config import make_config
@@ -34,5 +34,5 @@ def test_promote_never_on_an_empty_registry_skips_publish_and_says_so(spark: Spa
     assert set(champion) == {"skipped"} and "has the alias champion" in champion["skipped"]
     assert challenger["variant"] == "challenger" and challenger["model_version"] == 1 and challenger["users"] > 0
     assert Tracking(config.mlflow).alias_versions() == {"champion": None, "challenger": 1}
-    gold = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
+    gold = Lake.from_config(config).read(spark, C.GOLD_RECOMMENDATIONS)
     assert {r[C.VARIANT] for r in gold.select(C.VARIANT).distinct().collect()} == {"challenger"}

@@ -22,7 +22,8 @@ from pyspark.sql import functions as F
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.io.delta import table_path, table_version
+from clickrec.io.delta import table_version
+from clickrec.io.lake import Lake
 from clickrec.ml.recommend import recommend_top_k
 from clickrec.publish import publish
 from clickrec.serving import RecommendationReader, recommendations
@@ -60,12 +61,12 @@ def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def gold(spark: SparkSession, config: ClickrecConfig, variant: str = "champion") -> dict[str, dict[str, Any]]:
-    df = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
+    df = Lake.from_config(config).read(spark, C.GOLD_RECOMMENDATIONS)
     return {r[C.USER_ID]: r.asDict(recursive=True) for r in df.where(F.col(C.VARIANT) == variant).collect()}
 
 
 def silver(spark: SparkSession, config: ClickrecConfig) -> list[Any]:
-    return spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS)).collect()
+    return Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS).collect()
 
 
 def test_every_trained_user_gets_a_clean_ranked_list(spark: SparkSession, lake: dict[str, Any]) -> None:
@@ -102,7 +103,7 @@ def test_every_trained_user_gets_a_clean_ranked_list(spark: SparkSession, lake: 
     assert first["input_versions"][C.SILVER_USER_INDEX] == 0
     assert first["announcement"] == {"sent": False, "topic": "models", "reason": "kafka.bootstrap_servers is null"}
 
-    popular = spark.read.format("delta").load(table_path(config, C.GOLD_POPULAR_ITEMS)).collect()
+    popular = Lake.from_config(config).read(spark, C.GOLD_POPULAR_ITEMS).collect()
     assert [(p[C.VARIANT], p[C.SOURCE], len(p[C.ITEMS])) for p in popular] == [("champion", C.SOURCE_POPULAR, 20)]
     users_per_item: dict[str, int] = {}
     for r in rows:
@@ -114,7 +115,7 @@ def test_every_trained_user_gets_a_clean_ranked_list(spark: SparkSession, lake: 
 def test_a_rerun_changes_nothing(spark: SparkSession, lake: dict[str, Any]) -> None:
     config = lake["config"]
     before = gold(spark, config)
-    versions = {t: table_version(spark, table_path(config, t)) for t in (C.GOLD_RECOMMENDATIONS, C.GOLD_POPULAR_ITEMS)}
+    versions = {t: table_version(spark, Lake.from_config(config).path(t)) for t in (C.GOLD_RECOMMENDATIONS, C.GOLD_POPULAR_ITEMS)}
     again = publish(spark, config)
     assert again["tables"] == versions  # no commit at all
     assert again["changes"][C.GOLD_RECOMMENDATIONS] == {"upserted": 0, "deleted": 0, "committed": 0}
@@ -125,7 +126,7 @@ def test_a_rerun_changes_nothing(spark: SparkSession, lake: dict[str, Any]) -> N
 def test_fast_top_n_equals_recommend_for_all_users_plus_filter(spark: SparkSession, lake: dict[str, Any]) -> None:
     config = lake["config"]
     model = Tracking(config.mlflow).load_model_version(1)
-    inter = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
+    inter = Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS)
     n_items = model.itemFactors.count()
     everything = model.recommendForAllUsers(n_items).collect()
     all_scores = {r[C.USER_IDX]: {x[C.ITEM_IDX]: float(x["rating"]) for x in r["recommendations"]} for r in everything}
@@ -209,7 +210,7 @@ def test_variants_new_champion_served_live_and_rollback(spark: SparkSession, lak
         # lists v1 does not compute, a batch list and a stream list of v2 go, and a stream list
         # of v1 stays; a stream list of v1 for a user v1 has stays too (it folds in newer events),
         # and one of v2 is replaced.
-        path = table_path(config, C.GOLD_RECOMMENDATIONS)
+        path = Lake.from_config(config).path(C.GOLD_RECOMMENDATIONS)
         champion = spark.read.format("delta").load(path).where(F.col(C.VARIANT) == "champion")
         u3 = champion.where(F.col(C.USER_ID) == "u3")
         planted = [
@@ -276,7 +277,8 @@ def test_a_failed_recommendations_merge_puts_the_popular_row_back(
     from clickrec import publish as publish_module
 
     config = lake["config"]
-    pop_path, rec_path = table_path(config, C.GOLD_POPULAR_ITEMS), table_path(config, C.GOLD_RECOMMENDATIONS)
+    lake = Lake.from_config(config)
+    pop_path, rec_path = lake.path(C.GOLD_POPULAR_ITEMS), lake.path(C.GOLD_RECOMMENDATIONS)
 
     def popular_rows() -> list[dict[str, Any]]:
         df = spark.read.format("delta").load(pop_path)
@@ -287,10 +289,10 @@ def test_a_failed_recommendations_merge_puts_the_popular_row_back(
     assert Tracking(config.mlflow).alias_versions()["champion"] == 2  # so publishing the alias switches
     real_merge = publish_module.delta.merge_changes
 
-    def failing_merge(spark_: SparkSession, df: Any, path: str, **kwargs: Any) -> dict[str, int]:
+    def failing_merge(path: str, df: Any, **kwargs: Any) -> dict[str, int]:
         if path == rec_path:
             raise RuntimeError("disk full (injected)")
-        return real_merge(spark_, df, path, **kwargs)
+        return real_merge(path, df, **kwargs)
 
     monkeypatch.setattr(publish_module.delta, "merge_changes", failing_merge)
     with pytest.raises(RuntimeError, match="injected"):
@@ -308,7 +310,8 @@ def test_a_lease_that_cannot_be_taken_changes_no_gold_table(
     from clickrec.errors import ConcurrentWriteError
 
     config = lake["config"]
-    pop_path, rec_path = table_path(config, C.GOLD_POPULAR_ITEMS), table_path(config, C.GOLD_RECOMMENDATIONS)
+    lake = Lake.from_config(config)
+    pop_path, rec_path = lake.path(C.GOLD_POPULAR_ITEMS), lake.path(C.GOLD_RECOMMENDATIONS)
     before = {p: table_version(spark, p) for p in (pop_path, rec_path)}
     assert Tracking(config.mlflow).alias_versions()["champion"] != spark.read.format("delta").load(pop_path).where(
         F.col(C.VARIANT) == "champion").first()[C.MODEL_VERSION]  # so a publish would switch it

@@ -13,7 +13,8 @@ from clickrec import columns as C
 from clickrec.errors import ServiceError
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
-from clickrec.io.delta import table_path, table_version
+from clickrec.io.delta import table_version
+from clickrec.io.lake import Lake
 from clickrec.microbatch import BatchProcessor
 from clickrec.ml.foldin_model import served_version
 from clickrec.publish import publish
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.slow  # ingests and registers several models per test
 
 def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession, tmp_path: Path) -> None:
     config = make_config(tmp_path, ingest={"data_docs": False}, publish={"n": 5})
+    lake = Lake.from_config(config)
     source = tmp_path / "events.csv"
     generate_clickstream(source, events=800, seed=11)
     ingest(spark, config, input_path=str(source))
@@ -34,35 +36,35 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     second = register_model(spark, config, max_iter=2, seed=2)  # now the champion
 
     processor = BatchProcessor(spark, config)
-    assert served_version(config) is None  # nothing published: the alias decides
+    assert served_version(config, lake) is None  # nothing published: the alias decides
     processor.refresh_model()
     assert processor.model is not None and processor.model.version == second
 
     publish(spark, config)  # the champion, as the pipeline publishes it
-    assert served_version(config) == second
+    assert served_version(config, lake) == second
     processor.refresh_model()
     assert processor.model.version == second and processor.totals["model_reloads"] == 1
 
     # A rollback republishes the first version as the champion and leaves the alias on the second:
     # the stream's lists must come from the model the rest of the variant was published with.
     publish(spark, config, model_version=first)
-    assert served_version(config) == first
+    assert served_version(config, lake) == first
     processor.refresh_model()
     assert processor.model.version == first and processor.totals["model_reloads"] == 2
 
     # Another variant, or gold written under another model name, falls back to that alias.
     other = make_config(tmp_path, stream={"variant": "challenger"})
-    assert served_version(other) is None
+    assert served_version(other, lake) is None
     renamed = make_config(tmp_path, mlflow={"model_name": "another-model"})
-    assert served_version(renamed) is None
+    assert served_version(renamed, lake) is None
 
     # The same user's list folded in twice: the second write commits nothing (a replayed batch
     # leaves gold, and the list's updated_at, as they were).
-    items = [r[C.ITEM_IDX] for r in spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
+    items = [r[C.ITEM_IDX] for r in lake.read(spark, C.SILVER_INTERACTIONS)
              .select(C.ITEM_IDX).distinct().limit(3).collect()]
     late = pd.DataFrame({C.USER_ID: ["late-user"] * 3, C.ITEM_IDX: items, C.RATING: [3.0] * 3,
                          C.PURCHASES: [0] * 3})
-    gold_path = table_path(config, C.GOLD_RECOMMENDATIONS)
+    gold_path = lake.path(C.GOLD_RECOMMENDATIONS)
     assert processor.gold(late, datetime(2026, 1, 1)) == 1
     written = table_version(spark, gold_path)
     assert processor.gold(late, datetime(2026, 1, 2)) == 0
@@ -72,11 +74,11 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
     # lists of the version gold no longer serves (lists of two models would mix), and its users
     # are folded in again with the version now served.
     publish(spark, config)  # the champion (second) again; the processor still holds the first
-    assert served_version(config) == second and processor.model.version == first
+    assert served_version(config, lake) == second and processor.model.version == first
     late[C.USER_ID] = "later-user"
     assert processor.gold(late, datetime(2026, 1, 3)) == 1
     assert processor.model.version == second
-    gold = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
+    gold = lake.read(spark, C.GOLD_RECOMMENDATIONS)
     assert [r[C.MODEL_VERSION] for r in gold.where(f"{C.USER_ID} = 'later-user'").collect()] == [second]
     assert gold.where(f"{C.VARIANT} = 'champion' AND {C.MODEL_VERSION} = {first}").count() == 0
 

@@ -8,8 +8,8 @@ from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from clickrec.config import ClickrecConfig, build_config
-from clickrec.io.delta import merge_upsert, table_path, table_version
-from clickrec.io.delta_reader import open_table
+from clickrec.io.delta import merge_upsert, table_version
+from clickrec.io.lake import Lake
 from clickrec.services import LAKE_BUCKET, ServiceProcess
 from clickrec.spark import apply_s3a
 from tests.support.services import objects
@@ -26,16 +26,17 @@ def _minio_lake(spark: SparkSession, minio: ServiceProcess) -> ClickrecConfig:
 
 def test_delta_roundtrip_on_minio(spark: SparkSession, minio_env: ServiceProcess) -> None:
     config = _minio_lake(spark, minio_env)
-    path = table_path(config, "silver/kv")
+    lake = Lake.from_config(config)
+    path = lake.path("silver/kv")
     df = spark.createDataFrame([(i, f"v{i}") for i in range(50)], "k INT, v STRING")
-    merge_upsert(spark, df, path, keys=["k"])
+    merge_upsert(path, df, keys=["k"])
     assert table_version(spark, path) == 0
     assertDataFrameEqual(spark.read.format("delta").load(path), df)
 
     # The object really is on MinIO, and a JVM-free reader sees the same rows.
     names = objects(minio_env, path.removeprefix(f"s3a://{LAKE_BUCKET}/") + "/_delta_log/")
     assert any(n.endswith("00000000000000000000.json") for n in names)
-    dt = open_table(config, "silver/kv")
+    dt = lake.open("silver/kv")
     assert dt is not None and dt.version() == 0
     assert dt.to_pyarrow_table().num_rows == 50
 
@@ -47,17 +48,18 @@ def test_stream_writes_with_delta_rs_on_minio(spark: SparkSession, minio_env: Se
     from clickrec.io import delta_rs
 
     config = _minio_lake(spark, minio_env)
-    path = table_path(config, "silver/kv")
-    merge_upsert(spark, spark.createDataFrame([(1, "a"), (2, "b")], "k INT, v STRING"), path, keys=["k"])
-    dt = open_table(config, "silver/kv")
+    lake = Lake.from_config(config)
+    path = lake.path("silver/kv")
+    merge_upsert(path, spark.createDataFrame([(1, "a"), (2, "b")], "k INT, v STRING"), keys=["k"])
+    dt = lake.open("silver/kv")
     assert dt is not None
     delta_rs.merge_upsert(dt, pa.table({"k": [2, 3], "v": ["B", "c"]}), keys=["k"])
-    dt = open_table(config, "silver/kv")
-    assert delta_rs.append_once(config, dt, pa.table({"k": [4], "v": ["d"]}), app_id="q", version=0)
-    assert not delta_rs.append_once(config, open_table(config, "silver/kv"),
+    dt = lake.open("silver/kv")
+    assert delta_rs.append_once(dt, pa.table({"k": [4], "v": ["d"]}), app_id="q", version=0)
+    assert not delta_rs.append_once(lake.open("silver/kv"),
                                     pa.table({"k": [4], "v": ["d"]}), app_id="q", version=0)
     expected = spark.createDataFrame([(1, "a"), (2, "B"), (3, "c"), (4, "d")], "k INT, v STRING")
     assertDataFrameEqual(spark.read.format("delta").load(path), expected)
-    found = delta_rs.read_where_in(open_table(config, "silver/kv"), "v", ["B", "d"], ("k", "v"))
+    found = delta_rs.read_where_in(lake.open("silver/kv"), "v", ["B", "d"], ("k", "v"))
     assert sorted(found.column("k").to_pylist()) == [2, 4]
 

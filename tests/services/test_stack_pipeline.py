@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 from clickrec import columns as C
 from clickrec.config import load_config
 from clickrec.generate import generate_clickstream
-from clickrec.io.delta_reader import open_table
+from clickrec.io.lake import Lake
 from clickrec.pipeline import run_pipeline
 from clickrec.services import LAKE_BUCKET, ServiceProcess, env_lines
 from clickrec.serving.reader import RecommendationReader
@@ -60,7 +60,7 @@ def test_the_stack_config_runs_the_pipeline_and_serves_from_minio(
     champion = summary["publish"]["champion"]
     assert champion["users"] > 0 and champion["announcement"]["sent"] is True
 
-    gold = open_table(config, C.GOLD_RECOMMENDATIONS)  # delta-rs straight from MinIO
+    gold = Lake.from_config(config).open(C.GOLD_RECOMMENDATIONS)  # delta-rs straight from MinIO
     assert gold is not None
     users = gold.to_pyarrow_table(columns=[C.USER_ID, C.VARIANT]).to_pylist()
     user = next(r[C.USER_ID] for r in users if r[C.VARIANT] == "champion")

@@ -22,8 +22,8 @@ from clickrec import columns as C
 from clickrec.config import ClickrecConfig
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest, recompute_interactions
-from clickrec.io.delta import table_path
 from clickrec.io.kafka import send_events
+from clickrec.io.lake import Lake
 from clickrec.replay import replay
 from clickrec.services import ServiceProcess
 from clickrec.status import collect_status
@@ -73,8 +73,8 @@ def test_stream_equals_batch_ingest(spark: SparkSession, world: dict[str, Any]) 
     config, batch, summary = world["config"], world["batch"], world["summary"]
     assert summary["batches"] >= world["sent"]["sent"] // PER_BATCH >= 2  # several micro-batches
     assert summary["rows_read"] == world["sent"]["sent"] == summary["accepted"] + summary["duplicates"] + summary["quarantined"]
-    bronze = spark.read.format("delta").load(table_path(config, C.BRONZE_EVENTS))
-    batch_bronze = spark.read.format("delta").load(table_path(batch, C.BRONZE_EVENTS))
+    bronze = Lake.from_config(config).read(spark, C.BRONZE_EVENTS)
+    batch_bronze = Lake.from_config(batch).read(spark, C.BRONZE_EVENTS)
     assert bronze.count() == bronze.select(C.EVENT_ID).distinct().count() == batch_bronze.count()
     assert_same(bronze.select(C.EVENT_ID), batch_bronze.select(C.EVENT_ID))
     assert_same(silver_values(spark, config), silver_values(spark, batch))
@@ -84,7 +84,7 @@ def test_stream_equals_batch_ingest(spark: SparkSession, world: dict[str, Any]) 
 
 def test_gold_holds_one_fold_in_list_per_streamed_user(spark: SparkSession, world: dict[str, Any]) -> None:
     config, summary = world["config"], world["summary"]
-    gold = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
+    gold = Lake.from_config(config).read(spark, C.GOLD_RECOMMENDATIONS)
     assert gold.groupBy(C.USER_ID, C.VARIANT).count().where(F.col("count") > 1).count() == 0
     rows = gold_lists(spark, config)
     streamed_users = {r[C.USER_ID] for r in spark.read.csv(str(world["second"]), header=True).select(C.USER_ID).distinct().collect()}
@@ -110,7 +110,7 @@ def test_purchase_and_new_user_within_the_next_micro_batch(spark: SparkSession, 
     top_item = before[user][C.ITEMS][0][C.ITEM_ID]
     # a brand-new user views five items of the category the model knows most items of
     items = spark.read.csv(str(world["second"]), header=True).select(C.PRODUCT_ID, C.CATEGORY_ID).distinct()
-    known = {r[C.SOURCE_ID] for r in spark.read.format("delta").load(table_path(config, C.SILVER_ITEM_INDEX)).collect()}
+    known = {r[C.SOURCE_ID] for r in Lake.from_config(config).read(spark, C.SILVER_ITEM_INDEX).collect()}
     by_cat: dict[str, list[str]] = {}
     for r in items.collect():
         if r[C.PRODUCT_ID] in known:
@@ -146,7 +146,8 @@ def test_a_reset_checkpoint_neither_loses_nor_doubles_events(spark: SparkSession
     import shutil
 
     config = world["config"]
-    bronze_path = table_path(config, C.BRONZE_EVENTS)
+    lake = Lake.from_config(config)
+    bronze_path = lake.path(C.BRONZE_EVENTS)
     before = spark.read.format("delta").load(bronze_path).count()
     # a rejected row before the reset records this query's batch ids in the quarantine's log
     send_events(config.kafka, world["topic"], [("reset-bad", b"not json before the reset")], rate=0)
@@ -161,7 +162,7 @@ def test_a_reset_checkpoint_neither_loses_nor_doubles_events(spark: SparkSession
     summary = run_stream(spark, config, available_now=True)  # re-reads the topic from the start
     assert summary["accepted"] == 3 and summary["quarantined"] >= 2
     assert summary["rows_read"] == summary["accepted"] + summary["duplicates"] + summary["quarantined"]
-    held = spark.read.format("delta").load(table_path(config, C.BRONZE_QUARANTINE))
+    held = lake.read(spark, C.BRONZE_QUARANTINE)
     for line in ("not json before the reset", "not json after the reset"):  # once each
         assert held.where(F.col(C.RAW_LINE) == line).count() == 1, line
     bronze = spark.read.format("delta").load(bronze_path)

@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from clickrec import columns as C
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
-from clickrec.io.delta import table_path
+from clickrec.io.lake import Lake
 from clickrec.replay import replay
 from clickrec.services import ServiceProcess
 from clickrec.stream import checkpoint_path
@@ -111,12 +111,12 @@ def test_sigkilled_stream_converges_to_exactly_once(spark: SparkSession, kafka_s
 
     batch = make_config(tmp_path / "batch", ingest={"data_docs": False})
     ingest(spark, batch, input_path=str(source))
-    bronze = spark.read.format("delta").load(table_path(config, C.BRONZE_EVENTS))
-    expected = spark.read.format("delta").load(table_path(batch, C.BRONZE_EVENTS))
+    bronze = Lake.from_config(config).read(spark, C.BRONZE_EVENTS)
+    expected = Lake.from_config(batch).read(spark, C.BRONZE_EVENTS)
     assert bronze.count() == bronze.select(C.EVENT_ID).distinct().count() == expected.count()
     assert_same(bronze.select(C.EVENT_ID), expected.select(C.EVENT_ID))
     assert_same(silver_values(spark, config), silver_values(spark, batch))
     assert_ids_match_index(spark, config)
-    gold = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
+    gold = Lake.from_config(config).read(spark, C.GOLD_RECOMMENDATIONS)
     assert gold.count() > 0
     assert gold.groupBy(C.USER_ID, C.VARIANT).count().where(F.col("count") > 1).count() == 0

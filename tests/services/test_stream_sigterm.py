@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from clickrec import columns as C
 from clickrec.generate import generate_clickstream
-from clickrec.io.delta import table_path
+from clickrec.io.lake import Lake
 from clickrec.replay import replay
 from clickrec.services import ServiceProcess
 from tests.support.config import REPO_ROOT, make_config, write_config_file
@@ -57,5 +57,5 @@ def test_sigterm_stops_after_the_running_batch(spark: SparkSession, kafka_servic
     summary = json.loads(out.decode().strip().splitlines()[-1])
     assert summary["ok"] is True and summary["stop_reason"] == "sigterm"
     assert summary["rows_read"] == sent and summary["model_version"] is None
-    bronze = spark.read.format("delta").load(table_path(config, C.BRONZE_EVENTS))
+    bronze = Lake.from_config(config).read(spark, C.BRONZE_EVENTS)
     assert bronze.count() == bronze.select(C.EVENT_ID).distinct().count() == summary["accepted"] > 0

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.io.delta import table_path
+from clickrec.io.lake import Lake
 
 
 def write_planted_silver(
@@ -40,17 +40,17 @@ def write_planted_silver(
         f"{C.USER_ID} STRING, {C.ITEM_ID} STRING, {C.USER_IDX} INT, {C.ITEM_IDX} INT, "
         f"{C.RATING} DOUBLE, {C.LAST_SEEN} TIMESTAMP",
     )
-    inter.write.format("delta").mode("overwrite").save(table_path(config, C.SILVER_INTERACTIONS))
+    inter.write.format("delta").mode("overwrite").save(Lake.from_config(config).path(C.SILVER_INTERACTIONS))
     spark.createDataFrame([(f"u{u}", u) for u in range(users)], f"{C.SOURCE_ID} STRING, {C.IDX} INT") \
-        .write.format("delta").mode("overwrite").save(table_path(config, C.SILVER_USER_INDEX))
+        .write.format("delta").mode("overwrite").save(Lake.from_config(config).path(C.SILVER_USER_INDEX))
     spark.createDataFrame([(f"i{i}", i) for i in range(items)], f"{C.SOURCE_ID} STRING, {C.IDX} INT") \
-        .write.format("delta").mode("overwrite").save(table_path(config, C.SILVER_ITEM_INDEX))
+        .write.format("delta").mode("overwrite").save(Lake.from_config(config).path(C.SILVER_ITEM_INDEX))
 
 
 def write_planted_lake(spark: SparkSession, config: ClickrecConfig, *, users: int = 150, items: int = 60) -> None:
     """write_planted_silver plus a purchases column (rating 3 = bought), as ingest has it."""
     write_planted_silver(spark, config, users=users, items=items)
-    path = table_path(config, C.SILVER_INTERACTIONS)
+    path = Lake.from_config(config).path(C.SILVER_INTERACTIONS)
     bought = spark.read.format("delta").load(path).withColumn(
         C.PURCHASES, (F.col(C.RATING) >= 3).cast("long")
     )

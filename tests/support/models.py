@@ -11,7 +11,8 @@ from pyspark.sql import functions as F
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.io.delta import table_path, table_version
+from clickrec.io.delta import table_version
+from clickrec.io.lake import Lake
 from clickrec.tracking import Tracking
 
 # The stream folds users in with the run's best_* params: these are logged on every model's run.
@@ -29,7 +30,7 @@ def register_model(spark: SparkSession, config: ClickrecConfig, *, alias: str | 
     """
     tables = {}
     for t in (C.SILVER_INTERACTIONS, C.SILVER_USER_INDEX, C.SILVER_ITEM_INDEX):
-        path = table_path(config, t)
+        path = Lake.from_config(config).path(t)
         tables[t] = (path, int(table_version(spark, path) or 0))
     ratings = spark.read.format("delta").load(tables[C.SILVER_INTERACTIONS][0]).select(
         C.USER_IDX, C.ITEM_IDX, F.col(C.RATING).cast("float").alias(C.RATING))

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.io.delta import table_path
+from clickrec.io.lake import Lake
 
 # silver columns compared across lakes: the surrogate int ids are given in arrival order
 # (one batch vs several micro-batches), so they are checked against each lake's own index.
@@ -29,7 +29,7 @@ def split_csv(source: Path, first: Path, second: Path, fraction: float) -> tuple
 
 
 def silver_values(spark: SparkSession, config: ClickrecConfig) -> DataFrame:
-    return spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS)).select(*SILVER_VALUE_COLUMNS)
+    return Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS).select(*SILVER_VALUE_COLUMNS)
 
 
 def assert_same(actual: DataFrame, expected: DataFrame) -> None:
@@ -42,9 +42,9 @@ def assert_same(actual: DataFrame, expected: DataFrame) -> None:
 
 def assert_ids_match_index(spark: SparkSession, config: ClickrecConfig) -> None:
     """Every silver row's user_idx/item_idx is its id's entry in the lake's own index tables."""
-    silver = spark.read.format("delta").load(table_path(config, C.SILVER_INTERACTIONS))
-    users = spark.read.format("delta").load(table_path(config, C.SILVER_USER_INDEX))
-    items = spark.read.format("delta").load(table_path(config, C.SILVER_ITEM_INDEX))
+    silver = Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS)
+    users = Lake.from_config(config).read(spark, C.SILVER_USER_INDEX)
+    items = Lake.from_config(config).read(spark, C.SILVER_ITEM_INDEX)
     joined = silver.join(users.select(F.col(C.SOURCE_ID).alias(C.USER_ID), F.col(C.IDX).alias("_u")), C.USER_ID) \
         .join(items.select(F.col(C.SOURCE_ID).alias(C.ITEM_ID), F.col(C.IDX).alias("_i")), C.ITEM_ID)
     assert joined.count() == silver.count()
@@ -53,5 +53,5 @@ def assert_ids_match_index(spark: SparkSession, config: ClickrecConfig) -> None:
 
 def gold_lists(spark: SparkSession, config: ClickrecConfig) -> dict[str, dict[str, Any]]:
     """{user_id: row as dict} of gold/recommendations (variant champion)."""
-    df = spark.read.format("delta").load(table_path(config, C.GOLD_RECOMMENDATIONS))
+    df = Lake.from_config(config).read(spark, C.GOLD_RECOMMENDATIONS)
     return {r[C.USER_ID]: r.asDict(recursive=True) for r in df.where(F.col(C.VARIANT) == "champion").collect()}

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError, NotFoundError
-from clickrec.io.delta_reader import reader_uri
+from clickrec.io.lake import Lake
 from clickrec.serving.api import create_app, endpoint_label
 from clickrec.serving.reader import RecommendationReader, recommendations, validate_request
 from tests.support.config import REPO_ROOT, make_config
@@ -45,7 +45,7 @@ def write_recs(config: ClickrecConfig, rows: list[tuple[str, str, list[str], int
         C.SOURCE: [C.SOURCE_BATCH] * len(rows),
         C.UPDATED_AT: pa.array([WHEN] * len(rows), type=pa.timestamp("us")),
     })
-    write_deltalake(reader_uri(config, C.GOLD_RECOMMENDATIONS), table, mode=mode, partition_by=[C.VARIANT])
+    write_deltalake(Lake.from_config(config).uri(C.GOLD_RECOMMENDATIONS), table, mode=mode, partition_by=[C.VARIANT])
 
 
 def write_popular(config: ClickrecConfig, rows: list[tuple[str, list[str]]]) -> None:
@@ -57,7 +57,7 @@ def write_popular(config: ClickrecConfig, rows: list[tuple[str, list[str]]]) -> 
         C.SOURCE: [C.SOURCE_POPULAR] * len(rows),
         C.UPDATED_AT: pa.array([WHEN] * len(rows), type=pa.timestamp("us")),
     })
-    write_deltalake(reader_uri(config, C.GOLD_POPULAR_ITEMS), table, mode="overwrite")
+    write_deltalake(Lake.from_config(config).uri(C.GOLD_POPULAR_ITEMS), table, mode="overwrite")
 
 
 @pytest.fixture()

@@ -1,24 +1,18 @@
-"""Delta Lake I/O: table paths, versions, idempotent MERGE. No transformation logic here."""
+"""Delta Lake I/O with Spark: versions, reads, idempotent MERGE and appends. No transformation logic.
+
+The twin of clickrec.io.delta_rs: the writes both engines have (merge_upsert, insert_unless_taken,
+append_once, append) take the same arguments in the same order, (target, data, *, options), and
+do the same thing; here the target is the table's path (clickrec.io.lake.Lake.path) and the data
+a Spark DataFrame, there an open delta-rs DeltaTable and an Arrow table.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from clickrec.config import ClickrecConfig
-
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-
-def table_path(config: ClickrecConfig, table: str) -> str:
-    """Return the location of `table` (e.g. "silver/interactions") under lake.root."""
-    root = config.lake.root.rstrip("/")
-    if "://" not in root:
-        from pathlib import Path
-
-        root = str(Path(root).resolve())
-    return f"{root}/{table}"
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
@@ -38,40 +32,45 @@ def table_version(spark: SparkSession, path: str) -> int | None:
     return int(row["version"]) if row is not None else None
 
 
+def changed_condition(value_cols: Sequence[str], update_when: str | None = None) -> str:
+    """SQL over t and s: a matched row differs in a value column (nulls equal), and `update_when` holds."""
+    changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in value_cols) or "false"
+    return f"({changed}) AND ({update_when})" if update_when else changed
+
+
 def merge_upsert(
-    spark: SparkSession,
-    source_df: DataFrame,
     path: str,
+    source_df: DataFrame,
     *,
     keys: Sequence[str],
-    partition_by: Sequence[str] = (),
     update_when: str | None = None,
+    target_filter: str | None = None,
+    partition_by: Sequence[str] = (),
 ) -> None:
     """Upsert `source_df` into the table at `path` by `keys`; create it on first write.
 
     Rows whose values already equal the target's are left alone, so rerunning the same MERGE
     rewrites nothing and the table content stays the same. `update_when` (SQL over t and s)
     further limits which matched rows are updated, checked against the snapshot the MERGE
-    writes to (e.g. "the source row is newer").
+    writes to (e.g. "the source row is newer"); `target_filter` (SQL over t, e.g. a partition)
+    narrows what the MERGE reads, so commits elsewhere in the table do not conflict with it.
+    `partition_by` applies when the table is created.
     """
     from delta.tables import DeltaTable
 
+    spark = source_df.sparkSession
     if not table_exists(spark, path):
-        writer = source_df.write.format("delta").mode("errorifexists")
-        if partition_by:
-            writer = writer.partitionBy(*partition_by)
-        writer.save(path)
+        create(path, source_df, partition_by=partition_by)
         return
-    target = DeltaTable.forPath(spark, path)
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    if target_filter:
+        on = f"({target_filter}) AND {on}"
     value_cols = [c for c in source_df.columns if c not in keys]
-    changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in value_cols) or "false"
-    if update_when:
-        changed = f"({changed}) AND ({update_when})"
     (
-        target.alias("t")
+        DeltaTable.forPath(spark, path).alias("t")
         .merge(source_df.alias("s"), on)
-        .whenMatchedUpdate(condition=changed, set={c: f"s.`{c}`" for c in value_cols})
+        .whenMatchedUpdate(condition=changed_condition(value_cols, update_when),
+                           set={c: f"s.`{c}`" for c in value_cols})
         .whenNotMatchedInsertAll()
         .execute()
     )
@@ -81,9 +80,8 @@ _DELETE_FLAG = "_clickrec_delete"
 
 
 def merge_changes(
-    spark: SparkSession,
-    source_df: DataFrame,
     path: str,
+    source_df: DataFrame,
     *,
     keys: Sequence[str],
     partition_by: Sequence[str] = (),
@@ -108,11 +106,9 @@ def merge_changes(
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    spark = source_df.sparkSession
     if not table_exists(spark, path):
-        writer = source_df.write.format("delta").mode("errorifexists")
-        if partition_by:
-            writer = writer.partitionBy(*partition_by)
-        writer.save(path)
+        create(path, source_df, partition_by=partition_by)
         return {"upserted": int(source_df.count()), "deleted": 0, "committed": 1}
     target_df = read_table(spark, path)
     value_cols = [c for c in source_df.columns if c not in keys]
@@ -157,7 +153,7 @@ def merge_changes(
     return {"upserted": upserted, "deleted": deleted, "committed": 1}
 
 
-def create(df: DataFrame, path: str, *, partition_by: Sequence[str] = ()) -> None:
+def create(path: str, df: DataFrame, *, partition_by: Sequence[str] = ()) -> None:
     """Create the table at `path` holding `df`; fails when a table is there already."""
     writer = df.write.format("delta").mode("errorifexists")
     if partition_by:
@@ -165,7 +161,7 @@ def create(df: DataFrame, path: str, *, partition_by: Sequence[str] = ()) -> Non
     writer.save(path)
 
 
-def insert_unless_taken(spark: SparkSession, source_df: DataFrame, path: str, *, unique: Sequence[str],
+def insert_unless_taken(path: str, source_df: DataFrame, *, unique: Sequence[str],
                         target_filter: str | None = None) -> int:
     """Insert the rows of `source_df` whose value in every `unique` column is new to the table.
 
@@ -179,7 +175,7 @@ def insert_unless_taken(spark: SparkSession, source_df: DataFrame, path: str, *,
     on = " OR ".join(f"t.`{c}` = s.`{c}`" for c in unique)
     on = f"({target_filter}) AND ({on})" if target_filter else on
     metrics = (
-        DeltaTable.forPath(spark, path).alias("t")
+        DeltaTable.forPath(source_df.sparkSession, path).alias("t")
         .merge(source_df.alias("s"), on)
         .whenNotMatchedInsertAll()
         .execute()
@@ -189,18 +185,19 @@ def insert_unless_taken(spark: SparkSession, source_df: DataFrame, path: str, *,
 
 
 def append_once(
-    df: DataFrame,
     path: str,
+    df: DataFrame,
     *,
     app_id: str,
-    version: int = 1,
+    version: int,
     partition_by: Sequence[str] = (),
 ) -> None:
     """Append `df` to the Delta table at `path` at most once per (app_id, version).
 
     Delta's idempotent writes (txnAppId/txnVersion) make a retried or rerun write with the same
     key a no-op, so a job killed after this commit and run again adds nothing twice. Creates
-    the table on first write.
+    the table on first write. Unlike delta_rs.append_once it cannot say whether it skipped:
+    Spark drops a recorded (app_id, version) without a sign.
     """
     writer = (
         df.write.format("delta")
@@ -213,7 +210,7 @@ def append_once(
     writer.save(path)
 
 
-def append(df: DataFrame, path: str, *, partition_by: Sequence[str] = ()) -> None:
+def append(path: str, df: DataFrame, *, partition_by: Sequence[str] = ()) -> None:
     """Append `df` to the Delta table at `path` (created on first write)."""
     writer = df.write.format("delta").mode("append")
     if partition_by:

@@ -6,7 +6,13 @@ tens of milliseconds. The stream's micro-batches touch few rows and must be fres
 seconds, so they read and write the existing tables here; the batch jobs keep Spark. Both
 write the same Delta protocol (the tables Spark creates are reader 1 / writer 2), and both
 commit optimistically: a conflicting concurrent commit fails and is retried by the caller.
-Tables are created by the Spark jobs and opened with clickrec.io.delta_reader.open_table.
+Tables are created by the Spark jobs and opened with clickrec.io.lake.Lake.open, which gives
+the DeltaTable its storage options; writes through it use them (write_deltalake given a
+DeltaTable writes with the table's own object store).
+
+The twin of clickrec.io.delta (Spark): merge_upsert, insert_unless_taken, append_once and
+append take the same arguments in the same order, (target, data, *, options), and do the same
+thing; here the target is an open DeltaTable and the data an Arrow table.
 """
 
 from __future__ import annotations
@@ -14,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from clickrec.config import ClickrecConfig
-from clickrec.io.delta_reader import storage_options
+from clickrec.io.delta import changed_condition
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -65,7 +70,11 @@ def max_value(dt: DeltaTable, column: str) -> int | None:
     return query(dt, f'SELECT max("{column}") AS m FROM t').column("m")[0].as_py()
 
 
-def append_once(config: ClickrecConfig, dt: DeltaTable, data: pa.Table, *, app_id: str, version: int) -> bool:
+def _partition_by(dt: DeltaTable) -> list[str] | None:
+    return dt.metadata().partition_columns or None
+
+
+def append_once(dt: DeltaTable, data: pa.Table, *, app_id: str, version: int) -> bool:
     """Append `data` in one commit tagged (app_id, version); False when that commit exists already.
 
     The Delta equivalent of Spark's txnAppId/txnVersion: a replayed micro-batch finds its
@@ -76,36 +85,37 @@ def append_once(config: ClickrecConfig, dt: DeltaTable, data: pa.Table, *, app_i
     done = dt.transaction_version(app_id)
     if done is not None and done >= version:
         return False
-    write_deltalake(
-        dt, conform(data, dt), mode="append", partition_by=dt.metadata().partition_columns or None,
-        storage_options=storage_options(config) or None,
-        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
-    )
+    write_deltalake(dt, conform(data, dt), mode="append", partition_by=_partition_by(dt),
+                    commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]))
     return True
 
 
-def append(config: ClickrecConfig, dt: DeltaTable, data: pa.Table) -> None:
+def append(dt: DeltaTable, data: pa.Table) -> None:
     """Blind append of `data` (callers make it idempotent by appending only what is missing)."""
     from deltalake import write_deltalake
 
-    write_deltalake(dt, conform(data, dt), mode="append", partition_by=dt.metadata().partition_columns or None,
-                    storage_options=storage_options(config) or None)
+    write_deltalake(dt, conform(data, dt), mode="append", partition_by=_partition_by(dt))
 
 
 def merge_upsert(dt: DeltaTable, data: pa.Table, *, keys: Sequence[str], update_when: str | None = None,
                  target_filter: str | None = None) -> dict[str, Any]:
-    """Upsert `data` on `keys`: matched rows are replaced, new rows inserted; returns the metrics.
+    """Upsert `data` into `dt` by `keys`; returns delta-rs' merge metrics.
 
-    `update_when` (SQL over t and s) limits which matched rows are replaced; `target_filter`
-    (SQL over t, e.g. a partition) narrows what the MERGE reads, so commits to other
-    partitions do not conflict with it.
+    Rows whose values already equal the target's are left alone (their files are not
+    rewritten), so rerunning the same MERGE rewrites nothing and the table content stays the
+    same. `update_when` (SQL over t and s) further limits which matched rows are updated,
+    checked against the snapshot the MERGE writes to; `target_filter` (SQL over t, e.g. a
+    partition) narrows what the MERGE reads, so commits elsewhere in the table do not conflict
+    with it.
     """
     predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
     if target_filter:
         predicate = f"({target_filter}) AND {predicate}"
+    source = conform(data, dt)
+    value_cols = [c for c in source.column_names if c not in keys]
     return dict(
-        dt.merge(conform(data, dt), predicate, source_alias="s", target_alias="t")
-        .when_matched_update_all(predicate=update_when)
+        dt.merge(source, predicate, source_alias="s", target_alias="t")
+        .when_matched_update_all(predicate=changed_condition(value_cols, update_when))
         .when_not_matched_insert_all()
         .execute()
     )

@@ -22,10 +22,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from clickrec.config import ClickrecConfig
 from clickrec.io import conflicts
-from clickrec.io.delta_reader import reader_uri, storage_options
 from clickrec.io.delta_rs import sql_string
+from clickrec.io.lake import Lake
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -49,56 +48,55 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _table(config: ClickrecConfig) -> DeltaTable:
+def _table(lake: Lake) -> DeltaTable:
     """The leases table, created empty on first use."""
-    from deltalake import DeltaTable, write_deltalake
-    from deltalake.exceptions import TableNotFoundError
+    from deltalake import write_deltalake
 
-    uri, options = reader_uri(config, LEASES), storage_options(config) or None
+    dt = lake.open(LEASES)
+    if dt is not None:
+        return dt
     try:
-        return DeltaTable(uri, storage_options=options)
-    except TableNotFoundError:
-        try:
-            write_deltalake(uri, _schema().empty_table(), mode="ignore", storage_options=options)
-        except Exception:  # another process created it first
-            log.debug("leases table created concurrently", exc_info=True)
-        return DeltaTable(uri, storage_options=options)
+        write_deltalake(lake.uri(LEASES), _schema().empty_table(), mode="ignore",
+                        storage_options=lake.storage_options or None)
+    except Exception:  # another process created it first
+        log.debug("leases table created concurrently", exc_info=True)
+    return lake.require(LEASES)
 
 
-def _put(config: ClickrecConfig, resource: str, owner: str, until: datetime) -> None:
+def _put(lake: Lake, resource: str, owner: str, until: datetime) -> None:
     import pyarrow as pa
 
     row = pa.table({"resource": [resource], "owner": [owner], "until": [until]}, schema=_schema())
 
     def upsert(_: int) -> None:
-        (_table(config).merge(row, "t.resource = s.resource AND t.owner = s.owner", source_alias="s", target_alias="t")
+        (_table(lake).merge(row, "t.resource = s.resource AND t.owner = s.owner", source_alias="s", target_alias="t")
          .when_matched_update_all().when_not_matched_insert_all().execute())
 
     conflicts.retry_on_conflict(upsert, what=f"lease on {resource}")
 
 
-def _drop(config: ClickrecConfig, resource: str, owner: str) -> None:
+def _drop(lake: Lake, resource: str, owner: str) -> None:
     conflicts.retry_on_conflict(
-        lambda _: _table(config).delete(f"resource = {sql_string(resource)} AND owner = {sql_string(owner)}"),
+        lambda _: _table(lake).delete(f"resource = {sql_string(resource)} AND owner = {sql_string(owner)}"),
         what=f"lease on {resource}",
     )
 
 
 @contextmanager
-def hold(config: ClickrecConfig, resource: str, *, owner: str, ttl: float = TTL_SECONDS,
+def hold(lake: Lake, resource: str, *, owner: str, ttl: float = TTL_SECONDS,
          renew_every: float = RENEW_SECONDS, expire_on_error: bool = False) -> Iterator[None]:
     """Hold a lease on `resource` (a table name) while the block runs; renewed, then removed.
 
     `expire_on_error`: when the block raises, leave the lease expired instead of removing it,
     as a killed holder would, so that the next job sees the failed run (expired_owners).
     """
-    _put(config, resource, owner, _now() + timedelta(seconds=ttl))
+    _put(lake, resource, owner, _now() + timedelta(seconds=ttl))
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(renew_every):
             try:
-                _put(config, resource, owner, _now() + timedelta(seconds=ttl))
+                _put(lake, resource, owner, _now() + timedelta(seconds=ttl))
             except Exception:  # the lease then expires; the commits stay safe without it
                 log.warning("could not renew the lease on %s", resource, exc_info=True)
 
@@ -114,30 +112,26 @@ def hold(config: ClickrecConfig, resource: str, *, owner: str, ttl: float = TTL_
         stop.set()
         renewer.join()
         if failed and expire_on_error:
-            _put(config, resource, owner, _now())
+            _put(lake, resource, owner, _now())
         else:
-            _drop(config, resource, owner)
+            _drop(lake, resource, owner)
 
 
-def expired_owners(config: ClickrecConfig, resource: str, prefix: str) -> list[str]:
+def expired_owners(lake: Lake, resource: str, prefix: str) -> list[str]:
     """Owners (starting with `prefix`) of leases on `resource` that expired and were never
     dropped: what a killed holder leaves behind, or one that failed with `expire_on_error`."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        dt = DeltaTable(reader_uri(config, LEASES), storage_options=storage_options(config) or None)
-    except TableNotFoundError:
+    dt = lake.open(LEASES)
+    if dt is None:
         return []
     now = _now()
     return sorted({str(r["owner"]) for r in dt.to_pyarrow_table().to_pylist()
                    if r["resource"] == resource and str(r["owner"]).startswith(prefix) and r["until"] <= now})
 
 
-def drop(config: ClickrecConfig, resource: str, owners: Sequence[str]) -> None:
+def drop(lake: Lake, resource: str, owners: Sequence[str]) -> None:
     """Remove the leases of `owners` on `resource` (the ones a killed job left)."""
     for owner in owners:
-        _drop(config, resource, owner)
+        _drop(lake, resource, owner)
 
 
 class LeaseView:
@@ -148,17 +142,14 @@ class LeaseView:
     only the commits since its last look, and the rows are read again only when one came.
     """
 
-    def __init__(self, config: ClickrecConfig) -> None:
-        self._config = config
+    def __init__(self, lake: Lake) -> None:
+        self._lake = lake
         self._dt: DeltaTable | None = None
         self._rows: list[dict[str, object]] = []
         self._version: int | None = None
 
     def live(self, resources: Sequence[str]) -> list[dict[str, object]]:
         """The unexpired leases on any of `resources` (rows: resource, owner, until)."""
-        from deltalake import DeltaTable
-        from deltalake.exceptions import TableNotFoundError
-
         if self._dt is not None:
             try:
                 self._dt.update_incremental()
@@ -166,10 +157,8 @@ class LeaseView:
                 log.debug("reopening the leases table", exc_info=True)
                 self._dt, self._version = None, None
         if self._dt is None:
-            try:
-                self._dt = DeltaTable(reader_uri(self._config, LEASES),
-                                      storage_options=storage_options(self._config) or None)
-            except TableNotFoundError:
+            self._dt = self._lake.open(LEASES)
+            if self._dt is None:
                 return []
         if self._dt.version() != self._version:
             self._rows, self._version = self._dt.to_pyarrow_table().to_pylist(), self._dt.version()
@@ -189,11 +178,11 @@ class LeaseView:
         return time.monotonic() - started
 
 
-def live(config: ClickrecConfig, resources: Sequence[str]) -> list[dict[str, object]]:
+def live(lake: Lake, resources: Sequence[str]) -> list[dict[str, object]]:
     """The unexpired leases on any of `resources`, read once (see LeaseView to ask often)."""
-    return LeaseView(config).live(resources)
+    return LeaseView(lake).live(resources)
 
 
-def wait_until_free(config: ClickrecConfig, resources: Sequence[str], *, poll: float = POLL_SECONDS) -> float:
+def wait_until_free(lake: Lake, resources: Sequence[str], *, poll: float = POLL_SECONDS) -> float:
     """Block while a live lease on one of `resources` exists; the seconds waited."""
-    return LeaseView(config).wait_until_free(resources, poll=poll)
+    return LeaseView(lake).wait_until_free(resources, poll=poll)

@@ -17,8 +17,7 @@ import numpy as np
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.io import delta
-from clickrec.io.delta_reader import open_table
+from clickrec.io.lake import Lake
 from clickrec.ml.foldin import ItemFactors, fold_in, top_n
 
 if TYPE_CHECKING:
@@ -52,7 +51,7 @@ def _param(params: dict[str, str], keys: tuple[str, ...]) -> float | None:
     return None
 
 
-def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, tracking: Tracking,
+def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, lake: Lake, tracking: Tracking,
                        version: int) -> FoldInModel | None:
     """Load `version`'s item factors and its run's reg_param/alpha; None (logged) when unusable."""
     from pyspark.sql import functions as F
@@ -75,7 +74,7 @@ def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, tracking: Tr
         return None
     model = tracking.load_model_version(version)
     ids, mat = item_matrix(model.itemFactors)
-    index = delta.read_table(spark, delta.table_path(config, C.SILVER_ITEM_INDEX))
+    index = lake.read(spark, C.SILVER_ITEM_INDEX)
     known = index.where(F.col(C.IDX).isin([int(i) for i in ids])) if len(ids) < 50_000 else index
     item_ids = {int(r[C.IDX]): str(r[C.SOURCE_ID]) for r in known.select(C.IDX, C.SOURCE_ID).collect()}
     log.info("fold-in model %s v%d: %d items, rank %d, reg_param %s, alpha %s",
@@ -83,7 +82,7 @@ def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, tracking: Tr
     return FoldInModel(ref["model_name"], version, ItemFactors(ids, mat), item_ids, reg_param, alpha)
 
 
-def served_version(config: ClickrecConfig) -> int | None:
+def served_version(config: ClickrecConfig, lake: Lake) -> int | None:
     """The model version gold serves for stream.variant: the one publish last wrote there.
 
     The stream folds in with this version rather than the registry alias's, so that its lists
@@ -96,7 +95,7 @@ def served_version(config: ClickrecConfig) -> int | None:
     None when the variant is not published yet (or by another model name): the caller then
     uses the alias.
     """
-    dt = open_table(config, C.GOLD_POPULAR_ITEMS)
+    dt = lake.open(C.GOLD_POPULAR_ITEMS)
     if dt is None:
         return None
     rows = dt.to_pyarrow_table(columns=[C.VARIANT, C.MODEL_NAME, C.MODEL_VERSION]).to_pylist()

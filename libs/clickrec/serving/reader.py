@@ -21,7 +21,7 @@ from typing import Any
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError, NotFoundError, NotPublishedError
-from clickrec.io.delta_reader import open_table, reader_uri
+from clickrec.io.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,10 @@ def _variant_lists(table: Any) -> dict[str, VariantLists]:
     return out
 
 
-def load_snapshot(config: ClickrecConfig) -> Snapshot:
+def load_snapshot(lake: Lake) -> Snapshot:
     """Read both serving tables at their latest versions (empty snapshot when not published)."""
-    recs = open_table(config, C.GOLD_RECOMMENDATIONS)
-    pop = open_table(config, C.GOLD_POPULAR_ITEMS)
+    recs = lake.open(C.GOLD_RECOMMENDATIONS)
+    pop = lake.open(C.GOLD_POPULAR_ITEMS)
     variants: dict[str, VariantLists] = {}
     popular: dict[str, dict[str, Any]] = {}
     if recs is not None:
@@ -156,16 +156,17 @@ class RecommendationReader:
 
     def __init__(self, config: ClickrecConfig, *, load: bool = True) -> None:
         self.config = config
+        self.lake = Lake.from_config(config)
         self._lock = threading.Lock()  # one refresh at a time; lookups never take it
         self._checked_at = 0.0
         self.reloads = 0
-        self.current = load_snapshot(config) if load else Snapshot(None, None)
+        self.current = load_snapshot(self.lake) if load else Snapshot(None, None)
         self._checked_at = time.monotonic()
 
     def versions(self) -> tuple[int | None, int | None]:
         """The tables' latest Delta versions, read from their logs (cheap: no data files)."""
-        recs = open_table(self.config, C.GOLD_RECOMMENDATIONS)
-        pop = open_table(self.config, C.GOLD_POPULAR_ITEMS)
+        recs = self.lake.open(C.GOLD_RECOMMENDATIONS)
+        pop = self.lake.open(C.GOLD_POPULAR_ITEMS)
         return (recs.version() if recs is not None else None, pop.version() if pop is not None else None)
 
     def refresh(self) -> bool:
@@ -175,7 +176,7 @@ class RecommendationReader:
             snap = self.current
             if self.versions() == (snap.table_version, snap.popular_version):
                 return False
-            new = load_snapshot(self.config)
+            new = load_snapshot(self.lake)
             self.current = new  # one reference assignment: atomic for readers
             self.reloads += 1
             log.info("serving %s v%s, %s v%s", C.GOLD_RECOMMENDATIONS, new.table_version,
@@ -195,7 +196,7 @@ class RecommendationReader:
         return render(self.current, user_id, n, variant)
 
     def where(self) -> str:
-        return reader_uri(self.config, C.GOLD_RECOMMENDATIONS)
+        return self.lake.uri(C.GOLD_RECOMMENDATIONS)
 
 
 _READERS: dict[str, RecommendationReader] = {}
@@ -204,7 +205,7 @@ _READERS_LOCK = threading.Lock()
 
 def reader_for(config: ClickrecConfig) -> RecommendationReader:
     """The process's reader for this config's lake (made on first use, refreshed by polling)."""
-    key = reader_uri(config, C.GOLD_RECOMMENDATIONS) + "|" + config.model_dump_json(include={"serve", "s3"})
+    key = Lake.from_config(config).uri(C.GOLD_RECOMMENDATIONS) + "|" + config.model_dump_json(include={"serve", "s3"})
     with _READERS_LOCK:
         reader = _READERS.get(key)
         if reader is None:
