@@ -27,8 +27,9 @@ test-unit: setup  ## only the unit tests
 demo: setup  ## the main job on the embedded default (local Spark, Delta, MLflow on SQLite)
 	bash scripts/demo.sh $(CONFIG) $(EVENTS)
 
-lint: setup  ## ruff
+lint: setup  ## ruff on the code, tests and benchmarks; mypy on libs/
 	$(VENV)/bin/ruff check libs jobs tests benchmarks
+	$(VENV)/bin/mypy
 
 services-up: setup  ## start Kafka, MinIO and the MLflow server on 127.0.0.1
 	$(CLICKREC) services up

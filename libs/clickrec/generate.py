@@ -232,7 +232,7 @@ def _write(out: Path, kind: str, gz: bool, *, rng: np.random.Generator, n_sessio
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     opener = gzip.open if gz else open
-    with opener(tmp, "wb") as sink:  # type: ignore[operator]
+    with opener(tmp, "wb") as sink:
         if kind == "csv":
             sink.write((",".join(C.REES46_COLUMNS) + "\n").encode())
             pcsv.write_csv(table, sink, pcsv.WriteOptions(include_header=False, quoting_style="none"))

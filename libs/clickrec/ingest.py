@@ -93,17 +93,17 @@ def extend_index(spark: SparkSession, keys_df: DataFrame, key_col: str, path: st
         index_df = delta.read_table(spark, path, version=version)
         new_df = assign_new_ids(keys_df, index_df, key_col=key_col)
         stats = new_df.agg(F.count(F.lit(1)).alias("n"), F.min(C.IDX).alias("first")).first()
-        wanted = int(stats["n"]) if stats is not None else 0
-        if wanted == 0:
+        if stats is None or int(stats["n"]) == 0:
             return added
+        wanted = int(stats["n"])
         # Ids are dense, so every row committed after `version` has an id above those it held:
         # only those rows can collide, and the MERGE reads and compares only them.
         newer = f"t.`{C.IDX}` >= {int(stats['first'])}"
-        inserted = conflicts.retry_on_conflict(
-            lambda _, rows=new_df, newer=newer: delta.insert_unless_taken(
-                path, rows, unique=(C.SOURCE_ID, C.IDX), target_filter=newer),
-            what=f"new ids into {path}",
-        )
+
+        def insert(_attempt: int, rows: DataFrame = new_df, newer: str = newer) -> int:
+            return delta.insert_unless_taken(path, rows, unique=(C.SOURCE_ID, C.IDX), target_filter=newer)
+
+        inserted = conflicts.retry_on_conflict(insert, what=f"new ids into {path}")
         added += inserted
         if inserted == wanted:
             return added

@@ -29,6 +29,7 @@ from clickrec import paths
 from clickrec.errors import ConfigError
 
 if TYPE_CHECKING:
+    from great_expectations.data_context.store.store import DataDocsSiteConfigTypedDict
     from pyspark.sql import Column, DataFrame
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def suite_reasons(suite: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(e["meta"]["reason"] for e in suite["expectations"]))
 
 
-def _docs_site_config(local_dir: str) -> dict[str, Any]:
+def _docs_site_config(local_dir: str) -> DataDocsSiteConfigTypedDict:
     # GX 1.x renders data docs only into a local folder (it has no S3 store backend any more).
     return {
         "class_name": "SiteBuilder",
@@ -198,14 +199,14 @@ def validate_batch(
     """
     _quiet_gx()
     import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.checkpoint import UpdateDataDocsAction, ValidationAction
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    actions = []
+    actions: list[ValidationAction] = []
     # A lake on S3 gets its docs rendered into a local folder first, then copied through the
     # session's s3a settings (the same endpoint and credentials as every table).
     render_dir = tempfile.mkdtemp(prefix="clickrec-data-docs-") if docs_dir and _is_remote(docs_dir) else docs_dir
@@ -244,7 +245,7 @@ def validate_batch(
         result = checkpoint.run(
             batch_parameters={"dataframe": batch_df}, run_id=RunIdentifier(run_name=run_name)
         )
-        if docs_dir is not None and render_dir != docs_dir:
+        if docs_dir is not None and render_dir is not None and render_dir != docs_dir:
             from clickrec.io.files import copy_local_dir
 
             copy_local_dir(batch_df.sparkSession, render_dir, docs_dir)
@@ -257,7 +258,9 @@ def validate_batch(
         for r in run_result.results:
             evaluated += 1
             successful += int(bool(r.success))
-            reason = r.expectation_config.meta.get("reason", r.expectation_config.type)
+            expectation = r.expectation_config
+            assert expectation is not None  # every result of a suite run names its expectation
+            reason = (expectation.meta or {}).get("reason", expectation.type)
             count = int(r.result.get("unexpected_count") or 0)
             unexpected[reason] = unexpected.get(reason, 0) + count
     docs_index = None

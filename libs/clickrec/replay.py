@@ -24,7 +24,7 @@ from clickrec.errors import InputError
 
 def _open_lines(path: Path) -> io.BufferedIOBase:
     """The file's bytes (gunzipped for *.gz), read line by line like batch ingest's text reader."""
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")  # type: ignore[return-value]
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
 def event_payloads(path: Path, config: ClickrecConfig) -> Iterator[tuple[str | None, bytes]]:

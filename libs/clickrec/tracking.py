@@ -317,14 +317,15 @@ class Tracking:
         """Record each input table's path and Delta version (tags, plus mlflow inputs) for time travel."""
         import mlflow
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # made at import time
 
         for name, (path, version) in tables.items():
             mlflow.set_tag(f"input.{name}.path", path)
             mlflow.set_tag(f"input.{name}.version", str(version))
             source = LocalArtifactDatasetSource(path) if "://" not in path else None
             if source is not None:
-                dataset = MetaDataset(source=source, name=f"{name}@v{version}", digest=f"v{version}")
+                # concrete at runtime; the type stubs see Dataset.profile as abstract
+                dataset = MetaDataset(source=source, name=f"{name}@v{version}", digest=f"v{version}")  # type: ignore[abstract]
                 mlflow.log_input(dataset, context="training", tags={"delta_version": str(version)})
 
     def log_spark_model(self, model: Any, metadata: dict[str, Any]) -> int:

@@ -6,7 +6,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clickrec.errors import InputError
 
@@ -23,8 +23,9 @@ class InputFile:
     modified_ms: int
 
 
-def _hadoop_path(spark: SparkSession, path: str):  # type: ignore[no-untyped-def]
+def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
     jvm = spark.sparkContext._jvm
+    assert jvm is not None  # a classic (JVM-backed) session
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     return fs, hpath
@@ -85,6 +86,7 @@ def copy_local_dir(spark: SparkSession, local_dir: str, target: str) -> int:
     number of files copied.
     """
     jvm = spark.sparkContext._jvm
+    assert jvm is not None  # a classic (JVM-backed) session
     fs, root = _hadoop_path(spark, target)
     copied = 0
     for folder, _, names in os.walk(local_dir):

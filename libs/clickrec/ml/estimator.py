@@ -62,7 +62,7 @@ class RankingALS(Estimator, _RankingALSParams):
     @keyword_only
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
-        self._set(**self._input_kwargs)
+        self._set(**self._input_kwargs)  # type: ignore[attr-defined]  # set by @keyword_only
 
     def build_als(self) -> ALS:
         """The unfitted pyspark ALS for the current params (coldStartStrategy drop)."""

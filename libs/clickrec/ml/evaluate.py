@@ -6,6 +6,8 @@ kept, not dropped), so a model cannot look better by answering fewer users.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pyspark.ml.evaluation import RankingEvaluator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -15,8 +17,10 @@ from clickrec.ml.recommend import ITEMS_COL
 
 PREDICTION = "prediction"
 LABEL = "label"
+# RankingEvaluator's metricName values
+SparkRankingMetric = Literal["precisionAtK", "recallAtK", "ndcgAtK", "meanAveragePrecisionAtK"]
 # our metric name -> RankingEvaluator metricName
-SPARK_METRICS = {
+SPARK_METRICS: dict[str, SparkRankingMetric] = {
     "precision": "precisionAtK",
     "recall": "recallAtK",
     "ndcg": "ndcgAtK",

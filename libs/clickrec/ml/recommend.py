@@ -25,7 +25,7 @@ BLOCK_ROWS = 1024
 
 def item_matrix(item_factors_df: DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Collect item factors (id, features) into (ids int64[n], matrix float32[n, rank])."""
-    pdf = item_factors_df.select("id", "features").toPandas()
+    pdf: pd.DataFrame = item_factors_df.select("id", "features").toPandas()
     if pdf.empty:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
     ids = pdf["id"].to_numpy(dtype=np.int64)

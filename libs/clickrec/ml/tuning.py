@@ -143,24 +143,27 @@ def tune(train_df: DataFrame, train: TrainConfig) -> TuningResult:
         return TuningResult(points, means, [0.0] * len(means), best, estimator.fit(train_df, maps[best]))
     if train.tuning == "cv":
         data = assign_folds(train_df, num_folds=train.num_folds, seed=train.seed, fold_col=FOLD_COL)
-        search: CrossValidator | TrainValidationSplit = CrossValidator(
+        cv = CrossValidator(
             estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator,
             numFolds=train.num_folds, foldCol=FOLD_COL, parallelism=train.parallelism,
             seed=train.seed,
         )
-        model = search.fit(data)
-        means = [float(m) for m in model.avgMetrics]
-        stds = [float(s) for s in model.stdMetrics]
+        cv_model = cv.fit(data)
+        means = [float(m) for m in cv_model.avgMetrics]
+        stds = [float(s) for s in cv_model.stdMetrics]
+        fitted = cv_model.bestModel
     else:
-        search = TrainValidationSplit(
+        tvs = TrainValidationSplit(
             estimator=estimator, estimatorParamMaps=maps, evaluator=evaluator,
             trainRatio=train.train_ratio, parallelism=train.parallelism, seed=train.seed,
         )
-        model = search.fit(train_df)
-        means = [float(m) for m in model.validationMetrics]
+        tvs_model = tvs.fit(train_df)
+        means = [float(m) for m in tvs_model.validationMetrics]
         stds = [0.0] * len(means)
+        fitted = tvs_model.bestModel
     best = select_best(means, points)
-    best_model = model.bestModel
+    assert isinstance(fitted, RankingALSModel)  # the search's estimator is RankingALS
+    best_model: RankingALSModel = fitted
     if train.tuning == "cv":
         # bestModel was refitted on `data` (with the fold column); forget the fold column.
         best_model.seen_df = train_df.select(best_model.getOrDefault("userCol"), best_model.getOrDefault("itemCol"))

@@ -164,16 +164,16 @@ def create_app(config: ClickrecConfig, reader: RecommendationReader | None = Non
         try:
             validate_request(user_id, n, max_n=sc.max_n, max_user_id_length=sc.max_user_id_length)
         except InputError as exc:
-            return _bad_parameter(["path", "user_id"], str(exc))  # type: ignore[no-any-return]
+            return _bad_parameter(["path", "user_id"], str(exc))
         if not snap.published:
-            return _json({"detail": f"{C.GOLD_RECOMMENDATIONS} is not published yet"}, status=503)  # type: ignore[no-any-return]
+            return _json({"detail": f"{C.GOLD_RECOMMENDATIONS} is not published yet"}, status=503)
         try:
             body = render(snap, user_id, n, variant)
         except NotPublishedError as exc:  # lists without a popular row yet: temporary
-            return _json({"detail": str(exc)}, status=503)  # type: ignore[no-any-return]
+            return _json({"detail": str(exc)}, status=503)
         except NotFoundError as exc:
-            return _json({"detail": str(exc)}, status=404)  # type: ignore[no-any-return]
-        return _json(body)  # type: ignore[no-any-return]
+            return _json({"detail": str(exc)}, status=404)
+        return _json(body)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -186,7 +186,7 @@ def create_app(config: ClickrecConfig, reader: RecommendationReader | None = Non
             "variants": {v: len(lists.rows) for v, lists in snap.variants.items()},
             "reloads": reader.reloads,
         }
-        return _json(body, status=200 if snap.published else 503)  # type: ignore[no-any-return]
+        return _json(body, status=200 if snap.published else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -359,7 +359,7 @@ def events_to_interactions(
     return (
         events_df.transform(add_dwell, cap_seconds=cap_seconds, last_view_seconds=last_view_seconds)
         .transform(aggregate_interactions)
-        .transform(add_implicit_rating, **rating)  # type: ignore[arg-type]
+        .transform(add_implicit_rating, **rating)
     )
 
 
