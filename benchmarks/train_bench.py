@@ -134,7 +134,7 @@ def implicit_timing(source: str, events: int, *, use_cg: bool) -> dict[str, Any]
     """`implicit` CPU ALS on the same matrix, (15 - 5 iterations) / 10, in this process.
 
     The bench runs it in a process of its own: in the process that had run the quality part's
-    Spark sessions, implicit's CG on MovieLens measured 0.085 s per iteration instead of 0.012.
+    Spark sessions, implicit runs several times slower (docs/benchmarks.md).
 
     use_cg=True is implicit's default (3 conjugate-gradient steps per user); False solves each
     user's normal equations exactly (Cholesky), the solver Spark's implicit ALS uses.

@@ -276,7 +276,7 @@ class PublishConfig(_Section):
     exclude: Literal["bought", "seen"] = "bought"
     # Length of gold/popular_items, the list unknown users get.
     popular_n: int = Field(default=100, ge=1, le=10000)
-    # Variants `clickrec pipeline` publishes after training (the seed's default and alternative).
+    # Variants `clickrec pipeline` publishes after training (the champion, and the challenger beside it).
     pipeline_aliases: tuple[Alias, ...] = ("champion", "challenger")
     # Seconds to wait for the broker to acknowledge the `models` announcement.
     announce_timeout_seconds: float = Field(default=30.0, gt=0)

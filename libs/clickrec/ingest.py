@@ -336,7 +336,7 @@ def _parse_once(
     stage = stage_events if fmt == "rees46" else stage_ratings
     staged_plan = stage(spark, config, files, suite)
     # GX's slow import overlaps the parse job. Started only now: while the plan above is
-    # built (hundreds of py4j calls), an import holding the GIL made it 2 s slower.
+    # built (hundreds of py4j calls), an import holding the GIL would slow the build down.
     preload_gx()
     return _to_scratch(spark, staged_plan, path)
 

@@ -77,7 +77,7 @@ GOLD_SCHEMA = (
 GOLD_COMPARED = (C.USER_ID, C.VARIANT, C.ITEMS, C.MODEL_NAME, C.MODEL_VERSION, C.SOURCE)
 # Up to this many events (a micro-batch's users' whole history) are turned into interactions
 # in one Spark task: the window and the aggregation then need no shuffle, which is most of the
-# cost of a small job (0.35-0.40 s against 0.53-0.71 s for 16,000 events).
+# cost of a small job (docs/benchmarks.md, stream).
 SINGLE_TASK_ROWS = 500_000
 # What the stream reads of a batch's users' bronze history: the dedup key and the interactions' input.
 HISTORY_COLUMNS: tuple[str, ...] = (C.EVENT_ID, *C.INTERACTION_INPUTS)

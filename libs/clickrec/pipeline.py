@@ -1,6 +1,6 @@
 """`clickrec pipeline`: ingest -> train -> publish in one process and one Spark session.
 
-The seed's Kubeflow pipeline (updatedata -> trainmodel -> publishmodel) as one job: each step
+The nightly pipeline (update data -> train model -> publish model) as one job: each step
 is the same package function its own subcommand calls, and the summary holds each step's
 summary under its name. A failing step stops the pipeline (later steps would read stale
 inputs). Running it again is safe: ingest adds nothing it already holds and publish rewrites

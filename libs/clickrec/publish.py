@@ -75,7 +75,7 @@ def read_pinned(spark: SparkSession, lake: Lake, table: str, version: int | None
 def model_message(*, model_name: str, model_version: int, variant: str, rollback: bool,
                   table_version: int | None, popular_table_version: int | None, users: int,
                   published_at: datetime) -> dict[str, Any]:
-    """The JSON announced on kafka.models_topic after a publish (the seed's model publisher)."""
+    """The JSON announced on kafka.models_topic after a publish, for the stream and other readers."""
     return {
         "event": "model_published",
         "model_name": model_name,

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 
-# Jars that must be in the cache for the session to have what the design promises.
+# Jars that must be in the cache: Delta, the Kafka source and S3A.
 REQUIRED_JAR_PREFIXES: tuple[str, ...] = (
     "delta-spark_",
     "delta-storage-",
