@@ -219,11 +219,9 @@ def main() -> None:
         worker(args.worker, args.data, args.lake)
         return
     section = run([x for e in (args.events or [1_000_000]) for x in ("--events", str(e))])
-    print(section)
-    if args.markdown:
-        from benchmarks.run import write_section
+    from benchmarks.run import emit
 
-        write_section(args.markdown, "ingest_bench", section)
+    emit(section, args.markdown, "ingest_bench")
 
 
 if __name__ == "__main__":

@@ -406,11 +406,9 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="also write the section into this file")
     args, rest = parser.parse_known_args()
     section = run(rest)
-    print(section)
-    if args.markdown:
-        from benchmarks.run import write_section
+    from benchmarks.run import emit
 
-        write_section(args.markdown, "publish_bench", section)
+    emit(section, args.markdown, "publish_bench")
 
 
 if __name__ == "__main__":

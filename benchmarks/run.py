@@ -34,6 +34,13 @@ def write_section(doc: Path, name: str, section: str) -> None:
     doc.write_text(text, encoding="utf-8")
 
 
+def emit(section: str, markdown: Path | None, name: str) -> None:
+    """Print a benchmark's section and, when asked, write it into `markdown` (a bench's own CLI)."""
+    print(section)
+    if markdown:
+        write_section(markdown, name, section)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", help="run only the benchmark module whose name contains this")

@@ -304,11 +304,9 @@ def main() -> None:
             + ["--events", str(args.events), "--blocks", str(args.blocks)]
             + (["--seed-spread", *map(str, args.seed_spread)] if args.seed_spread else []))
     section = run(argv)
-    print(section)
-    if args.markdown:
-        from benchmarks.run import write_section
+    from benchmarks.run import emit
 
-        write_section(args.markdown, "train_bench", section)
+    emit(section, args.markdown, "train_bench")
 
 
 if __name__ == "__main__":

@@ -184,22 +184,20 @@ def score_model(
     """Test metrics of `model`: each test user's top-k with their train items excluded."""
     test_users = test_df.select(C.USER_IDX).distinct()
     model.seen_df = train_df.select(C.USER_IDX, C.ITEM_IDX)
-    recs = model.recommend(test_users).persist()
-    try:
-        metrics = evaluate_ranking(ranking_frame(recs, test_df), k=k)
-        metrics["coverage"] = catalogue_coverage(recs, catalogue)
-    finally:
-        recs.unpersist()
-    return metrics
+    return _score_lists(model.recommend(test_users), test_df, k=k, catalogue=catalogue)
 
 
 def score_popularity(train_df: DataFrame, test_df: DataFrame, *, k: int, catalogue: int) -> dict[str, float]:
     """The popularity baseline's test metrics, with the same exclusion rule as the model."""
     users, items = popularity_factors(train_df)
     test_users = test_df.select(F.col(C.USER_IDX).alias("id")).distinct()
-    recs = recommend_top_k(
-        users.join(test_users, "id"), items, train_df.select(C.USER_IDX, C.ITEM_IDX), k=k
-    ).persist()
+    recs = recommend_top_k(users.join(test_users, "id"), items, train_df.select(C.USER_IDX, C.ITEM_IDX), k=k)
+    return _score_lists(recs, test_df, k=k, catalogue=catalogue)
+
+
+def _score_lists(recs: DataFrame, test_df: DataFrame, *, k: int, catalogue: int) -> dict[str, float]:
+    """Ranking metrics of top-k lists `recs` on `test_df`, plus their catalogue coverage."""
+    recs = recs.persist()  # read twice: by the evaluator and by coverage
     try:
         metrics = evaluate_ranking(ranking_frame(recs, test_df), k=k)
         metrics["coverage"] = catalogue_coverage(recs, catalogue)
