@@ -55,26 +55,21 @@ else
   say "JVM jars: up to date"
 fi
 
-# --- MinIO -------------------------------------------------------------------------------------
-if [ "$(cat "$CACHE/bin/.minio-stamp" 2>/dev/null)" != "$MINIO_VERSION" ]; then
-  say "MinIO: building $MINIO_MODULE@$MINIO_VERSION from source (about 3 minutes the first time)"
-  mkdir -p "$CACHE/bin"
-  GOBIN="$CACHE/bin" GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0 \
-    go install "$MINIO_MODULE@$MINIO_VERSION"
-  echo "$MINIO_VERSION" > "$CACHE/bin/.minio-stamp"
-else
-  say "MinIO: up to date"
-fi
-# --- kustomize ---------------------------------------------------------------------------------
-if [ "$(cat "$CACHE/bin/.kustomize-stamp" 2>/dev/null)" != "$KUSTOMIZE_VERSION" ]; then
-  say "kustomize: building $KUSTOMIZE_MODULE@$KUSTOMIZE_VERSION from source (under a minute)"
-  mkdir -p "$CACHE/bin"
-  GOBIN="$CACHE/bin" GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0 \
-    go install "$KUSTOMIZE_MODULE@$KUSTOMIZE_VERSION"
-  echo "$KUSTOMIZE_VERSION" > "$CACHE/bin/.kustomize-stamp"
-else
-  say "kustomize: up to date"
-fi
+# --- Go tools, built from source into .cache/bin ------------------------------------------------
+# go_tool NAME MODULE VERSION HOW_LONG: `go install` once per version (a stamp file remembers it).
+go_tool() {
+  local name=$1 module=$2 version=$3 how_long=$4 stamp="$CACHE/bin/.$1-stamp"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$version" ]; then
+    say "$name: building $module@$version from source ($how_long)"
+    mkdir -p "$CACHE/bin"
+    GOBIN="$CACHE/bin" GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0 go install "$module@$version"
+    echo "$version" > "$stamp"
+  else
+    say "$name: up to date"
+  fi
+}
+go_tool minio "$MINIO_MODULE" "$MINIO_VERSION" "about 3 minutes the first time"
+go_tool kustomize "$KUSTOMIZE_MODULE" "$KUSTOMIZE_VERSION" "under a minute"
 # --- native BLAS (optional, not installed here) --------------------------------------------------
 # Spark's ALS loads libblas.so.3 when the system has one (about 1.6x faster per iteration,
 # docs/benchmarks.md), else runs on Java BLAS. The same dlopen netlib does:

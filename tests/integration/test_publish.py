@@ -277,8 +277,8 @@ def test_a_failed_recommendations_merge_puts_the_popular_row_back(
     from clickrec import publish as publish_module
 
     config = lake["config"]
-    lake = Lake.from_config(config)
-    pop_path, rec_path = lake.path(C.GOLD_POPULAR_ITEMS), lake.path(C.GOLD_RECOMMENDATIONS)
+    gold = Lake.from_config(config)
+    pop_path, rec_path = gold.path(C.GOLD_POPULAR_ITEMS), gold.path(C.GOLD_RECOMMENDATIONS)
 
     def popular_rows() -> list[dict[str, Any]]:
         df = spark.read.format("delta").load(pop_path)
@@ -310,8 +310,8 @@ def test_a_lease_that_cannot_be_taken_changes_no_gold_table(
     from clickrec.errors import ConcurrentWriteError
 
     config = lake["config"]
-    lake = Lake.from_config(config)
-    pop_path, rec_path = lake.path(C.GOLD_POPULAR_ITEMS), lake.path(C.GOLD_RECOMMENDATIONS)
+    gold = Lake.from_config(config)
+    pop_path, rec_path = gold.path(C.GOLD_POPULAR_ITEMS), gold.path(C.GOLD_RECOMMENDATIONS)
     before = {p: table_version(spark, p) for p in (pop_path, rec_path)}
     assert Tracking(config.mlflow).alias_versions()["champion"] != spark.read.format("delta").load(pop_path).where(
         F.col(C.VARIANT) == "champion").first()[C.MODEL_VERSION]  # so a publish would switch it
