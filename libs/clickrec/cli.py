@@ -81,6 +81,9 @@ def run(command: str, body: Callable[[], dict[str, Any]], *, on_sigterm: bool = 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # py4j logs its connection closing at INFO when the process exits; under spark-submit, which
+    # merges the job's stderr into its stdout, that line could follow the JSON summary.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     # `serve` leaves SIGTERM to uvicorn, which shuts the server down gracefully.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: _terminated(command)) if on_sigterm else None
     try:
