@@ -9,8 +9,9 @@ ports, only when a test asks for them, and stop at the end of the run.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ pytest.register_assert_rewrite("tests.support")
 
 from clickrec.config import ClickrecConfig  # noqa: E402
 from clickrec.services import ServiceProcess, start_kafka, start_minio, start_mlflow  # noqa: E402
+from tests.support.cli import run_cli  # noqa: E402
 from tests.support.config import REPO_ROOT, make_config  # noqa: E402
 
 
@@ -30,6 +32,18 @@ def pytest_report_header(config: pytest.Config) -> str:
 
     free = {str(p): shutil.disk_usage(p).free / 1024**3 for p in (Path(tempfile.gettempdir()), REPO_ROOT)}
     return "free disk: " + ", ".join(f"{p} {gib:.1f} GiB" for p, gib in free.items())
+
+
+@pytest.fixture()
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+        ) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`clickrec ARGS` in this process (on the run's Spark session), from `cwd` (the repository)."""
+
+    def run(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
+        monkeypatch.chdir(cwd)
+        return run_cli(list(args), capsys)
+
+    return run
 
 
 @pytest.fixture(scope="session")

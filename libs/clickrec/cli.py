@@ -404,7 +404,7 @@ def services_status(config: ServicesConfigOpt = DEFAULT_CONFIG, set_: SetOpt = N
 _EXIT_WITHOUT_TEARDOWN = frozenset({"recommend", "status", "stream"})
 
 
-def _invoke(args: list[str]) -> int:
+def invoke(args: list[str]) -> int:
     """Run the app and return its exit code; a usage error also ends stdout with a JSON line.
 
     Scripts read the last stdout line of every command, so a missing or bad option (click's
@@ -440,7 +440,7 @@ def _invoke(args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; jobs/*.py call it with their subcommand prepended."""
     args = sys.argv[1:] if argv is None else list(argv)
-    code = _invoke(args)
+    code = invoke(args)
     if not args or args[0] not in _EXIT_WITHOUT_TEARDOWN or "--help" in args:
         sys.exit(code)
     sys.stdout.flush()

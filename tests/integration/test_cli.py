@@ -1,6 +1,6 @@
 """The CLI's contract: --help, a JSON summary as the last stdout line, clear errors.
 
-Most checks call the CLI in this process (`clickrec.cli._invoke`, what `main` runs, with
+Most checks call the CLI in this process (the `cli` fixture: `clickrec.cli.invoke`, what `main` runs, with
 stdout and stderr captured); the real console entry point, a process with its exit code, is
 run for a success, a bug (exit 1) and a bad option (exit 2), and under spark-submit.
 """
@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from clickrec.cli import _invoke
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -28,20 +26,6 @@ def clickrec(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
         cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
     )
 
-
-@pytest.fixture()
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-        ) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """The same command in this process: exit code, stdout and stderr in the same shape."""
-
-    def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-        monkeypatch.chdir(cwd)
-        capsys.readouterr()
-        code = _invoke(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out, err)
-
-    return run
 
 
 def last_json(stdout: str) -> dict:

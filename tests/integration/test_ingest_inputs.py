@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from clickrec.errors import InputError
 from clickrec.ingest import ingest
 from clickrec.io.delta import table_exists
 from clickrec.io.lake import Lake
+from tests.support.cli import run_entry
 from tests.support.config import make_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,26 +209,26 @@ def test_ratings_header_user_like_ids_huge_timestamps_and_a_late_older_rating(
     assert {(r[C.USER_ID], r[C.ITEM_ID]): r[C.RATING] for r in silver.collect()}[("user42", "item8")] == 2.0
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, check=False)
-
-
-@pytest.mark.slow  # a real `clickrec ingest` process with its own JVM
-def test_cli_generate_then_ingest_prints_a_json_summary(tmp_path: Path) -> None:
+def test_cli_generate_then_ingest_prints_a_json_summary(
+    spark: SparkSession, tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The commands in this process (on the run's session); tests/integration/test_cli.py runs
+    the real entry point as a process, and spark-submit."""
     data = tmp_path / "events.csv"
-    gen = run_cli("-m", "clickrec.cli", "generate", "--events", "1500", "--out", str(data), "--seed", "3")
+    gen = cli("generate", "--events", "1500", "--out", str(data), "--seed", "3")
     assert gen.returncode == 0, gen.stderr
     assert json.loads(gen.stdout.strip().splitlines()[-1])["events"] == 1500
     overrides = ["--set", f"lake.root={tmp_path / 'lake'}", "--set", "spark.master=local[2]",
                  "--set", "spark.shuffle_partitions=2", "--set", "spark.driver_memory=1g"]
-    result = run_cli("-m", "clickrec.cli", "ingest", "--input", str(data), *overrides)
+    result = cli("ingest", "--input", str(data), *overrides)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["command"] == "ingest" and summary["ok"] is True
     assert summary["rows_read"] == 1500 == summary["accepted"] + summary["duplicates"] + summary["quarantined"]
     # the thin spark-submit entry point is the same command; bad input exits 2 naming the path
-    missing = run_cli("jobs/ingest.py", "--input", str(tmp_path / "missing.csv"), *overrides)
-    assert missing.returncode == 2
-    assert "missing.csv" in missing.stderr
-    assert json.loads(missing.stdout.strip().splitlines()[-1])["error_type"] == "InputError"
+    code, out, err = run_entry(REPO / "jobs" / "ingest.py", ["--input", str(tmp_path / "missing.csv"), *overrides],
+                               capsys)
+    assert code == 2
+    assert "missing.csv" in err
+    assert json.loads(out.strip().splitlines()[-1])["error_type"] == "InputError"

@@ -16,8 +16,6 @@ test_cli.py's spark-submit test and test_ingest_inputs.py's CLI test check.
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from clickrec import cli
+from tests.support.cli import run_entry
 from tests.support.k8s import BASE_DIR, PENDING_SUBCOMMANDS, REPO_ROOT, job_of, kustomize_build
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -70,19 +69,6 @@ def localize(args: list[str], bucket_dir: Path) -> list[str]:
         else:
             out.append(arg)
     return out
-
-
-def run_entry(path: Path, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run a Python entry file as `python path args` does, in this process: (exit code, out, err)."""
-    saved = sys.argv
-    sys.argv = [str(path), *args]
-    try:
-        with pytest.raises(SystemExit) as exited:  # main() leaves with sys.exit(code)
-            runpy.run_path(str(path), run_name="__main__")
-    finally:
-        sys.argv = saved
-    out, err = capsys.readouterr()
-    return int(exited.value.code or 0), out, err
 
 
 def run_job(job: str, args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
