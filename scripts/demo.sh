@@ -40,8 +40,8 @@ USERS=$(.venv/bin/python - "$CONFIG" <<'PY'
 import sys
 from clickrec import columns as C
 from clickrec.config import load_config
-from clickrec.io.delta_reader import open_table
-table = open_table(load_config(sys.argv[1]), C.GOLD_RECOMMENDATIONS).to_pyarrow_table(columns=[C.USER_ID, C.VARIANT])
+from clickrec.io.lake import Lake
+table = Lake.from_config(load_config(sys.argv[1])).require(C.GOLD_RECOMMENDATIONS).to_pyarrow_table(columns=[C.USER_ID, C.VARIANT])
 print(" ".join(sorted(u for u, v in zip(table[C.USER_ID].to_pylist(), table[C.VARIANT].to_pylist()) if v == "champion")[:3]), flush=True)
 import os
 os._exit(0)  # delta-rs' native runtime can abort at interpreter teardown (exit 134) after the work is done
