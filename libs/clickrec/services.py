@@ -456,7 +456,7 @@ def read_state() -> dict[str, ServiceProcess]:
     return {name: ServiceProcess(**svc) for name, svc in raw.items()}
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write `text` to a file only its owner can read, from its first byte (it holds MinIO's keys)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.unlink(missing_ok=True)
@@ -468,8 +468,8 @@ def _write_private(path: Path, text: str) -> None:
 
 def _write_state(state: dict[str, ServiceProcess]) -> None:
     services_dir().mkdir(parents=True, exist_ok=True)
-    _write_private(state_file(), json.dumps({n: asdict(s) for n, s in state.items()}, indent=2))
-    _write_private(env_file(), env_lines(state) + "\n")
+    write_private(state_file(), json.dumps({n: asdict(s) for n, s in state.items()}, indent=2))
+    write_private(env_file(), env_lines(state) + "\n")
 
 
 def env_lines(state: dict[str, ServiceProcess]) -> str:

@@ -22,13 +22,13 @@ def test_cluster_id_never_starts_with_a_dash() -> None:
 
 
 def test_private_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
-    from clickrec.services import _write_private
+    from clickrec.services import write_private
 
     previous = os.umask(0)
     try:
         target = tmp_path / "services.env"
-        _write_private(target, "export AWS_SECRET_ACCESS_KEY=x\n")
-        _write_private(target, "export AWS_SECRET_ACCESS_KEY=y\n")  # replaced, not refused
+        write_private(target, "export AWS_SECRET_ACCESS_KEY=x\n")
+        write_private(target, "export AWS_SECRET_ACCESS_KEY=y\n")  # replaced, not refused
     finally:
         os.umask(previous)
     assert target.read_text() == "export AWS_SECRET_ACCESS_KEY=y\n"
