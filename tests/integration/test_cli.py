@@ -155,8 +155,3 @@ def test_spark_submit_of_a_job_needs_the_jars_on_its_command_line_and_says_so(tm
     ok = submit("--driver-class-path", ".cache/jars/spark/*")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert last_json(ok.stdout)["accepted"] == 6
-    # --jars puts them on the context class loader, not the JVM's classpath: that works too.
-    jars = ",".join(str(j) for j in sorted((REPO / ".cache" / "jars" / "spark").glob("*.jar")))
-    again = submit("--jars", jars)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert last_json(again.stdout)["duplicates"] == 6  # the same events, already in bronze
