@@ -54,7 +54,7 @@ class TrainingInputs:
 def read_inputs(spark: SparkSession, lake: Lake, *, rating_col: str) -> TrainingInputs:
     """Read silver at the versions current now, so the run can be reproduced by time travel.
 
-    TableNotFoundError when a silver table is missing; InputError when `rating_col` (config key
+    TableNotFoundError when a silver table is missing; ConfigKeyError when `rating_col` (config key
     train.rating_col) is not a silver/interactions column.
     """
     tables: dict[str, tuple[str, int]] = {}
