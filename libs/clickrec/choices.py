@@ -16,5 +16,9 @@ InputFormat = Literal["rees46", "ratings"]
 Alias = Literal["champion", "challenger"]
 # `clickrec train --promote` / train.promote: see clickrec.ml.promotion.
 PromoteMode = Literal["auto", "never", "always"]
+# s3.commit: how both engines commit to an S3 store (docs/concurrency.md). conditional_put: a
+# put-if-absent write (If-None-Match: *), safe with any number of writers; single_writer: for a
+# store without conditional writes, one writer at a time (batch jobs refuse to run beside a stream).
+CommitMode = Literal["conditional_put", "single_writer"]
 
 ALIASES: tuple[str, ...] = get_args(Alias)

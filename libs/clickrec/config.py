@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from clickrec.choices import Alias, InputFormat, PromoteMode
+from clickrec.choices import Alias, CommitMode, InputFormat, PromoteMode
 from clickrec.errors import ConfigError, ConfigKeyError
 
 DEFAULT_CONFIG = Path("conf/local.yaml")
@@ -85,6 +85,10 @@ class S3Config(_Section):
     path_style_access: bool = True
     ssl_enabled: bool = False
     region: str = "us-east-1"
+    # How a commit to _delta_log/<version>.json is made (clickrec.choices.CommitMode): a
+    # conditional PUT that fails when another writer took the version, or, explicitly, the
+    # single-writer rename of a store without conditional writes.
+    commit: CommitMode = "conditional_put"
 
     def credentials(self) -> tuple[str, str] | None:
         """Return (access key, secret key) from the environment, or None when unset."""

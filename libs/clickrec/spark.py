@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 
-# Jars that must be in the cache: Delta, the Kafka source and S3A.
+# Jars that must be in the cache: Delta, the Kafka source, S3A and clickrec's LogStore.
 REQUIRED_JAR_PREFIXES: tuple[str, ...] = (
+    "clickrec-logstore-",
     "delta-spark_",
     "delta-storage-",
     "spark-sql-kafka-0-10_",
@@ -56,6 +57,16 @@ def cached_jars(jars_dir: Path) -> list[Path]:
     return jars
 
 
+# Delta's LogStore for s3a paths, by s3.commit (docs/concurrency.md). conditional_put: clickrec's
+# own (jvm/logstore), whose commit is a PUT with If-None-Match: *, so a writer that lost the race
+# for a version gets FileAlreadyExistsException and Delta retries or reports the conflict, as
+# delta-rs does on the same files. single_writer: Delta's default for S3, safe for one writer only.
+LOG_STORES: dict[str, str] = {
+    "conditional_put": "dev.clickrec.delta.storage.S3ConditionalPutLogStore",
+    "single_writer": "io.delta.storage.S3SingleDriverLogStore",
+}
+
+
 def s3a_conf(s3: S3Config) -> dict[str, str]:
     """Build the Hadoop S3A options for `s3`; credentials only from the environment."""
     if s3.endpoint is None:
@@ -66,8 +77,7 @@ def s3a_conf(s3: S3Config) -> dict[str, str]:
         "spark.hadoop.fs.s3a.endpoint.region": s3.region,
         "spark.hadoop.fs.s3a.path.style.access": str(s3.path_style_access).lower(),
         "spark.hadoop.fs.s3a.connection.ssl.enabled": str(s3.ssl_enabled).lower(),
-        # Delta on S3 from one writer: the default S3SingleDriverLogStore is right.
-        "spark.delta.logStore.s3a.impl": "io.delta.storage.S3SingleDriverLogStore",
+        "spark.delta.logStore.s3a.impl": LOG_STORES[s3.commit],
     }
     creds = s3.credentials()
     if creds is not None:
