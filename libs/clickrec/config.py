@@ -316,6 +316,9 @@ class StreamConfig(_Section):
     stop_timeout_seconds: float = Field(default=120.0, gt=0)
     # `clickrec replay`: events per second (0: as fast as the broker takes them).
     replay_rate: float = Field(default=100.0, ge=0)
+    # Longest wait of a micro-batch for a batch job's lease on bronze, silver or gold (an ingest
+    # or publish holds one while it writes) before the stream fails with exit 4 naming the holder.
+    lease_wait_seconds: float = Field(default=1800.0, gt=0)
 
 
 class ClickrecConfig(_Section):

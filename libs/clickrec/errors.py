@@ -126,3 +126,35 @@ class TableNotFoundError(NotFoundError):
     def __init__(self, table: str, path: str, *, hint: str | None = None) -> None:
         self.table, self.path, self.hint = table, path, hint
         super().__init__(f"table {table} not found at {path}" + (f": {hint}" if hint else ""))
+
+
+class LeaseWaitTimeoutError(ServiceError):
+    """A writer waited longer than allowed for another writer's lease on a table to end."""
+
+    def __init__(self, resources: list[str], holders: list[str], waited_seconds: float) -> None:
+        self.resources, self.holders, self.waited_seconds = resources, holders, waited_seconds
+        super().__init__(
+            f"waited {waited_seconds:.0f} s for {', '.join(holders)} to release {', '.join(resources)}; "
+            "giving up (a holder that died stops blocking when its lease expires; "
+            "stream.lease_wait_seconds sets the wait)"
+        )
+
+
+class LeaseWaitStopped(ClickrecError):
+    """A wait for a lease ended because the waiting job was told to stop (SIGTERM)."""
+
+    def __init__(self, resources: list[str]) -> None:
+        self.resources = resources
+        super().__init__(f"stopped while waiting for the leases on {', '.join(resources)}")
+
+
+class SingleWriterError(ConcurrentWriteError):
+    """s3.commit is single_writer and another writer (the stream) is live on the lake."""
+
+    def __init__(self, job: str, holders: list[str]) -> None:
+        self.job, self.holders = job, holders
+        super().__init__(
+            f"{job} refuses to start: s3.commit is single_writer and {', '.join(holders)} is writing to "
+            "the lake (its heartbeat is live); stop the stream first, or use s3.commit: conditional_put "
+            "on a store with conditional writes (AWS S3, MinIO), where both run together safely"
+        )

@@ -12,7 +12,8 @@ shared with the stream):
 3. validate the batch with Great Expectations (data docs under `<lake>/_quality/data_docs`),
    and stop before any write when the rejected fraction exceeds ingest.max_rejected_fraction;
 4. bronze/quarantine: every rejected row, written once per input (Delta txnAppId);
-5. bronze/events: accepted rows not already there by event_id (a rerun adds nothing);
+5. bronze/events: accepted rows not already there by event_id (a rerun adds nothing), inserted
+   with an insert-only MERGE so that concurrent writers of the same events keep each once;
 6. silver: the affected users' interactions recomputed from all of bronze, new user and item
    ids appended to the index tables, and only changed rows MERGEd into silver/interactions.
 
@@ -258,6 +259,7 @@ def ingest(
     input_key = fingerprint(files, fmt, config.ingest.model_dump_json())
     log.info("ingest %s: %d file(s) as %s, run %s", input_path, len(files), fmt, run_id)
     lake = Lake.from_config(config)
+    leases.refuse_beside_stream(lake, "ingest", commit=config.s3.commit)
     stale = _remove_stale_staging(spark, lake, older_than_hours=config.ingest.stale_staging_hours)
     staging = lake.path(f"_staging/{run_id}")
     suite_path = config.ingest.events_suite if fmt == "rees46" else config.ingest.ratings_suite
@@ -398,10 +400,11 @@ def ingest_valid_events(
     """
     if valid_rows == 0:
         return IngestedRows(accepted=0, duplicates=0)
-    # The stream holds its silver commits meanwhile (a long MERGE would lose every race to it).
-    # A failure leaves the lease expired, not dropped (like a kill): the next ingest repairs
-    # silver for this run's bronze rows if it got as far as committing them.
-    with leases.hold(lake, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}", expire_on_error=True):
+    # The stream holds its bronze and silver commits meanwhile (a long MERGE would lose every
+    # race to it). A failure leaves the silver lease expired, not dropped (like a kill): the
+    # next ingest repairs silver for this run's bronze rows if it got as far as committing them.
+    with leases.hold(lake, C.SILVER_INTERACTIONS, owner=f"ingest-{run_id}", expire_on_error=True), \
+            leases.hold(lake, C.BRONZE_EVENTS, owner=f"ingest-{run_id}"):
         try:
             return _ingest_valid_events(spark, config, lake, valid, valid_rows, run_id, now, staging)
         except _BronzeCreatedMeanwhile:
@@ -515,12 +518,28 @@ def _append_new_events(
     # Deduplicate once into scratch Parquet, count it from file metadata, and commit only
     # when something is new (a rerun leaves bronze's version alone).
     staged_new = _to_scratch(spark, new_events, f"{staging}/new_events")
-    accepted = int(staged_new.count())
-    if accepted:
-        delta.append(bronze, staged_new, partition_by=[C.EVENT_DATE])
+    accepted = 0
+    if staged_new.count():
+        accepted = _insert_new_events(spark, bronze, staged_new)
     interactions = _interactions_of(config, _events_of_users(spark, bronze, affected))
     return _BronzeWrite(accepted=accepted, affected=affected, interactions=interactions, in_scratch=False,
                         repaired_runs=repaired, dead_owners=dead)
+
+
+def _insert_new_events(spark: SparkSession, bronze: str, staged_new: DataFrame) -> int:
+    """Insert the staged events into bronze unless their event_id is there; how many it inserted.
+
+    An insert-only MERGE on event_id over the batch's event dates, not a blind append: a
+    writer that committed events of those dates since bronze was read (another ingest of the
+    same input, the stream) fails it with a conflict, and the redo skips what that writer
+    added, so each event is in bronze once whatever writers race.
+    """
+    dates = [r[0] for r in staged_new.select(C.EVENT_DATE).distinct().collect()]
+    same_dates = delta.in_dates(C.EVENT_DATE, dates, alias="t")
+    return conflicts.retry_on_conflict(
+        lambda _attempt: delta.insert_unless_taken(bronze, staged_new, unique=(C.EVENT_ID,), target_filter=same_dates),
+        what=C.BRONZE_EVENTS,
+    )
 
 
 def _killed_runs(spark: SparkSession, lake: Lake, bronze: str) -> tuple[list[str], list[str], DataFrame | None]:

@@ -9,8 +9,10 @@ fixed work), in four named steps:
 1. `stage`: collect the rows `clickrec.stream.staged_events` parsed, validated and hashed with
    batch ingest's own function (Spark job 1); rejected rows go to bronze/quarantine
    (clickrec.staging.quarantine_rejected, rows it already holds skipped);
-2. `bronze`: read the batch's users' bronze history and append only the event_ids it does not
-   hold, in one commit tagged (query, batch id);
+2. `bronze`: read the batch's users' bronze history and insert only the event_ids it does not
+   hold, with an insert-only MERGE on event_id over the batch's event dates: a writer that
+   committed the same events meanwhile (an ingest, another stream) fails the MERGE, and the
+   redo inserts what is still missing, so each event is in bronze once;
 3. `silver`: recompute those users' silver/interactions from all their events with the batch
    path's transform (clickrec.transforms.clickstream.events_to_interactions, Spark job 2 on
    local rows), so dwell that needed an event of a later batch is fixed when that batch comes;
@@ -37,6 +39,7 @@ written it, is loaded before the next batch, and a rollback to an older version 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,9 +100,10 @@ class BronzeAppend:
     """The `bronze` step's result: what silver recomputes the batch's users from."""
 
     users: list[str]  # the batch's users, sorted
-    history: Any  # arrow: their events bronze held before the append (HISTORY_COLUMNS)
-    appended: Any  # arrow: the events this batch appended (bronze's columns and types)
-    version: int  # bronze's version that `history` + `appended` describe
+    history: Any  # arrow: their events bronze held before the insert (HISTORY_COLUMNS)
+    appended: Any  # arrow: the events this batch meant to insert (bronze's columns and types)
+    inserted: int  # how many of them it inserted (fewer when a concurrent writer had some)
+    version: int | None  # bronze's version that `history` + `appended` describe; None: read again
 
 
 @dataclass
@@ -119,7 +123,9 @@ class BatchProcessor:
     error: Exception | None = field(default=None, repr=False)
     model_checked_version: int | None = None
     lake: Lake = field(init=False, repr=False)
-    lease_view: leases.LeaseView = field(init=False, repr=False)  # asked before every silver and gold commit
+    lease_view: leases.LeaseView = field(init=False, repr=False)  # asked before every bronze, silver and gold commit
+    # set by the stream's SIGTERM: a wait for a lease then ends at once (LeaseWaitStopped)
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def __post_init__(self) -> None:
         self.tracking = self.tracking or Tracking(self.config.mlflow)
@@ -199,8 +205,8 @@ class BatchProcessor:
 
         clock = time.monotonic()
         bronze = self.bronze(batch.valid, batch_id, run_id, now, tables[C.BRONZE_EVENTS])
-        appended = bronze.appended.num_rows
-        info.update(accepted=appended, duplicates=batch.valid.num_rows - appended, users=len(bronze.users))
+        info.update(accepted=bronze.inserted, duplicates=batch.valid.num_rows - bronze.inserted,
+                    users=len(bronze.users))
         timings["bronze_s"] = time.monotonic() - clock
 
         clock = time.monotonic()
@@ -229,15 +235,21 @@ class BatchProcessor:
         valid = batch.filter(pc.invert(flagged)).select(list(C.BRONZE_EVENT_COLUMNS))
         return StagedBatch(rows=batch.num_rows, rejected=rejected, valid=valid)
 
+    def wait_for_leases(self, tables: tuple[str, ...]) -> None:
+        """Wait while a batch job holds a lease on one of `tables` (stream.lease_wait_seconds at most)."""
+        self.lease_view.wait_until_free(tables, timeout=self.config.stream.lease_wait_seconds, stop=self.stop)
+
     def bronze(self, valid: Any, batch_id: int, run_id: str, now: datetime, bronze_dt: Any) -> BronzeAppend:
-        """Append the events of `valid` whose event_id bronze does not hold, in one commit.
+        """Insert the events of `valid` whose event_id bronze does not hold, in one commit.
 
         Reads the batch's users' history from bronze (a replayed batch finds its own events
-        there); the commit carries (query, batch id) too.
+        there). The insert is a MERGE on event_id, not a blind append: a concurrent commit of
+        the same dates fails it and it is redone, skipping the events committed meanwhile.
         """
         import pyarrow as pa
 
-        config = self.config
+        self.wait_for_leases((C.BRONZE_EVENTS,))  # an ingest holds bronze while it MERGEs into it
+        bronze_dt.update_incremental()
         users = sorted(set(valid.column(C.USER_ID).to_pylist()))
         # only the columns dedup and the interactions need: a scan of bronze decodes what it reads
         history = delta_rs.read_where_in(bronze_dt, C.USER_ID, users, HISTORY_COLUMNS)
@@ -245,16 +257,22 @@ class BatchProcessor:
         new_events = new_events.append_column(C.INGEST_RUN_ID, pa.array([run_id] * new_events.num_rows, pa.string()))
         new_events = new_events.append_column(C.INGESTED_AT, pa.array([now] * new_events.num_rows, pa.timestamp("us")))
         new_events = delta_rs.conform(new_events, bronze_dt)
-        app_id = f"clickrec-stream-{config.stream.query_name}"
-        # bronze as `history` + `new_events` describe it: the version read, plus this batch's append
-        bronze_seen = bronze_dt.version() + (1 if new_events.num_rows else 0)
-        if new_events.num_rows and not delta_rs.append_once(bronze_dt, new_events, app_id=app_id, version=batch_id):
-            # bronze records this batch id but not these events: the checkpoint was reset and
-            # batch ids restarted; the event_ids decide, so nothing is lost or doubled
-            log.warning("bronze already records %s batch %d, but %d of its events are new (checkpoint reset?): "
-                        "appending them", app_id, batch_id, new_events.num_rows)
-            delta_rs.append(bronze_dt, new_events)
-        return BronzeAppend(users=users, history=history, appended=new_events, version=bronze_seen)
+        read_version = bronze_dt.version()
+        if not new_events.num_rows:  # a replayed batch: everything is there already
+            return BronzeAppend(users=users, history=history, appended=new_events, inserted=0, version=read_version)
+        same_dates = delta.in_dates(C.EVENT_DATE, new_events.column(C.EVENT_DATE).to_pylist(), alias="t")
+
+        def insert(attempt: int) -> int:
+            if attempt > 1:
+                bronze_dt.update_incremental()
+            return delta_rs.insert_unless_taken(bronze_dt, new_events, unique=(C.EVENT_ID,), target_filter=same_dates)
+
+        inserted = conflicts.retry_on_conflict(insert, what=C.BRONZE_EVENTS)
+        # `history` + `new_events` describe bronze only if this MERGE, inserting them all, was
+        # the one commit since the read; otherwise silver reads the users' events again.
+        alone = inserted == new_events.num_rows and bronze_dt.version() == read_version + 1
+        return BronzeAppend(users=users, history=history, appended=new_events, inserted=inserted,
+                            version=read_version + 1 if alone else None)
 
     def silver(self, bronze: BronzeAppend, tables: dict[str, Any]) -> tuple[Any, Any]:
         """Recompute the users' interactions from all their events and MERGE the changed rows.
@@ -274,7 +292,7 @@ class BatchProcessor:
         # opened before bronze is checked, so an ingest commit after the check fails this
         # MERGE (and the attempt is redone); events another writer added to bronze since
         # `history` was read are read again.
-        self.lease_view.wait_until_free((C.SILVER_INTERACTIONS,))
+        self.wait_for_leases((C.SILVER_INTERACTIONS,))
         silver_dt, bronze_now = tables[C.SILVER_INTERACTIONS], tables[C.BRONZE_EVENTS]
         silver_dt.update_incremental()  # the commits since the batch opened them, not a fresh open
         bronze_now.update_incremental()
@@ -402,7 +420,7 @@ class BatchProcessor:
 
             def write(_attempt: int, model: FoldInModel = model, rows: list[tuple[Any, ...]] = rows) -> int | None:
                 # publish may MERGE into gold at the same time: redone from a fresh read
-                self.lease_view.wait_until_free((C.GOLD_RECOMMENDATIONS,))  # publish holds one while it writes
+                self.wait_for_leases((C.GOLD_RECOMMENDATIONS,))  # publish holds one while it writes
                 served = served_version(config, self.lake)
                 if served is not None and served != model.version:
                     return None  # switched since this batch loaded its model

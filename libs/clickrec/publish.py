@@ -147,6 +147,7 @@ def publish(
     pc = config.publish
     started = time.monotonic()
     lake = Lake.from_config(config)
+    leases.refuse_beside_stream(lake, "publish", commit=config.s3.commit)
     ref = tracking.resolve_model_version(alias=alias, version=model_version)
     version = ref["model_version"]
     log.info("publishing %s v%d as variant %s (top %d, exclude %s)",

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import socket
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.errors import NotFoundError, ServiceError, first_line
+from clickrec.errors import LeaseWaitStopped, NotFoundError, ServiceError, first_line
+from clickrec.io import leases
 from clickrec.io.lake import Lake
 from clickrec.microbatch import BatchProcessor
 from clickrec.staging import stage_event_lines, suite_params
@@ -164,19 +168,22 @@ def run_stream(
     if ensure_topic(config.kafka, config.kafka.clickstream_topic):
         log.info("created topic %s", config.kafka.clickstream_topic)
     started = time.monotonic()
-    processor = BatchProcessor(spark, config, tracking or Tracking(config.mlflow))
+    stop = threading.Event()
+    processor = BatchProcessor(spark, config, tracking or Tracking(config.mlflow), stop=stop)
     try:
         processor.refresh_model()
     except NotFoundError:
         log.warning("no model holds alias %s: bronze and silver only until one does", sc.variant)
     listener = _listener_class()(sc.query_name, metrics_path(config))
     spark.streams.addListener(listener)
-    stop = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     query = None
+    heartbeat = ExitStack()  # the stream's lease on heartbeat_resource while it runs (clickrec.io.leases)
     try:
+        heartbeat.enter_context(leases.hold(processor.lake, leases.heartbeat_resource(sc.query_name),
+                                            owner=f"stream-{sc.query_name}@{socket.gethostname()}-{os.getpid()}"))
         writer = (
             staged_events(spark.readStream.format("kafka").options(**options).load(), config)
             .writeStream.queryName(sc.query_name)
@@ -198,15 +205,19 @@ def run_stream(
             elif max_seconds is not None and time.monotonic() - started >= max_seconds:
                 reason = "max_seconds"
                 _stop_gracefully(query, sc.stop_timeout_seconds)
+        if stop.is_set():
+            reason = "sigterm"
         error = query.exception()
-        if error is not None:
+        if error is not None and not _stopped_waiting(processor):
             raise _query_failure(sc.query_name, processor, error)
     except StreamingQueryException as exc:
-        raise _query_failure(sc.query_name, processor, exc) from exc
+        if not _stopped_waiting(processor):
+            raise _query_failure(sc.query_name, processor, exc) from exc
     finally:
         if query is not None and query.isActive:
             query.stop()
         spark.streams.removeListener(listener)
+        heartbeat.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     model = processor.model
@@ -224,6 +235,12 @@ def run_stream(
                    for t in (C.BRONZE_EVENTS, C.SILVER_INTERACTIONS, C.GOLD_RECOMMENDATIONS)},
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def _stopped_waiting(processor: BatchProcessor) -> bool:
+    """The batch ended because SIGTERM cut its wait for a lease: a stop, not a failure (the
+    batch is replayed from the checkpoint on the next start)."""
+    return isinstance(processor.error, LeaseWaitStopped)
 
 
 def _query_failure(query_name: str, processor: BatchProcessor, error: Any) -> Exception:

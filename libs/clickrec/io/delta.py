@@ -8,7 +8,8 @@ a Spark DataFrame, there an open delta-rs DeltaTable and an Arrow table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import date
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,6 +37,12 @@ def changed_condition(value_cols: Sequence[str], update_when: str | None = None)
     """SQL over t and s: a matched row differs in a value column (nulls equal), and `update_when` holds."""
     changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in value_cols) or "false"
     return f"({changed}) AND ({update_when})" if update_when else changed
+
+
+def in_dates(column: str, dates: Iterable[date | str], *, alias: str) -> str:
+    """SQL over `alias` that both engines read: `column` (a date) is one of `dates`."""
+    values = ", ".join(f"CAST('{d}' AS DATE)" for d in sorted({str(d) for d in dates}))
+    return f"{alias}.`{column}` IN ({values})"
 
 
 def merge_upsert(

@@ -22,6 +22,17 @@ if TYPE_CHECKING:
 INGEST_FIRST = "run `clickrec ingest` first"  # the hint for a missing bronze or silver table
 
 
+# How delta-rs commits to S3, by s3.commit (docs/concurrency.md). conditional_put: the commit
+# file is a PUT with If-None-Match: * (object_store's ETag-based conditional put), the same
+# primitive Spark's LogStore uses (clickrec.spark.LOG_STORES); set explicitly so that a change of
+# the library's default cannot turn it off. single_writer: copy-and-delete with no check, safe
+# for one writer only.
+COMMIT_OPTIONS: dict[str, dict[str, str]] = {
+    "conditional_put": {"aws_conditional_put": "etag"},
+    "single_writer": {"AWS_S3_ALLOW_UNSAFE_RENAME": "true"},
+}
+
+
 def _storage_options(s3: S3Config) -> dict[str, str]:
     """delta-rs storage options for S3/MinIO from config and the environment's credentials."""
     if s3.endpoint is None:
@@ -30,8 +41,8 @@ def _storage_options(s3: S3Config) -> dict[str, str]:
         "AWS_ENDPOINT_URL": s3.endpoint,
         "AWS_REGION": s3.region,
         "AWS_ALLOW_HTTP": str(not s3.ssl_enabled).lower(),
-        "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
         "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": str(not s3.path_style_access).lower(),
+        **COMMIT_OPTIONS[s3.commit],
     }
     creds = s3.credentials()
     if creds is not None:

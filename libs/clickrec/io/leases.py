@@ -9,7 +9,18 @@ waits while a live lease on a table it is about to write exists. A holder that d
 renewing, and its lease expires after `ttl` seconds, so the stream never waits for ever.
 
 A lease is a courtesy, not a lock: the commits themselves stay safe through Delta's conflict
-checks (clickrec.io.conflicts), the lease only lets the long writer win the race.
+checks (clickrec.io.conflicts), the lease only lets the long writer win the race. A waiter
+gives up after a set time (LeaseWaitTimeoutError, naming the holders) and stops waiting when
+its job is told to stop (LeaseWaitStopped).
+
+Clocks: `until` is the holder's clock, compared with the reader's. A holder renews every
+RENEW_SECONDS a lease that lasts TTL_SECONDS, so a live lease never looks expired while the
+two clocks differ by less than TTL_SECONDS - RENEW_SECONDS (90 s), and a dead holder's lease
+blocks for at most TTL_SECONDS plus the difference. NTP keeps machines within a second.
+
+The stream also holds a lease while it runs, on `heartbeat_resource(query)` rather than on a
+table: its heartbeat. With `s3.commit: single_writer` a batch job refuses to start while one is
+live (`refuse_beside_stream`).
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from clickrec.choices import CommitMode
+from clickrec.errors import LeaseWaitStopped, LeaseWaitTimeoutError, SingleWriterError
 from clickrec.io import conflicts
 from clickrec.io.delta_rs import sql_string
 from clickrec.io.lake import Lake
@@ -165,17 +178,35 @@ class LeaseView:
         now = _now()
         return [r for r in self._rows if r["resource"] in resources and r["until"] > now]  # type: ignore[operator]
 
-    def wait_until_free(self, resources: Sequence[str], *, poll: float = POLL_SECONDS) -> float:
-        """Block while a live lease on one of `resources` exists; the seconds waited."""
+    def wait_until_free(self, resources: Sequence[str], *, timeout: float | None = None,
+                        stop: threading.Event | None = None, poll: float = POLL_SECONDS) -> float:
+        """Block while a live lease on one of `resources` exists; the seconds waited.
+
+        Raises LeaseWaitTimeoutError (naming the holders) after `timeout` seconds, and
+        LeaseWaitStopped as soon as `stop` is set.
+        """
         started = time.monotonic()
         held = self.live(resources)
         if held:
-            log.info("waiting while %s",
-                     ", ".join(f"{r['owner']} holds {r['resource']} (until {r['until']})" for r in held))
+            log.info("waiting while %s", _describe(held))
         while held:
-            time.sleep(poll)
+            waited = time.monotonic() - started
+            if timeout is not None and waited >= timeout:
+                raise LeaseWaitTimeoutError(sorted({str(r["resource"]) for r in held}), _holders(held), waited)
+            if stop is None:
+                time.sleep(poll)
+            elif stop.wait(poll):
+                raise LeaseWaitStopped(list(resources))
             held = self.live(resources)
         return time.monotonic() - started
+
+
+def _holders(held: Sequence[dict[str, object]]) -> list[str]:
+    return sorted({f"{r['owner']} (until {r['until']} UTC)" for r in held})
+
+
+def _describe(held: Sequence[dict[str, object]]) -> str:
+    return ", ".join(f"{r['owner']} holds {r['resource']} (until {r['until']} UTC)" for r in held)
 
 
 def live(lake: Lake, resources: Sequence[str]) -> list[dict[str, object]]:
@@ -183,6 +214,35 @@ def live(lake: Lake, resources: Sequence[str]) -> list[dict[str, object]]:
     return LeaseView(lake).live(resources)
 
 
-def wait_until_free(lake: Lake, resources: Sequence[str], *, poll: float = POLL_SECONDS) -> float:
-    """Block while a live lease on one of `resources` exists; the seconds waited."""
-    return LeaseView(lake).wait_until_free(resources, poll=poll)
+def wait_until_free(lake: Lake, resources: Sequence[str], *, timeout: float | None = None,
+                    stop: threading.Event | None = None, poll: float = POLL_SECONDS) -> float:
+    """Block while a live lease on one of `resources` exists; the seconds waited (see LeaseView)."""
+    return LeaseView(lake).wait_until_free(resources, timeout=timeout, stop=stop, poll=poll)
+
+
+# --- the stream's heartbeat ------------------------------------------------------------------
+
+
+def heartbeat_resource(query_name: str) -> str:
+    """The lease a running stream holds: `_stream/<query name>` (not a table)."""
+    return f"_stream/{query_name}"
+
+
+def live_streams(lake: Lake) -> list[dict[str, object]]:
+    """The heartbeats of the streams running on this lake (live leases under `_stream/`)."""
+    dt = lake.open(LEASES)
+    if dt is None:
+        return []
+    now = _now()
+    return [r for r in dt.to_pyarrow_table().to_pylist()
+            if str(r["resource"]).startswith("_stream/") and r["until"] > now]
+
+
+def refuse_beside_stream(lake: Lake, job: str, *, commit: CommitMode) -> None:
+    """With `commit` single_writer (s3.commit), raise SingleWriterError when a stream's
+    heartbeat is live on the lake; with conditional_put the two write together safely."""
+    if commit != "single_writer":
+        return
+    held = live_streams(lake)
+    if held:
+        raise SingleWriterError(job, _holders(held))
