@@ -44,10 +44,13 @@ else
   say "Python: up to date"
 fi
 
-# --- JVM jars (pinned in jvm/pom.xml) ----------------------------------------------------------
-jvm_stamp=$(hash_of jvm/pom.xml jvm/spark/pom.xml jvm/kafka/pom.xml)
+# --- JVM jars (pinned in jvm/pom.xml) and clickrec's LogStore (built from jvm/logstore) -------
+# The stamp covers every POM and the LogStore's Java sources (main and test), so an edited class
+# is rebuilt (and unit-tested) on the next run.
+jvm_stamp=$(hash_of jvm/pom.xml jvm/spark/pom.xml jvm/kafka/pom.xml jvm/logstore/pom.xml \
+  $(find jvm/logstore/src -type f -name '*.java' | LC_ALL=C sort))
 if [ "$(cat "$CACHE/jars/.stamp" 2>/dev/null)" != "$jvm_stamp" ]; then
-  say "JVM: resolving Delta, the Kafka source, S3A and the Kafka broker from Maven Central"
+  say "JVM: resolving Delta, the Kafka source, S3A and the Kafka broker from Maven Central; building clickrec's LogStore"
   rm -rf "$CACHE/jars"
   mvn -B -q -f jvm/pom.xml package
   echo "$jvm_stamp" > "$CACHE/jars/.stamp"

@@ -62,6 +62,22 @@ def test_s3a_credentials_only_from_environment(monkeypatch: pytest.MonkeyPatch) 
     assert conf["spark.hadoop.fs.s3a.secret.key"] == "s"
 
 
+def test_s3a_log_store_follows_s3_commit() -> None:
+    key = "spark.delta.logStore.s3a.impl"
+    s3 = {"endpoint": "http://127.0.0.1:9"}
+    assert s3a_conf(build_config({"s3": s3}).s3)[key] == "dev.clickrec.delta.storage.S3ConditionalPutLogStore"
+    assert s3a_conf(build_config({"s3": {**s3, "commit": "conditional_put"}}).s3)[key] == (
+        "dev.clickrec.delta.storage.S3ConditionalPutLogStore"
+    )
+    assert s3a_conf(build_config({"s3": {**s3, "commit": "single_writer"}}).s3)[key] == (
+        "io.delta.storage.S3SingleDriverLogStore"
+    )
+    # and it reaches the session's conf (the SparkConf, where Delta reads it)
+    conf = session_conf(build_config({"s3": {**s3, "commit": "single_writer"}}))
+    assert conf[key] == "io.delta.storage.S3SingleDriverLogStore"
+    assert key not in s3a_conf(build_config({}).s3)  # no endpoint: no s3a settings at all
+
+
 def _artifact(name: str) -> str:
     return re.sub(r"-\d[\w.]*(-[A-Za-z]+)?\.jar$", "", name)
 
