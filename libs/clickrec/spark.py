@@ -93,14 +93,17 @@ def apply_s3a(spark: SparkSession, s3: S3Config) -> None:
     """Set the S3A options on a running session's Hadoop conf.
 
     For sessions built before the endpoint was known (a notebook, the test suite, where MinIO
-    starts after Spark). Takes effect for buckets not touched yet.
+    starts after Spark). Takes effect for buckets not touched yet. Delta picks its LogStore
+    from the SparkConf, not the SQL conf, so `spark.delta.logStore.*` is set on both.
     """
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    spark_conf = spark.sparkContext._jsc.sc().conf()
     for key, value in s3a_conf(s3).items():
         if key.startswith("spark.hadoop."):
             hadoop_conf.set(key[len("spark.hadoop.") :], value)
         else:
             spark.conf.set(key, value)
+            spark_conf.set(key, value)
 
 
 def is_local_master(master: str | None) -> bool:

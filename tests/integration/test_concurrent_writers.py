@@ -179,3 +179,68 @@ def test_a_first_ingest_that_finds_bronze_created_meanwhile_deduplicates_against
     silver = lake.read(spark, C.SILVER_INTERACTIONS)
     assert sorted(silver.drop(C.USER_IDX, C.ITEM_IDX).collect()) == sorted(
         ingest.recompute_interactions(spark, config).drop(C.USER_IDX, C.ITEM_IDX).collect())
+
+
+def _bronze_is_each_event_once(spark: SparkSession, config: ClickrecConfig) -> int:
+    events = Lake.from_config(config).read(spark, C.BRONZE_EVENTS)
+    total = events.count()
+    assert total == events.select(C.EVENT_ID).distinct().count(), "an event is in bronze twice"
+    return total
+
+
+def _silver_is_a_recompute_of_bronze(spark: SparkSession, config: ClickrecConfig) -> None:
+    silver = Lake.from_config(config).read(spark, C.SILVER_INTERACTIONS)
+    assert sorted(silver.drop(C.USER_IDX, C.ITEM_IDX).collect()) == sorted(
+        ingest.recompute_interactions(spark, config).drop(C.USER_IDX, C.ITEM_IDX).collect())
+
+
+def test_an_ingest_whose_events_another_writer_commits_first_inserts_each_once(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the ingest's dedup read of bronze and its insert, the stream commits some of the
+    same events: the insert, a MERGE on event_id rather than a blind append, skips them."""
+    from clickrec.generate import generate_clickstream
+
+    config = make_config(tmp_path, ingest={"data_docs": False})
+    lake = Lake.from_config(config)
+    generate_clickstream(tmp_path / "first.csv", events=200, seed=7)
+    generate_clickstream(tmp_path / "second.csv", events=300, seed=8)
+    first = ingest.ingest(spark, config, input_path=str(tmp_path / "first.csv"))
+    bronze = lake.path(C.BRONZE_EVENTS)
+    real, calls = delta.insert_unless_taken, []
+
+    def stream_commits_first(path: str, source_df: object, **kwargs: object) -> int:
+        if path == bronze and not calls:  # the stream inserts 100 of the batch's events first
+            rows = source_df.limit(100).toArrow()  # type: ignore[attr-defined]
+            delta_rs.insert_unless_taken(lake.open(C.BRONZE_EVENTS), rows, unique=(C.EVENT_ID,))  # type: ignore[arg-type]
+        calls.append(path)
+        return real(path, source_df, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(delta, "insert_unless_taken", stream_commits_first)
+    second = ingest.ingest(spark, config, input_path=str(tmp_path / "second.csv"))
+    assert calls.count(bronze) == 1
+    assert second["rows_read"] == second["accepted"] + second["duplicates"] + second["quarantined"]
+    assert second["duplicates"] >= 100  # the stream's
+    assert _bronze_is_each_event_once(spark, config) == first["accepted"] + 100 + second["accepted"]
+    _silver_is_a_recompute_of_bronze(spark, config)
+
+
+def test_overlapping_ingests_of_one_input_keep_each_event_once(spark: SparkSession, tmp_path: Path) -> None:
+    """Two ingests of the same file at once (threads on one session: two Delta writers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clickrec.generate import generate_clickstream
+
+    config = make_config(tmp_path, ingest={"data_docs": False})
+    generate_clickstream(tmp_path / "seed.csv", events=300, seed=9)
+    generate_clickstream(tmp_path / "day.csv", events=1500, seed=10)
+    ingest.ingest(spark, config, input_path=str(tmp_path / "seed.csv"))  # bronze exists: both update it
+    before = _bronze_is_each_event_once(spark, config)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = [pool.submit(ingest.ingest, spark, config, input_path=str(tmp_path / "day.csv")) for _ in range(2)]
+        a, b = (r.result() for r in runs)
+    assert a["rows_read"] == b["rows_read"] and a["quarantined"] == b["quarantined"]
+    new = a["rows_read"] - a["quarantined"] - min(a["duplicates"], b["duplicates"])
+    assert a["accepted"] + b["accepted"] == new  # between them, each new event once
+    assert _bronze_is_each_event_once(spark, config) == before + new
+    _silver_is_a_recompute_of_bronze(spark, config)

@@ -7,9 +7,11 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 
 from clickrec import columns as C
+from clickrec.errors import LeaseWaitStopped, LeaseWaitTimeoutError, SingleWriterError
 from clickrec.generate import generate_clickstream
 from clickrec.ingest import ingest
 from clickrec.io import leases
@@ -112,3 +114,47 @@ def test_a_ratings_ingest_holds_the_silver_lease_while_it_writes(spark: SparkSes
     held = DeltaTable(table.table_uri, version=table.version() - 1).to_pyarrow_table().to_pylist()  # before the drop
     assert [(r["resource"], r["owner"]) for r in held] == [(C.SILVER_INTERACTIONS, f"ingest-{summary['run_id']}")]
     assert leases.live(Lake.from_config(config), (C.SILVER_INTERACTIONS,)) == []
+
+
+def test_a_wait_gives_up_after_its_timeout_naming_the_holder_and_ends_when_told_to_stop(tmp_path: Path) -> None:
+    lake = Lake.from_config(make_config(tmp_path))
+    with leases.hold(lake, "t", owner="ingest-run-1"):
+        with pytest.raises(LeaseWaitTimeoutError) as timed_out:
+            leases.wait_until_free(lake, ("t", "u"), timeout=0.5, poll=0.1)
+        assert timed_out.value.exit_code == 4
+        assert "ingest-run-1" in str(timed_out.value) and timed_out.value.resources == ["t"]
+        assert timed_out.value.waited_seconds >= 0.5
+
+        stop = threading.Event()
+        stopped: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                leases.wait_until_free(lake, ("t",), stop=stop, poll=30.0)  # a poll far longer than the test
+            except LeaseWaitStopped as exc:
+                stopped.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        stop.set()  # what the stream's SIGTERM handler does
+        waiter.join(timeout=10)
+        assert stopped and time.monotonic() - started < 5
+
+
+def test_single_writer_mode_refuses_a_batch_job_while_a_stream_heartbeat_is_live(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, ingest={"data_docs": False}, s3={"commit": "single_writer"})
+    lake = Lake.from_config(config)
+    generate_clickstream(tmp_path / "events.csv", events=200, seed=5)
+    with leases.hold(lake, leases.heartbeat_resource("clicks"), owner="stream-clicks@host-1"):
+        with pytest.raises(SingleWriterError) as refused:
+            ingest(spark, config, input_path=str(tmp_path / "events.csv"))
+        assert refused.value.exit_code == 6
+        assert "stream-clicks@host-1" in str(refused.value) and "single_writer" in str(refused.value)
+        assert lake.open(C.BRONZE_EVENTS) is None  # refused before writing anything
+        # with conditional puts the two write together
+        leases.refuse_beside_stream(lake, "ingest", commit="conditional_put")
+    leases.refuse_beside_stream(lake, "ingest", commit="single_writer")  # heartbeat gone: allowed

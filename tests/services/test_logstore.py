@@ -135,29 +135,13 @@ def test_commit_that_lost_the_race_fails_instead_of_overwriting(
     assert _read_object(minio_env, key) == winner.decode()
 
 
-@pytest.fixture()
-def s3a_log_store_in_spark_conf(spark: SparkSession, s3_config: ClickrecConfig) -> Iterator[str]:
-    """The LogStore setting a session built for `s3_config` has, in the running session.
-
-    Delta reads `spark.delta.logStore.s3a.impl` from the SparkConf (SparkEnv's), which is fixed
-    when the SparkContext starts; the run's one session was built before MinIO was up. So the
-    value session_conf() gives the builder is put there for this test, and taken out after.
-    """
-    value = session_conf(s3_config)[LOG_STORE_KEY]
-    jconf = spark.sparkContext._jsc.sc().conf()  # type: ignore[union-attr]
-    before = str(jconf.get(LOG_STORE_KEY)) if jconf.contains(LOG_STORE_KEY) else None
-    jconf.set(LOG_STORE_KEY, value)
-    yield value
-    if before is None:
-        jconf.remove(LOG_STORE_KEY)
-    else:
-        jconf.set(LOG_STORE_KEY, before)
-
-
 def test_spark_session_for_s3_commits_delta_through_it(
-    spark: SparkSession, s3_config: ClickrecConfig, minio_env: ServiceProcess, s3a_log_store_in_spark_conf: str
+    spark: SparkSession, s3_config: ClickrecConfig, minio_env: ServiceProcess
 ) -> None:
-    assert s3a_log_store_in_spark_conf == LOG_STORE  # s3.commit defaults to conditional_put
+    """A session built for S3 has it in its SparkConf, where Delta looks; so does one that
+    apply_s3a pointed at S3 after it started (the run's session, built before MinIO was up)."""
+    assert session_conf(s3_config)[LOG_STORE_KEY] == LOG_STORE  # s3.commit defaults to conditional_put
+    assert spark.sparkContext._jsc.sc().conf().get(LOG_STORE_KEY) == LOG_STORE  # type: ignore[union-attr]
     path = f"{s3_config.lake.root}/silver/kv"
     first = spark.createDataFrame([(1, "a"), (2, "b")], "k INT, v STRING")
     first.write.format("delta").save(path)

@@ -34,6 +34,16 @@ def test_an_s3a_root_is_s3_for_delta_rs_with_the_endpoint_and_credentials(monkey
     assert (lake.storage_options["AWS_ACCESS_KEY_ID"], lake.storage_options["AWS_SECRET_ACCESS_KEY"]) == ("key", "secret")
 
 
+def test_delta_rs_commits_on_s3_with_a_conditional_put_unless_single_writer_is_chosen() -> None:
+    safe = Lake.of(LakeConfig(root="s3a://bucket/lake"), S3Config(endpoint="http://127.0.0.1:9000"))
+    assert safe.storage_options["aws_conditional_put"] == "etag"  # the default: s3.commit conditional_put
+    assert "AWS_S3_ALLOW_UNSAFE_RENAME" not in safe.storage_options
+    single = Lake.of(LakeConfig(root="s3a://bucket/lake"),
+                     S3Config(endpoint="http://127.0.0.1:9000", commit="single_writer"))
+    assert single.storage_options["AWS_S3_ALLOW_UNSAFE_RENAME"] == "true"
+    assert "aws_conditional_put" not in single.storage_options
+
+
 def test_a_missing_table_is_none_or_a_not_found_error_naming_table_and_path(tmp_path: Path) -> None:
     lake = Lake.of(LakeConfig(root=str(tmp_path / "lake")), S3Config())
     assert lake.open(C.SILVER_INTERACTIONS) is None
