@@ -78,7 +78,9 @@ def collect_status(config: ClickrecConfig) -> dict[str, Any]:
         "lake_root": config.lake.root,
         "tables": [table_status(lake, t) for t in C.ALL_TABLES],
         "models": model_status(config),
-        # a live lease is why the stream holds its silver or gold commits (clickrec.io.leases)
+        # a live lease is why the stream holds its bronze, silver or gold commits (clickrec.io.leases)
         "leases": [{**r, "until": str(r["until"])} for r in leases.live(lake, C.ALL_TABLES)],
+        # the heartbeats of the running streams (what single_writer mode refuses batch jobs beside)
+        "live_streams": [{**r, "until": str(r["until"])} for r in leases.live_streams(lake)],
         "stream": stream_status(config),
     }

@@ -150,6 +150,7 @@ def test_single_writer_mode_refuses_a_batch_job_while_a_stream_heartbeat_is_live
     lake = Lake.from_config(config)
     generate_clickstream(tmp_path / "events.csv", events=200, seed=5)
     with leases.hold(lake, leases.heartbeat_resource("clicks"), owner="stream-clicks@host-1"):
+        assert [r["owner"] for r in collect_status(config)["live_streams"]] == ["stream-clicks@host-1"]
         with pytest.raises(SingleWriterError) as refused:
             ingest(spark, config, input_path=str(tmp_path / "events.csv"))
         assert refused.value.exit_code == 6

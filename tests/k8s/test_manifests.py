@@ -21,6 +21,7 @@ from tests.support.k8s import (
     CORE_KINDS,
     CRD_FILES,
     OPERATOR_DIR,
+    OVERLAYS_DIR,
     REPO_ROOT,
     convert_crd_schema,
     core_errors,
@@ -303,6 +304,17 @@ def test_the_stream_checkpoints_on_s3a() -> None:
 
     assert checkpoint_path(config).startswith("s3a://")  # under the lake, which outlives the pod
     assert "--available-now" not in args and "--max-seconds" not in args  # long-running
+
+
+def test_prod_runs_the_stream_beside_the_nightly_pipeline_with_safe_commits() -> None:
+    """The stream and the active schedule are rendered together, and the config they share
+    commits with put-if-absent writes (docs/concurrency.md), not a single-writer mode."""
+    from clickrec.config import load_config
+
+    objects = kustomize_build(OVERLAYS_DIR / "prod")
+    assert STREAM_JOB in by_kind(objects, "SparkApplication")
+    assert not by_kind(objects, "ScheduledSparkApplication")[SCHEDULE]["spec"].get("suspend")
+    assert load_config(REPO_ROOT / "conf" / "k8s.yaml").s3.commit == "conditional_put"
 
 
 def test_the_nightly_schedule(rendering: tuple[str, list[dict[str, Any]]]) -> None:
