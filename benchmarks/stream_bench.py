@@ -46,12 +46,19 @@ def _machine() -> str:
     return f"{cores} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def _config(root: Path, bootstrap: str, *, topic: str = "clickstream", query: str = "bench", trigger: float = 0.5) -> Any:
+def _config(root: Path, bootstrap: str, *, topic: str = "clickstream", query: str = "bench", trigger: float = 0.5,
+            s3_endpoint: str | None = None) -> Any:
+    """The benchmark's config; with `s3_endpoint` (--stack) the lake and checkpoints are on MinIO."""
     from clickrec.config import load_config
+    from clickrec.services import LAKE_BUCKET
 
+    storage = [f"lake.root={root / 'lake'}", f"spark.checkpoint_dir={root / 'checkpoints'}"]
+    if s3_endpoint is not None:
+        prefix = f"s3a://{LAKE_BUCKET}/{root.name}"
+        storage = [f"lake.root={prefix}/lake", f"spark.checkpoint_dir={prefix}/checkpoints", f"s3.endpoint={s3_endpoint}"]
     return load_config("conf/local.yaml", [
-        f"lake.root={root / 'lake'}", f"mlflow.tracking_uri=sqlite:///{(root / 'mlflow.db').resolve()}",
-        f"mlflow.artifact_location={root / 'mlartifacts'}", f"spark.checkpoint_dir={root / 'checkpoints'}",
+        *storage, f"mlflow.tracking_uri=sqlite:///{(root / 'mlflow.db').resolve()}",
+        f"mlflow.artifact_location={root / 'mlartifacts'}",
         "spark.log_level=ERROR", "spark.conf.spark.ui.showConsoleProgress=false", "ingest.data_docs=false",
         f"kafka.bootstrap_servers={bootstrap}", f"kafka.clickstream_topic={topic}",
         f"stream.query_name={query}", f"stream.trigger_seconds={trigger}", "stream.max_offsets_per_trigger=50000",
@@ -100,14 +107,15 @@ def _load(path: Path, config: Any, *, rate: float, seconds: float, probe_items: 
 
 
 def measure_rate(spark: Any, root: Path, bootstrap: str, load_file: Path, probe_items: list[str], *,
-                 rate: float, seconds: float, trigger: float) -> dict[str, Any]:
+                 rate: float, seconds: float, trigger: float, s3_endpoint: str | None = None) -> dict[str, Any]:
     from clickrec import columns as C
     from clickrec.io.kafka import send_events
     from clickrec.io.lake import Lake
     from clickrec.stream import metrics_path, run_stream
 
     tag = f"r{int(rate)}"
-    config = _config(root, bootstrap, topic=f"clickstream-{tag}", query=f"bench-{tag}", trigger=trigger)
+    config = _config(root, bootstrap, topic=f"clickstream-{tag}", query=f"bench-{tag}", trigger=trigger,
+                     s3_endpoint=s3_endpoint)
     result: dict[str, Any] = {}
     batches = _BatchLog()
     logging.getLogger("clickrec.microbatch").addHandler(batches)
@@ -146,7 +154,7 @@ def measure_rate(spark: Any, root: Path, bootstrap: str, load_file: Path, probe_
     logging.getLogger("clickrec.microbatch").removeHandler(batches)
     metrics_file = Path(metrics_path(config))
     history = json.loads(metrics_file.read_text())["history"] if metrics_file.is_file() else []
-    busy = [h for h in history if h["num_input_rows"]]
+    busy = [h for h in history if h["num_input_rows"]]  # (no metrics file on an S3 lake: batches from the log)
     lags = [h["offsets_behind_latest"] or 0 for h in busy]
     half = len(lags) // 2
     fresh = sorted(seen_at.values())
@@ -161,7 +169,7 @@ def measure_rate(spark: Any, root: Path, bootstrap: str, load_file: Path, probe_
         "p50_s": round(_pct(fresh, 50), 2) if fresh else None,
         "p95_s": round(_pct(fresh, 95), 2) if fresh else None,
         "max_s": round(fresh[-1], 2) if fresh else None,
-        "batches": len(busy),
+        "batches": len(busy) or len(batches.records),
         "mean_batch_s": round(statistics.fmean(h["batch_duration_ms"] for h in busy) / 1000, 2) if busy else None,
         "processed_rows_per_s": round(statistics.fmean(h["processed_rows_per_second"] or 0 for h in busy), 1) if busy else None,
         "lag_first_half": max(lags[:half], default=0), "lag_second_half": max(lags[half:], default=0),
@@ -187,6 +195,8 @@ def run(argv: list[str]) -> str:
                         help="events ingested before the stream starts (the lake the stream updates)")
     parser.add_argument("--skip-pipeline", action="store_true",
                         help="do not time the whole pipeline over the base events afterwards")
+    parser.add_argument("--stack", action="store_true",
+                        help="lake and checkpoints on a MinIO started for the run (conf/stack.yaml's storage)")
     args = parser.parse_args(argv)
     from pyspark.sql import functions as F
 
@@ -195,7 +205,7 @@ def run(argv: list[str]) -> str:
     from clickrec.ingest import ingest
     from clickrec.io.lake import Lake
     from clickrec.pipeline import run_pipeline
-    from clickrec.services import start_kafka
+    from clickrec.services import start_kafka, start_minio
     from clickrec.spark import build_spark_session
     from clickrec.train import run_train
 
@@ -203,9 +213,13 @@ def run(argv: list[str]) -> str:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     kafka = start_kafka(WORK / "kafka")
+    minio = start_minio(WORK / "minio") if args.stack else None
+    s3_endpoint = minio.url if minio is not None else None
+    if minio is not None:
+        os.environ.update(minio.env)  # the credentials, from the environment as in stack mode
     try:
         root = WORK / "lake"
-        config = _config(root, kafka.url)
+        config = _config(root, kafka.url, s3_endpoint=s3_endpoint)
         spark = build_spark_session(config)
         base, load_file = WORK / "base.csv", WORK / "load.csv"
         generate_clickstream(base, events=args.base_events, seed=3)
@@ -218,27 +232,30 @@ def run(argv: list[str]) -> str:
             .groupBy(C.ITEM_ID).count().orderBy(F.col("count").desc()).limit(200).collect()
         probe_items = [r[C.ITEM_ID] for r in items]
         rows = [measure_rate(spark, root, kafka.url, load_file, probe_items, rate=r, seconds=args.seconds,
-                             trigger=args.trigger) for r in args.rates]
+                             trigger=args.trigger, s3_endpoint=s3_endpoint) for r in args.rates]
         # the other way: rerun the whole pipeline so that a new user's clicks show in gold
         pipeline_s = None
         if not args.skip_pipeline:
-            pipe_config = _config(WORK / "pipeline", kafka.url)
+            pipe_config = _config(WORK / "pipeline", kafka.url, s3_endpoint=s3_endpoint)
             t0 = time.monotonic()
             run_pipeline(spark, pipe_config, input_path=str(base))
             pipeline_s = time.monotonic() - t0
         spark.stop()
     finally:
         kafka.stop()
+        if minio is not None:
+            minio.stop()
     load = os.getloadavg()
     lines = [
-        "## Stream freshness",
+        "## Stream freshness" + (" on MinIO (stack mode)" if args.stack else ""),
         "",
         f"Machine: {_machine()}; load average at the end {load[0]:.1f}. Date: {started:%Y-%m-%d %H:%M} UTC.",
         f"Command: `.venv/bin/python -m benchmarks.stream_bench --rates {' '.join(str(int(r)) for r in args.rates)} "
         f"--seconds {args.seconds:g} --trigger {args.trigger:g}"
         + (f" --base-events {args.base_events}" if args.base_events != BASE_EVENTS else "")
-        + (" --skip-pipeline" if args.skip_pipeline else "")
-        + f"` (local[*] Spark, one KRaft broker, lake of {args.base_events:,} generated events, rank-16 champion).",
+        + (" --skip-pipeline" if args.skip_pipeline else "") + (" --stack" if args.stack else "")
+        + f"` (local[*] Spark, one KRaft broker, lake of {args.base_events:,} generated events"
+        + (" on MinIO (s3a, conditional-put commits)" if args.stack else "") + ", rank-16 champion).",
         "",
         "Freshness = send of a probe event (a new user viewing a known item) -> the user's row is in "
         "gold/recommendations (delta-rs read, polled every 100 ms). Lag = the Kafka source's "
