@@ -457,9 +457,11 @@ def verify(spec: RaceSpec, records: list[dict[str, Any]]) -> dict[str, Any]:
                                "commits_in_log": sorted(versions_of.get(batch, []))})
     unreported_commits = sorted(v for v, info in log["commit_of"].items()
                                 if info["batch"] not in committed and info["batch"] != "create")
-    commits = log["commit_of"].values()
+    # How the race-phase commits (warm-ups left out) raced the others.
+    race_batches = {b for b, r in committed.items() if r["phase"] == "race"}
+    commits = [c for c in log["commit_of"].values() if c["batch"] in race_batches]
     behind = [v - c["read_version"] - 1 for v, c in log["commit_of"].items()
-              if c["engine"] == "spark" and c["read_version"] is not None]
+              if c["batch"] in race_batches and c["engine"] == "spark" and c["read_version"] is not None]
     raced = {
         "spark_commits_after_others": sum(1 for b in behind if b > 0),
         "spark_versions_behind_p50": percentile(behind, 50),
