@@ -256,8 +256,8 @@ def _writer_main(spec_file: Path) -> None:
         with out_file.open("a", encoding="utf-8") as out:
             out.write(json.dumps({"writer": writer, "engine": engine, **record}) + "\n")
 
-    def one_batch(n: int, phase: str) -> None:
-        kind, batch = KINDS[n % len(KINDS)], f"{writer}-{n:06d}"
+    def one_batch(n: int, kind: str, phase: str) -> None:
+        batch = f"{writer}-{n:06d}"
         started, tried = time.time(), [0]
         attempt_started = [started]
         lost_to: list[str] = []
@@ -290,7 +290,7 @@ def _writer_main(spec_file: Path) -> None:
              "conflicts": lost_to})
 
     for n in range(spec.warmup):
-        one_batch(n, "warmup")
+        one_batch(n, KINDS[n % len(KINDS)], "warmup")
     Path(files["ready"]).write_text(str(time.time()))
     start_file = Path(files["start"])
     while not start_file.exists():
@@ -300,7 +300,7 @@ def _writer_main(spec_file: Path) -> None:
     print(RACE_MARK, file=sys.stderr, flush=True)
     n = spec.warmup
     while time.time() < window["end"]:
-        one_batch(n, "race")
+        one_batch(n, KINDS[(n - spec.warmup) % len(KINDS)], "race")  # the race starts with an append
         n += 1
         pause = spec.spark_pause if engine == "spark" else spec.rs_pause
         if pause:
