@@ -16,6 +16,7 @@ BENCHES: list[tuple[str, list[str]]] = [
     ("benchmarks.train_bench", ["--quality", "--speed", "--events", "10000000", "--seed-spread", "1", "2", "3", "4", "5"]),
     ("benchmarks.publish_bench", ["--users", "20000", "--items", "4000", "--rank", "32", "--activity", "heavy"]),
     ("benchmarks.stream_bench", ["--rates", "100", "1000", "2000", "4000", "--seconds", "30"]),
+    ("benchmarks.commit_race", ["--seconds", "60", "--rs-pause", "0", "0.5"]),
 ]
 DOCS = Path("docs/benchmarks.md")
 
