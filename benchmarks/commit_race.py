@@ -729,6 +729,7 @@ def main(argv: list[str] | None = None) -> None:
     writer = sub.add_parser("writer", help="(internal) one writer process")
     writer.add_argument("job", type=Path)
     args, rest = parser.parse_known_args(argv)
+    code = 0
     if args.command == "bench":
         print(run(rest))
     elif rest:
@@ -741,7 +742,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             args.json.write_text(text)
         print(text)
-        sys.exit(0 if result["ok"] else 1)
+        code = 0 if result["ok"] else 1
+    # delta-rs' native runtime can abort the interpreter at teardown ("terminate called without
+    # an active exception", as tests/conftest.py notes): leave with our own exit code first.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
