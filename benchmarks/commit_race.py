@@ -472,10 +472,10 @@ def verify(spec: RaceSpec, records: list[dict[str, Any]]) -> dict[str, Any]:
         if max(counts) > 1 or len(in_log) > 1:
             doubled.append({**detail, "row_counts": counts})
     for batch, seen in sorted(by_batch.items()):
-        rec = committed.get(batch)
-        stray = sorted({a for a, _ in seen if rec is None or a != rec["attempt"]})
+        reported = committed.get(batch)
+        stray = sorted({a for a, _ in seen if reported is None or a != reported["attempt"]})
         if stray:
-            unexpected.append({"batch": batch, "attempts": stray, "reported": rec is not None,
+            unexpected.append({"batch": batch, "attempts": stray, "reported": reported is not None,
                                "rows": sum(n for (a, _), n in seen.items() if a in stray),
                                "commits_in_log": sorted(versions_of.get(batch, []))})
     unreported_commits = sorted(v for v, info in log["commit_of"].items()
