@@ -20,6 +20,7 @@ BENCHES: list[tuple[str, list[str], str]] = [
     ("benchmarks.stream_bench", ["--rates", "100", "1000", "2000", "4000", "--seconds", "30"], "stream_bench"),
     ("benchmarks.stream_bench", ["--rates", "1000", "--seconds", "30", "--skip-pipeline", "--stack"],
      "stream_bench_stack"),
+    ("benchmarks.commit_race", ["--seconds", "60", "--rs-pause", "0", "0.5"], "commit_race"),
 ]
 DOCS = Path("docs/benchmarks.md")
 
