@@ -140,7 +140,8 @@ def assert_each_event_once(world: World) -> None:
     dt = world.lake.open(C.BRONZE_EVENTS)
     assert dt is not None
     ids = dt.to_pyarrow_table(columns=[C.EVENT_ID]).column(0).to_pylist()
-    assert len(ids) == len(set(ids)) > 0, "an event is in bronze more than once"
+    rows, events = len(ids), len(set(ids))
+    assert rows == events > 0, f"bronze holds {rows} rows of {events} events"
 
 
 def assert_lake_holds_what_was_fed(spark: SparkSession, world: World) -> None:
