@@ -7,10 +7,11 @@ on the same port, data folder and keys, so clients see refused connections while
 as when MinIO is stopped (StoppableMinio).
 
 One lake for the module, fed disjoint parts of one generated clickstream (users and sessions
-span the parts). A job that meets the outage must ride it out (exit 0) or fail with
-ServiceError's exit code 4, and never leave a table half written: bronze holds each event
-once throughout, and once the job is rerun, bronze holds every event fed so far and silver
-equals a full recompute from bronze (clickrec.ingest.recompute_interactions).
+span the parts); the tests run in file order, each checking all that was fed so far. A job
+that meets the outage must ride it out (exit 0) or fail with ServiceError's exit code 4, and
+never leave a table half written: bronze holds each event once throughout, and once the job
+is rerun, bronze holds every event fed so far and silver equals a full recompute from bronze
+(clickrec.ingest.recompute_interactions).
 """
 
 from __future__ import annotations
