@@ -125,8 +125,13 @@ def free_port() -> int:
 
 
 def check_port_free(port: int, what: str) -> None:
-    """Fail clearly when `port` on 127.0.0.1 is taken."""
+    """Fail clearly when `port` on 127.0.0.1 is taken.
+
+    Bound as the servers bind (SO_REUSEADDR): connections of a stopped server left in
+    TIME_WAIT do not take the port from its restart, a listening server does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError as exc:

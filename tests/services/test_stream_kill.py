@@ -11,9 +11,7 @@ silver equals batch ingest of the same file, and gold has one row per (user, var
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +29,7 @@ from clickrec.io.lake import Lake
 from clickrec.replay import replay
 from clickrec.services import ServiceProcess
 from clickrec.stream import checkpoint_path
+from tests.support.cli import kill_group
 from tests.support.config import REPO_ROOT, make_config, write_config_file
 from tests.support.models import register_model
 from tests.support.stream import assert_ids_match_index, assert_same, silver_values, split_csv
@@ -50,19 +49,6 @@ def start_stream(config_file: Path, log: Path, *extra: str) -> subprocess.Popen[
         [sys.executable, "-m", "clickrec.cli", "stream", "--config", str(config_file), *extra],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log.open("ab"), start_new_session=True,
     )
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # the JVM child leaves with its group
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    raise AssertionError("the stream's process group outlived SIGKILL by 60 s")
 
 
 def test_sigkilled_stream_converges_to_exactly_once(spark: SparkSession, kafka_service: ServiceProcess, tmp_path: Path) -> None:

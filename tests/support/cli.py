@@ -7,9 +7,12 @@ where the process itself is what a test checks (exit codes, signals, the classpa
 
 from __future__ import annotations
 
+import os
 import runpy
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,26 @@ def run_entry(path: Path, args: list[str], capsys: pytest.CaptureFixture[str]) -
         sys.argv = saved
     out, err = capsys.readouterr()
     return int(exited.value.code or 0), out, err
+
+
+def start_cli(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`clickrec ARGS` as a process of its own group (its JVM too): stdout piped, stderr to `log`."""
+    with log.open("ab") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "clickrec.cli", *args], cwd=Path(__file__).resolve().parents[2],
+            stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
+        )
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL `proc`'s process group and wait until every member (the JVM child) is gone."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the process group of {proc.args} outlived SIGKILL by 60 s")

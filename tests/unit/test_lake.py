@@ -54,3 +54,12 @@ def test_a_missing_table_is_none_or_a_not_found_error_naming_table_and_path(tmp_
     assert (caught.value.table, caught.value.path) == (C.SILVER_INTERACTIONS, path)
     assert isinstance(caught.value, NotFoundError) and caught.value.exit_code == 5
     assert str(TableNotFoundError("t", "/x")) == "table t not found at /x"
+
+
+def test_delta_rs_retries_a_refused_store_for_over_10_s_and_at_most_a_minute() -> None:
+    # object_store sleeps at least init_backoff before each retry and stops at retry_timeout
+    # (its defaults give up within about 2 s: MinIO down for 10 s failed an ingest).
+    opts = Lake.of(LakeConfig(root="s3a://bucket/lake"), S3Config(endpoint="http://127.0.0.1:9000")).storage_options
+    assert opts["backoff_config.init_backoff"] == "1s" and int(opts["max_retries"]) * 1 >= 15
+    assert opts["retry_timeout"] == "60s"
+    assert Lake.of(LakeConfig(root="lake"), S3Config()).storage_options == {}  # local: no S3 options

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 from pathlib import Path
 from unittest import mock
 
+import pytest
+
 from clickrec import services
+from clickrec.errors import ServiceError
 
 
 def test_cluster_id_never_starts_with_a_dash() -> None:
@@ -34,3 +38,19 @@ def test_private_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None
     assert target.read_text() == "export AWS_SECRET_ACCESS_KEY=y\n"
     assert oct(target.stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in tmp_path.iterdir()] == ["services.env"]
+
+
+def test_a_port_is_free_again_once_its_server_stopped_but_not_while_it_listens() -> None:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((services.HOST, 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection((services.HOST, port))
+    accepted, _ = server.accept()
+    with pytest.raises(ServiceError, match=f"port {port} .* is taken"):
+        services.check_port_free(port, "test")
+    accepted.close()  # the server side closes first: its end waits in TIME_WAIT on `port`
+    server.close()
+    client.close()
+    services.check_port_free(port, "test")  # a restarted server can bind it

@@ -32,6 +32,19 @@ COMMIT_OPTIONS: dict[str, dict[str, str]] = {
     "single_writer": {"AWS_S3_ALLOW_UNSAFE_RENAME": "true"},
 }
 
+# How delta-rs retries a request the store refused or dropped (object_store's RetryConfig).
+# Its default gives up within about 2 s (10 retries from 100 ms, backoff growing slowly): MinIO
+# down for 10 s failed an ingest at its read of the leases table while Spark's S3A calls rode
+# the outage out. At least 1 s before each of 15 retries rides out 15 s or more of refused
+# connections; a store that stays down fails the call after a minute at most.
+RETRY_OPTIONS: dict[str, str] = {
+    "max_retries": "15",
+    "retry_timeout": "60s",
+    "backoff_config.init_backoff": "1s",
+    "backoff_config.max_backoff": "8s",
+    "backoff_config.base": "2",
+}
+
 
 def _storage_options(s3: S3Config) -> dict[str, str]:
     """delta-rs storage options for S3/MinIO from config and the environment's credentials."""
@@ -43,6 +56,7 @@ def _storage_options(s3: S3Config) -> dict[str, str]:
         "AWS_ALLOW_HTTP": str(not s3.ssl_enabled).lower(),
         "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": str(not s3.path_style_access).lower(),
         **COMMIT_OPTIONS[s3.commit],
+        **RETRY_OPTIONS,
     }
     creds = s3.credentials()
     if creds is not None:
