@@ -42,3 +42,21 @@ def test_write_read_merge_and_idempotent_rerun(spark: SparkSession, config: Clic
 
 def test_version_of_missing_table_is_none(spark: SparkSession, config: ClickrecConfig) -> None:
     assert table_version(spark, Lake.from_config(config).path("nope")) is None
+
+
+def test_a_table_another_writer_created_exists_for_a_session_that_looked_before(
+    spark: SparkSession, config: ClickrecConfig
+) -> None:
+    # The session's DeltaLog of the path was loaded while there was no table (as during its own
+    # losing attempt to create it); then another process created the table.
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from clickrec.io.delta import table_exists
+
+    path = Lake.from_config(config).path("test/created_elsewhere")
+    log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore[union-attr]
+    assert log.unsafeVolatileSnapshot().version() == -1 and not table_exists(spark, path)
+    write_deltalake(path, pa.table({"k": [1]}))
+    assert table_exists(spark, path)
+    assert table_version(spark, path) == 0

@@ -17,10 +17,23 @@ if TYPE_CHECKING:
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
-    """True when `path` holds a Delta table."""
-    from delta.tables import DeltaTable
+    """True when `path` holds a Delta table.
 
-    return bool(DeltaTable.isDeltaTable(spark, path))
+    isDeltaTable answers from the session's cached DeltaLog of the path, which does not see a
+    table another process (the stream, an ingest) created after this session first looked at
+    it, e.g. during its own losing attempt to create it. So a "no" is checked by reading the
+    table, which brings that log up to date.
+    """
+    from delta.tables import DeltaTable
+    from pyspark.errors import AnalysisException
+
+    if DeltaTable.isDeltaTable(spark, path):
+        return True
+    try:
+        spark.read.format("delta").load(path)
+    except AnalysisException:
+        return False
+    return True
 
 
 def table_version(spark: SparkSession, path: str) -> int | None:
