@@ -206,7 +206,7 @@ def test_a_killed_ingest_is_repaired_by_the_next_ingest_of_another_input(
     run_b = failed_b.removeprefix("ingest-")
     assert latest(spark, config, C.BRONZE_EVENTS).where(F.col(C.INGEST_RUN_ID) == run_b).count() > 0
     with monkeypatch.context() as patch:  # d: nothing committed at all
-        patch.setattr(ingest_module.delta, "append", fails)
+        patch.setattr(ingest_module.delta, "insert_unless_taken", fails)  # the bronze insert
         with pytest.raises(RuntimeError, match="injected"):
             ingest(spark, config, input_path=str(files["d"]))
     assert len(leases.expired_owners(Lake.from_config(config), C.SILVER_INTERACTIONS, "ingest-")) == 2
