@@ -121,9 +121,11 @@ def test_the_stack_config_runs_the_pipeline_beside_the_stream_and_serves_from_mi
         shown = show(timeline, steps.marks) + f"\npipeline held up (s): {steps.waited}"
         print(shown, *batches.values(), sep="\n")  # in the report when a later check fails
         ingested = max(t for t, table, engine, _ in timeline if engine == "spark" and table != C.GOLD_RECOMMENDATIONS)
-        published = [t for t, table, engine, _ in timeline if engine == "spark" and table == C.GOLD_RECOMMENDATIONS]
-        assert ingested < steps.marks["train"] < steps.marks["publish"] < min(published), shown
-        assert max(published) < steps.marks["end"], shown
+        # Spark commits to gold: publish's, and the stream's first gold write when it has a model
+        # (the champion train registered) before publish has created gold (the stream's Spark path).
+        gold_by_spark = [t for t, table, engine, _ in timeline if engine == "spark" and table == C.GOLD_RECOMMENDATIONS]
+        assert ingested < steps.marks["train"] < steps.marks["publish"], shown
+        assert any(steps.marks["publish"] < t < steps.marks["end"] for t in gold_by_spark), shown
         stream_commits = [(t, table) for t, table, engine, _ in timeline if engine == "delta-rs"]
         assert {table for t, table in stream_commits if ingested < t < steps.marks["publish"]} == {
             C.BRONZE_EVENTS, C.SILVER_INTERACTIONS}, shown
