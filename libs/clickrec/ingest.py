@@ -515,19 +515,17 @@ def _append_new_events(
     known = delta.read_table(spark, bronze).select(C.EVENT_ID)
     candidates = valid.dropDuplicates([C.EVENT_ID]).join(known, on=C.EVENT_ID, how="left_anti")
     new_events = candidates.select(*C.BRONZE_EVENT_COLUMNS, *_run_stamp(run_id, now)).repartition(C.EVENT_DATE)
-    # Deduplicate once into scratch Parquet, count it from file metadata, and commit only
-    # when something is new (a rerun leaves bronze's version alone).
+    # Deduplicated once into scratch Parquet, which the MERGE reads; nothing new, no commit.
     staged_new = _to_scratch(spark, new_events, f"{staging}/new_events")
-    accepted = 0
-    if staged_new.count():
-        accepted = _insert_new_events(spark, bronze, staged_new)
+    accepted = _insert_new_events(bronze, staged_new)
     interactions = _interactions_of(config, _events_of_users(spark, bronze, affected))
     return _BronzeWrite(accepted=accepted, affected=affected, interactions=interactions, in_scratch=False,
                         repaired_runs=repaired, dead_owners=dead)
 
 
-def _insert_new_events(spark: SparkSession, bronze: str, staged_new: DataFrame) -> int:
-    """Insert the staged events into bronze unless their event_id is there; how many it inserted.
+def _insert_new_events(bronze: str, staged_new: DataFrame) -> int:
+    """Insert the staged events into bronze unless their event_id is there; how many it inserted
+    (none and no commit when nothing is staged: a rerun leaves bronze's version alone).
 
     An insert-only MERGE on event_id over the batch's event dates, not a blind append: a
     writer that committed events of those dates since bronze was read (another ingest of the
@@ -535,6 +533,8 @@ def _insert_new_events(spark: SparkSession, bronze: str, staged_new: DataFrame) 
     added, so each event is in bronze once whatever writers race.
     """
     dates = [r[0] for r in staged_new.select(C.EVENT_DATE).distinct().collect()]
+    if not dates:
+        return 0
     same_dates = delta.in_dates(C.EVENT_DATE, dates, alias="t")
     return conflicts.retry_on_conflict(
         lambda _attempt: delta.insert_unless_taken(bronze, staged_new, unique=(C.EVENT_ID,), target_filter=same_dates),

@@ -176,7 +176,7 @@ class BatchProcessor:
         now = datetime.now(UTC).replace(tzinfo=None)
         tables = {t: self.lake.open(t) for t in DELTA_RS_PATH_TABLES}
         if all(dt is not None for dt in tables.values()):
-            info = self.process_with_delta_rs(staged, batch_id, run_id, now, tables)
+            info = self.process_with_delta_rs(staged, run_id, now, tables)
         else:
             info = self.bootstrap_with_spark(staged, run_id, now)
         self.last_batch = {"batch_id": batch_id, **info, "model_version": self.model.version if self.model else None,
@@ -188,7 +188,7 @@ class BatchProcessor:
 
     # --- the delta-rs path: stage, bronze, silver, gold -----------------------------------------
 
-    def process_with_delta_rs(self, staged: DataFrame, batch_id: int, run_id: str, now: datetime,
+    def process_with_delta_rs(self, staged: DataFrame, run_id: str, now: datetime,
                               tables: dict[str, Any]) -> dict[str, Any]:
         """The micro-batch path once the tables exist: two Spark jobs, delta-rs reads and commits.
 
@@ -204,7 +204,7 @@ class BatchProcessor:
             return {**info, **_rounded(timings)}
 
         clock = time.monotonic()
-        bronze = self.bronze(batch.valid, batch_id, run_id, now, tables[C.BRONZE_EVENTS])
+        bronze = self.bronze(batch.valid, run_id, now, tables[C.BRONZE_EVENTS])
         info.update(accepted=bronze.inserted, duplicates=batch.valid.num_rows - bronze.inserted,
                     users=len(bronze.users))
         timings["bronze_s"] = time.monotonic() - clock
@@ -239,7 +239,7 @@ class BatchProcessor:
         """Wait while a batch job holds a lease on one of `tables` (stream.lease_wait_seconds at most)."""
         self.lease_view.wait_until_free(tables, timeout=self.config.stream.lease_wait_seconds, stop=self.stop)
 
-    def bronze(self, valid: Any, batch_id: int, run_id: str, now: datetime, bronze_dt: Any) -> BronzeAppend:
+    def bronze(self, valid: Any, run_id: str, now: datetime, bronze_dt: Any) -> BronzeAppend:
         """Insert the events of `valid` whose event_id bronze does not hold, in one commit.
 
         Reads the batch's users' history from bronze (a replayed batch finds its own events
