@@ -20,5 +20,7 @@ PromoteMode = Literal["auto", "never", "always"]
 # put-if-absent write (If-None-Match: *), safe with any number of writers; single_writer: for a
 # store without conditional writes, one writer at a time (batch jobs refuse to run beside a stream).
 CommitMode = Literal["conditional_put", "single_writer"]
+# clickrec's event types (ingest.event_type_values maps a source's own names onto these).
+EventType = Literal["view", "cart", "remove_from_cart", "purchase"]
 
 ALIASES: tuple[str, ...] = get_args(Alias)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, get_args
+
+from clickrec.choices import EventType
 
 # --- raw clickstream (REES46 schema) -------------------------------------------------------
 EVENT_TIME: Final = "event_time"
@@ -25,10 +27,12 @@ REES46_COLUMNS: Final = (
     USER_ID,
     USER_SESSION,
 )
-EVENT_TYPES: Final = ("view", "cart", "remove_from_cart", "purchase")
+EVENT_TYPES: Final[tuple[str, ...]] = get_args(EventType)
 
 # --- bronze ----------------------------------------------------------------------------------
 EVENT_ID: Final = "event_id"
+# What a source maps its columns onto (ingest.column_mapping, ingest.constants).
+CANONICAL_EVENT_COLUMNS: Final = (*REES46_COLUMNS, EVENT_ID)
 EVENT_DATE: Final = "event_date"
 INGEST_RUN_ID: Final = "ingest_run_id"
 INGESTED_AT: Final = "ingested_at"
@@ -42,6 +46,8 @@ VALUE: Final = "value"  # one raw text line, as spark.read.text names it
 COLUMN_COUNT: Final = "column_count"
 UTF8_VALID: Final = "utf8_valid"
 PRICE_VALID: Final = "price_valid"  # false when a price is given but is not a number
+PRICE_FINITE: Final = "price_finite"  # false for a NaN or infinite price
+RATING_FINITE: Final = "rating_finite"  # false for a NaN or infinite rating (--format ratings)
 CORRUPT_RECORD: Final = "_corrupt_record"
 RATINGS_COLUMNS: Final = ("user", "item", "rating", "timestamp")
 

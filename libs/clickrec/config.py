@@ -8,6 +8,7 @@ environment (see `S3Config.credentials`).
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from clickrec.choices import Alias, CommitMode, InputFormat, PromoteMode
+from clickrec import columns as C
+from clickrec.choices import Alias, CommitMode, EventType, InputFormat, PromoteMode
 from clickrec.errors import ConfigError, ConfigKeyError
 
 DEFAULT_CONFIG = Path("conf/local.yaml")
@@ -201,6 +203,8 @@ class IngestConfig(_Section):
     # csv or json lines; auto picks json for *.json, *.jsonl, *.ndjson (optionally .gz).
     file_format: Literal["auto", "csv", "json"] = "auto"
     header: bool = True  # csv: a line equal to the joined source_columns is a header, not a row
+    # One character; escape sequences are decoded, so `--set 'ingest.delimiter=\t'` is a tab
+    # (also \x1f, \u0001 and the like).
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     # Column names of the source, in file order (csv) or as keys (json).
     source_columns: tuple[str, ...] = (
@@ -211,10 +215,18 @@ class IngestConfig(_Section):
     # by their own name when the source has them, else null. A session-only log can map
     # user_id and user_session to the same source column.
     column_mapping: dict[str, str] = Field(default_factory=dict)
-    event_time_formats: tuple[str, ...] = (
-        "yyyy-MM-dd HH:mm:ss 'UTC'",
-        "yyyy-MM-dd HH:mm:ss",
-        "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX",
+    # canonical column -> the value every row gets, for a column the source lacks (e.g.
+    # {event_type: view} for a log of views only). A constant replaces what the source has.
+    constants: dict[str, str] = Field(default_factory=dict)
+    # source event-type value (case-insensitive) -> clickrec's event type, e.g.
+    # {addtocart: cart, transaction: purchase}. Values neither mapped nor clickrec's own are
+    # quarantined as event_type_unknown.
+    event_type_values: dict[str, EventType] = Field(default_factory=dict)
+    # Tried in order; Spark datetime patterns, or epoch numbers: epoch_seconds (fractions
+    # allowed, e.g. 1443440412.25), epoch_millis, epoch_micros.
+    event_time_formats: tuple[str, ...] = Field(
+        default=("yyyy-MM-dd HH:mm:ss 'UTC'", "yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX"),
+        min_length=1,
     )
     event_time_min: str = "1995-01-01 00:00:00"
     event_time_max: str = "2100-01-01 00:00:00"
@@ -237,19 +249,39 @@ class IngestConfig(_Section):
     # this long is removed by the next ingest.
     stale_staging_hours: float = Field(default=24.0, gt=0)
 
-    @field_validator("column_mapping")
+    @field_validator("delimiter", mode="before")
     @classmethod
-    def _mapping_keys_known(cls, value: dict[str, str]) -> dict[str, str]:
-        known = {
-            "event_time", "event_type", "product_id", "category_id", "category_code",
-            "brand", "price", "user_id", "user_session", "event_id",
-        }
-        for key, source in value.items():
+    def _decode_escapes(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\\" in value:
+            try:
+                return codecs.decode(value, "unicode_escape")
+            except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+                raise ValueError(f"not a valid escape sequence: {exc.reason}") from None
+        return value
+
+    @field_validator("column_mapping", "constants")
+    @classmethod
+    def _keys_are_clickstream_columns(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        known = set(C.CANONICAL_EVENT_COLUMNS)
+        for key, given in value.items():
             if key not in known:
-                raise ValueError(f"column_mapping.{key}: not a clickstream column ({sorted(known)})")
-            if not str(source).strip():
+                raise ValueError(f"{info.field_name}.{key}: not a clickstream column ({sorted(known)})")
+            if info.field_name == "column_mapping" and not str(given).strip():
                 raise ValueError(f"column_mapping.{key}: the source column name is empty")
         return value
+
+    @field_validator("event_type_values")
+    @classmethod
+    def _source_values_lower_case(cls, value: dict[str, str]) -> dict[str, str]:
+        # type_events lower-cases and trims the source value before it is looked up
+        return {str(k).strip().lower(): v for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _constant_or_mapped(self) -> IngestConfig:
+        both = sorted(set(self.constants) & set(self.column_mapping))
+        if both:
+            raise ValueError(f"{both}: in both ingest.constants and ingest.column_mapping; keep one")
+        return self
 
 
 class GenerateConfig(_Section):
@@ -385,8 +417,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".")]
     if not key.strip() or any(not p for p in parts):
         raise ConfigError(f"--set '{text}': the key must be dotted names like spark.master")
+    # Whitespace and a lone punctuation character are kept as typed (delimiters: a tab, `|`,
+    # `;`); YAML would read them as null, a block scalar or an error.
+    if not raw.strip() or (len(raw) == 1 and not raw.isalnum() and raw != "~"):
+        return parts, raw
     try:
-        value = _load_yaml(raw) if raw.strip() else ""
+        value = _load_yaml(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set '{text}': value is not valid YAML: {exc}") from exc
     return parts, value
@@ -438,7 +474,11 @@ def build_config(data: Mapping[str, Any] | None = None, overrides: Iterable[str]
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ClickrecConfig:
-    """Read `path` (default conf/local.yaml), apply overrides and validate."""
+    """Read `path` (default conf/local.yaml), apply overrides and validate.
+
+    A file may start from another with a top-level `extends: <file>` (relative to its own
+    folder): its sections are merged key by key over that file's, lists and values replaced.
+    """
     file = Path(path) if path is not None else DEFAULT_CONFIG
     if not file.is_file():
         where = f" in {Path.cwd()}" if not file.is_absolute() else ""
@@ -446,13 +486,36 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             f"config file {file} not found{where} (pass --config FILE; the default "
             f"{DEFAULT_CONFIG} and the relative paths in it are read from the repository root)"
         )
+    return build_config(_read_config_file(file, ()), overrides)
+
+
+def _read_config_file(file: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The mapping of one config file, with its `extends` chain merged under it."""
     try:
         data = _load_yaml(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {file}: the top level must be a mapping of sections")
-    return build_config(data, overrides)
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    base = file.parent / str(base_name)
+    if not base.is_file():
+        raise ConfigKeyError("extends", f"{base} (from {file}) not found")
+    if base.resolve() in seen:
+        raise ConfigKeyError("extends", f"{file} extends itself through {[str(p) for p in seen]}")
+    return _merged(_read_config_file(base, (*seen, file.resolve())), data)
+
+
+def _merged(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _deep_copy(value: Any) -> Any:

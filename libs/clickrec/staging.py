@@ -94,8 +94,8 @@ def stage_event_lines(lines: DataFrame, config: ClickrecConfig, *, file_format: 
                 f"ingest.source_columns {list(ic.source_columns)}"
             )
     return (
-        parsed.transform(T.to_canonical, column_mapping=ic.column_mapping, keep=keep)
-        .transform(T.type_events, time_formats=ic.event_time_formats)
+        parsed.transform(T.to_canonical, column_mapping=ic.column_mapping, constants=ic.constants, keep=keep)
+        .transform(T.type_events, time_formats=ic.event_time_formats, event_type_values=ic.event_type_values)
         .transform(T.flag_rejections, checks=rejection_checks(suite))
         .transform(T.add_event_id)
         .withColumn(

@@ -122,6 +122,56 @@ def test_column_mapping_session_only_log(spark: SparkSession) -> None:
     assert row[C.BRAND] is None and row[C.PRICE] is None
 
 
+@pytest.mark.parametrize(("fmt", "raw", "expected"), [
+    ("epoch_seconds", "1443440412", datetime(2015, 9, 28, 11, 40, 12)),
+    ("epoch_seconds", " 1443440412.25 ", datetime(2015, 9, 28, 11, 40, 12, 250000)),
+    ("epoch_millis", "1433221332117", datetime(2015, 6, 2, 5, 2, 12, 117000)),
+    ("epoch_micros", "1433221332117001", datetime(2015, 6, 2, 5, 2, 12, 117001)),
+    ("epoch_seconds", "2015-09-28 11:40:12", None),  # not a number
+    ("epoch_seconds", "1e400", None),
+    ("epoch_millis", "99999999999999999999999", None),  # beyond a timestamp: null, not an error
+    ("epoch_seconds", None, None),
+])
+def test_epoch_time_formats(spark: SparkSession, fmt: str, raw: str | None, expected: datetime | None) -> None:
+    df = spark.createDataFrame([(raw,)], "t string").select(T.parse_time(F.col("t"), fmt).alias("ts"))
+    assert df.first()["ts"] == expected
+
+
+def test_constants_and_event_type_values_give_a_layout_its_missing_columns(spark: SparkSession) -> None:
+    """A RetailRocket-like row (its own event names) and a views-only log (no event type)."""
+    retail = (
+        lines(spark, "1433221332117,257597,addtocart,355908,", "1433221332118,257597,Transaction,355908,t1",
+              "1433221332119,257597,wishlist,355908,")
+        .transform(T.parse_csv_lines, source_columns=("timestamp", "visitorid", "event", "itemid", "transactionid"))
+        .transform(T.to_canonical, column_mapping={"event_time": "timestamp", "user_id": "visitorid",
+                                                   "user_session": "visitorid", "event_type": "event",
+                                                   "product_id": "itemid"})
+        .transform(T.type_events, time_formats=("epoch_millis",),
+                   event_type_values={"addtocart": "cart", "transaction": "purchase"})
+    )
+    assert [r[C.EVENT_TYPE] for r in retail.collect()] == ["cart", "purchase", "wishlist"]  # unmapped: kept
+    views = (
+        lines(spark, "s1\t214536502\t1396839069").transform(
+            T.parse_csv_lines, source_columns=("session", "item", "ts"), delimiter="\t")
+        .transform(T.to_canonical, column_mapping={"user_id": "session", "user_session": "session",
+                                                   "product_id": "item", "event_time": "ts"},
+                   constants={"event_type": "view", "brand": "acme"})
+        .transform(T.type_events, time_formats=("epoch_seconds",))
+    )
+    row = views.first()
+    assert (row[C.EVENT_TYPE], row[C.BRAND], row[C.USER_ID], row[C.PRODUCT_ID]) == ("view", "acme", "s1", "214536502")
+    assert row[C.EVENT_TIME] == datetime(2014, 4, 7, 2, 51, 9)
+
+
+def test_non_finite_prices_and_ratings_are_flagged(spark: SparkSession) -> None:
+    base = "2019-10-01 00:00:00,view,1,2,,b,{},7,s"
+    prices = parse(spark, *(base.format(p) for p in ("NaN", "Infinity", "-inf", "1.5", ""))).collect()
+    assert [r[C.PRICE_FINITE] for r in prices] == [False, False, False, True, True]
+    ratings = lines(spark, "1\t2\tNaN\t881250949", "1\t2\tInfinity\t881250949", "1\t2\t4\t881250949").transform(
+        T.parse_ratings_lines).collect()
+    assert [r[C.RATING_FINITE] for r in ratings] == [False, False, True]
+
+
 def test_flag_rejections_names_each_failing_expectation(spark: SparkSession) -> None:
     suite = load_suite(IngestConfig().events_suite, {
         "column_count": 9, "event_time_min": "2000-01-01 00:00:00",
@@ -136,6 +186,7 @@ def test_flag_rejections_names_each_failing_expectation(spark: SparkSession) -> 
         GOOD.replace(",541312140,", ",,"),
         GOOD.replace(",44600062,", ",bad id!,"),
         GOOD + ",x",
+        GOOD.replace(",35.79,", ",NaN,"),
     ).transform(T.flag_rejections, checks=rejection_checks(suite))
     reasons = [r[C.REASONS] for r in df.collect()]
     assert reasons == [
@@ -147,6 +198,7 @@ def test_flag_rejections_names_each_failing_expectation(spark: SparkSession) -> 
         ["user_id_missing"],
         ["product_id_malformed"],
         ["extra_columns"],
+        ["price_not_finite"],
     ]
 
 

@@ -96,3 +96,31 @@ def test_unquoted_dates_in_yaml_and_set_stay_text(tmp_path: Path) -> None:
     config = load_config(file, overrides=["ingest.event_time_max=2030-01-01 00:00:00"])
     assert (config.generate.start, config.ingest.event_time_min, config.ingest.event_time_max) == (
         "2019-11-01", "2000-01-01 00:00:00", "2030-01-01 00:00:00")
+
+
+@pytest.mark.parametrize(("typed", "delimiter"), [("\\t", "\t"), ("\t", "\t"), ("\\x1f", "\x1f"), ("|", "|"), (";", ";")])
+def test_delimiter_takes_escape_sequences_and_a_literal_tab(typed: str, delimiter: str) -> None:
+    assert build_config({}, [f"ingest.delimiter={typed}"]).ingest.delimiter == delimiter
+
+
+def test_delimiter_of_two_characters_is_refused_by_key() -> None:
+    with pytest.raises(ConfigError, match="ingest.delimiter"):
+        build_config({}, ["ingest.delimiter=\\t\\t"])
+
+
+def test_layout_keys_are_checked() -> None:
+    cfg = build_config({}, ["ingest.constants={event_type: view}",
+                            "ingest.event_type_values={AddToCart: cart, transaction: purchase}"])
+    assert cfg.ingest.constants == {"event_type": "view"}
+    assert cfg.ingest.event_type_values == {"addtocart": "cart", "transaction": "purchase"}
+    with pytest.raises(ConfigError, match="ingest.event_type_values.wish"):
+        build_config({}, ["ingest.event_type_values={wish: like}"])
+    with pytest.raises(ConfigError, match="constants.colour: not a clickstream column"):
+        build_config({}, ["ingest.constants={colour: red}"])
+    with pytest.raises(ConfigError, match="in both ingest.constants and ingest.column_mapping"):
+        build_config({}, ["ingest.constants={event_type: view}", "ingest.column_mapping={event_type: kind}"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "conf" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_layouts_validate(path: Path) -> None:
+    assert load_config(path).ingest.source_columns

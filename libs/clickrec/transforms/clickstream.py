@@ -24,17 +24,24 @@ from pyspark.sql import functions as F
 from clickrec import columns as C
 
 # Canonical columns of a clickstream event, in REES46 order; event_id is optional in sources.
-CANONICAL_COLUMNS: tuple[str, ...] = (*C.REES46_COLUMNS, C.EVENT_ID)
+CANONICAL_COLUMNS: tuple[str, ...] = C.CANONICAL_EVENT_COLUMNS
 _ID_COLUMNS: tuple[str, ...] = (C.PRODUCT_ID, C.CATEGORY_ID, C.USER_ID, C.USER_SESSION, C.EVENT_ID)
 _SEP = "\u0001"  # separator of the normalised row that the event_id hash is taken over
 RATINGS_DELIMITER = "\\t|,|::"  # tab (MovieLens u.data), comma (ratings.csv) or :: (ml-1m)
 _RATINGS_USER_HEADERS: tuple[str, ...] = ("user", "userid", "user_id", "user id")
 _MAX_EPOCH_SECONDS = 9_223_372_036_854  # Long.MAX_VALUE / 1e6: the largest timestamp_seconds takes
+# event_time_formats that are epoch numbers, not datetime patterns: the unit's size in seconds.
+EPOCH_FORMATS: dict[str, int] = {"epoch_seconds": 1, "epoch_millis": 1_000, "epoch_micros": 1_000_000}
 
 
 def _blank_to_null(col: Column) -> Column:
     trimmed = F.trim(col)
     return F.when(trimmed == "", F.lit(None).cast("string")).otherwise(trimmed)
+
+
+def _is_finite(number: Column) -> Column:
+    """False for NaN and +-Infinity (which Spark parses from "NaN", "Infinity", "inf"), else true."""
+    return F.coalesce(~F.isnan(number) & (F.abs(number) != F.lit(float("inf"))), F.lit(True))
 
 
 def parse_csv_lines(
@@ -128,53 +135,85 @@ def to_canonical(
     parsed_df: DataFrame,
     *,
     column_mapping: Mapping[str, str] | None = None,
+    constants: Mapping[str, str] | None = None,
     keep: Sequence[str] = (),
 ) -> DataFrame:
     """Rename source columns to the canonical clickstream names (REES46 plus event_id).
 
     `column_mapping` maps a canonical name to the source column that holds it (the same source
-    column may feed two canonical columns, e.g. a session standing in for the user). Canonical
-    columns neither mapped nor present are null strings. `keep` lists extra columns passed
-    through unchanged (raw line, source file, column_count, utf8_valid).
+    column may feed two canonical columns, e.g. a session standing in for the user).
+    `constants` gives a canonical column one value on every row (a column the source lacks,
+    e.g. event_type "view" for a log of views). Canonical columns neither mapped, constant nor
+    present are null strings. `keep` lists extra columns passed through unchanged (raw line,
+    source file, column_count, utf8_valid).
     """
     mapping = dict(column_mapping or {})
+    fixed = dict(constants or {})
     present = set(parsed_df.columns)
     cols: list[Column] = []
     for name in CANONICAL_COLUMNS:
         source = mapping.get(name, name)
-        if source in present:
+        if name in fixed:
+            cols.append(F.lit(fixed[name]).cast("string").alias(name))
+        elif source in present:
             cols.append(F.col(f"`{source}`").cast("string").alias(name))
         else:
             cols.append(F.lit(None).cast("string").alias(name))
     return parsed_df.select(*cols, *[F.col(f"`{k}`") for k in keep])
 
 
+def parse_time(raw: Column, fmt: str) -> Column:
+    """`raw` text as a timestamp by one event_time_formats entry; null when it does not parse.
+
+    `fmt` is a Spark datetime pattern or one of EPOCH_FORMATS: a decimal number of seconds,
+    milliseconds or microseconds since 1970-01-01 UTC (fractions allowed, kept to the
+    microsecond). Out-of-range numbers are null, never an error.
+    """
+    if fmt not in EPOCH_FORMATS:
+        return F.try_to_timestamp(raw, F.lit(fmt))
+    micros_per_unit = 1_000_000 // EPOCH_FORMATS[fmt]
+    number = raw.try_cast("decimal(24,6)")  # x 1e6 fits decimal(35,6): no overflow to trap
+    micros = F.round(number * F.lit(micros_per_unit)).try_cast("long")
+    in_range = micros.between(-_MAX_EPOCH_SECONDS * 1_000_000, _MAX_EPOCH_SECONDS * 1_000_000)
+    return F.when(in_range, F.timestamp_micros(micros))
+
+
 def type_events(
     events_df: DataFrame,
     *,
     time_formats: Sequence[str],
+    event_type_values: Mapping[str, str] | None = None,
     event_time_col: str = C.EVENT_TIME,
     event_type_col: str = C.EVENT_TYPE,
     price_col: str = C.PRICE,
     event_date_col: str = C.EVENT_DATE,
     price_valid_col: str = C.PRICE_VALID,
+    price_finite_col: str = C.PRICE_FINITE,
 ) -> DataFrame:
     """Give canonical string columns their types: event_time (timestamp, UTC), price (double).
 
-    Ids are trimmed strings (blank -> null), event_type is trimmed and lower-cased, brand and
-    category_code blank -> null. Unparseable values become null (never an error), so the
-    validation step names them; `price_valid` is false when a price is given but is not a
-    number (a source without prices is fine). Adds event_date, the partition of bronze/events.
+    Ids are trimmed strings (blank -> null), event_type is trimmed and lower-cased, then
+    renamed by `event_type_values` (source value -> clickrec's type; unmapped values stay as
+    they are), brand and category_code blank -> null. `time_formats` are tried in order
+    (parse_time). Unparseable values become null (never an error), so the validation step
+    names them; `price_valid` is false when a price is given but is not a number (a source
+    without prices is fine), `price_finite` false when it is NaN or infinite. Adds event_date,
+    the partition of bronze/events.
     """
     raw_time = F.trim(F.col(event_time_col))
-    parsed_time = F.coalesce(*[F.try_to_timestamp(raw_time, F.lit(fmt)) for fmt in time_formats])
+    parsed_time = F.coalesce(*[parse_time(raw_time, fmt) for fmt in time_formats])
     raw_price = _blank_to_null(F.col(price_col))
     price = raw_price.try_cast("double")
+    event_type = F.lower(_blank_to_null(F.col(event_type_col)))
+    if event_type_values:
+        renamed = F.create_map(*[F.lit(x) for pair in sorted(event_type_values.items()) for x in pair])
+        event_type = F.coalesce(F.element_at(renamed, event_type), event_type)
     out = events_df.withColumns(
         {
             price_valid_col: raw_price.isNull() | price.isNotNull(),
+            price_finite_col: _is_finite(price),
             event_time_col: parsed_time,
-            event_type_col: F.lower(_blank_to_null(F.col(event_type_col))),
+            event_type_col: event_type,
             price_col: price,
             C.BRAND: _blank_to_null(F.col(C.BRAND)),
             C.CATEGORY_CODE: _blank_to_null(F.col(C.CATEGORY_CODE)),
@@ -373,12 +412,14 @@ def parse_ratings_lines(
     value_col: str = C.VALUE,
     column_count_col: str = C.COLUMN_COUNT,
     utf8_valid_col: str = C.UTF8_VALID,
+    rating_finite_col: str = C.RATING_FINITE,
 ) -> DataFrame:
     """Split `user item rating timestamp` lines (tab, comma or ::) into typed columns.
 
     Returns the input columns plus user_id, item_id (trimmed strings, blank -> null), rating
-    (double), event_time (timestamp from epoch seconds), column_count and utf8_valid. Bad
-    values become nulls for validation to name.
+    (double), event_time (timestamp from epoch seconds), column_count, utf8_valid and
+    rating_finite (false for NaN or an infinite rating, which would make every ALS factor
+    NaN). Bad values become nulls for validation to name.
     """
     value = F.col(value_col)
     parts = F.split(F.trim(value), delimiter_regex)
@@ -387,6 +428,7 @@ def parse_ratings_lines(
     def part(i: int) -> Column:
         return _blank_to_null(F.get(parts, i))
 
+    rating = part(2).try_cast("double")
     seconds = part(3).try_cast("long")
     # timestamp_seconds throws on overflow (|seconds| above ~9.2e12, e.g. epoch microseconds):
     # out of that range the time is null, so the row is quarantined instead of failing the job.
@@ -395,10 +437,11 @@ def parse_ratings_lines(
         "*",
         part(0).alias(C.USER_ID),
         part(1).alias(C.ITEM_ID),
-        part(2).try_cast("double").alias(C.RATING),
+        rating.alias(C.RATING),
         F.when(in_range, F.timestamp_seconds(seconds)).alias(C.EVENT_TIME),
         n.cast("int").alias(column_count_col),
         F.is_valid_utf8(value).alias(utf8_valid_col),
+        _is_finite(rating).alias(rating_finite_col),
     )
 
 
