@@ -104,7 +104,7 @@ def test_delimiter_takes_escape_sequences_and_a_literal_tab(typed: str, delimite
 
 
 def test_delimiter_of_two_characters_is_refused_by_key() -> None:
-    with pytest.raises(ConfigError, match="ingest.delimiter"):
+    with pytest.raises(ConfigError, match=r"ingest\.delimiter"):
         build_config({}, ["ingest.delimiter=\\t\\t"])
 
 
@@ -113,11 +113,11 @@ def test_layout_keys_are_checked() -> None:
                             "ingest.event_type_values={AddToCart: cart, transaction: purchase}"])
     assert cfg.ingest.constants == {"event_type": "view"}
     assert cfg.ingest.event_type_values == {"addtocart": "cart", "transaction": "purchase"}
-    with pytest.raises(ConfigError, match="ingest.event_type_values.wish"):
+    with pytest.raises(ConfigError, match=r"ingest\.event_type_values\.wish"):
         build_config({}, ["ingest.event_type_values={wish: like}"])
-    with pytest.raises(ConfigError, match="constants.colour: not a clickstream column"):
+    with pytest.raises(ConfigError, match=r"constants\.colour: not a clickstream column"):
         build_config({}, ["ingest.constants={colour: red}"])
-    with pytest.raises(ConfigError, match="in both ingest.constants and ingest.column_mapping"):
+    with pytest.raises(ConfigError, match=r"in both ingest\.constants and ingest\.column_mapping"):
         build_config({}, ["ingest.constants={event_type: view}", "ingest.column_mapping={event_type: kind}"])
 
 
