@@ -42,8 +42,11 @@ from clickrec.io.files import (
     InputFile,
     delete_path,
     fingerprint,
+    ignoring_corrupt_files,
+    is_truncated_read,
     list_input_files,
     remove_stale_dirs,
+    truncated_files,
 )
 from clickrec.io.lake import Lake
 from clickrec.quality import load_suite, preload_gx, validate_batch
@@ -266,7 +269,7 @@ def ingest(
     suite = load_suite(suite_path, suite_params(config))
     clock = _PhaseClock()
     try:
-        staged = _parse_once(spark, config, fmt, files, suite, f"{staging}/batch")
+        staged, truncated = _parse_once(spark, config, fmt, files, suite, f"{staging}/batch")
         clock.lap("parse")
         docs_dir = lake.path("_quality/data_docs") if config.ingest.data_docs else None
         checked = _count_and_validate(staged, suite, run_id, docs_dir=docs_dir)
@@ -286,6 +289,9 @@ def ingest(
     finally:
         delete_path(spark, staging)
     seconds = time.monotonic() - started
+    warnings = input_warnings(files, rows_read=checked.rows, truncated=truncated)
+    for warning in warnings:
+        log.warning("%s", warning)
     table_rows, table_versions = _table_sizes(spark, lake)
     phases = {**clock.seconds, **written.phase_seconds}
     summary: dict[str, Any] = {
@@ -294,6 +300,8 @@ def ingest(
         "input": input_path,
         "files": len(files),
         "rows_read": checked.rows,
+        "warnings": warnings,
+        "truncated_files": truncated,
         "accepted": written.accepted,
         "duplicates": written.duplicates,
         "quarantined": checked.rejected,
@@ -317,6 +325,23 @@ def ingest(
     return summary
 
 
+def input_warnings(files: Sequence[InputFile], *, rows_read: int, truncated: Sequence[str]) -> list[str]:
+    """What the summary warns about the input: no rows at all, empty files, truncated files.
+
+    A scheduled run on an empty landing folder then neither fails nor passes silently: it exits
+    0, commits nothing, and says so.
+    """
+    warnings = []
+    if rows_read == 0:
+        warnings.append(f"no rows read from {len(files)} file(s): empty, or only a header; nothing was written")
+    empty = [f.path for f in files if f.size == 0]
+    if empty and rows_read:
+        warnings.append(f"{len(empty)} empty file(s): {', '.join(empty)}")
+    if truncated:
+        warnings.append(f"{len(truncated)} truncated file(s), lines up to the cut ingested: {', '.join(truncated)}")
+    return warnings
+
+
 def _remove_stale_staging(spark: SparkSession, lake: Lake, *, older_than_hours: float) -> list[str]:
     """Remove the scratch folders killed jobs left behind; their names."""
     stale = remove_stale_dirs(spark, lake.path("_staging"), older_than_hours=older_than_hours)
@@ -328,8 +353,9 @@ def _remove_stale_staging(spark: SparkSession, lake: Lake, *, older_than_hours: 
 def _parse_once(
     spark: SparkSession, config: ClickrecConfig, fmt: str, files: Sequence[InputFile], suite: dict[str, Any],
     path: str,
-) -> DataFrame:
-    """The input staged (parsed, typed, flagged, hashed) once into scratch Parquet at `path`.
+) -> tuple[DataFrame, list[str]]:
+    """The input staged (parsed, typed, flagged, hashed) once into scratch Parquet at `path`,
+    and the compressed files that were cut off (their lines up to the cut are staged).
 
     Counting, GX, quarantine and bronze all scan the parsed batch: parsed once (one pass, like
     a plain copy), every later step reads only the columns it needs from there. Nothing is
@@ -340,7 +366,19 @@ def _parse_once(
     # GX's slow import overlaps the parse job. Started only now: while the plan above is
     # built (hundreds of py4j calls), an import holding the GIL would slow the build down.
     preload_gx()
-    return _to_scratch(spark, staged_plan, path)
+    try:
+        return _to_scratch(spark, staged_plan, path), []
+    except Exception as exc:
+        if not is_truncated_read(exc):
+            raise
+        truncated = truncated_files(spark, list(files))
+        if not truncated:
+            raise
+    # A cut-off compressed file: its readable lines are ingested, the rest is named (the
+    # summary's `truncated_files`), not a failed job. Only this rare path reads twice.
+    log.warning("%d truncated file(s), ingesting the lines before the cut: %s", len(truncated), ", ".join(truncated))
+    with ignoring_corrupt_files(spark):
+        return _to_scratch(spark, stage(spark, config, files, suite), path), truncated
 
 
 def _count_and_validate(staged: DataFrame, suite: dict[str, Any], run_id: str, *,

@@ -12,6 +12,7 @@ import csv
 import gzip
 import io
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +22,36 @@ from clickrec import columns as C
 from clickrec.config import ClickrecConfig
 from clickrec.errors import InputError
 
+log = logging.getLogger(__name__)
+
 
 def _open_lines(path: Path) -> io.BufferedIOBase:
     """The file's bytes (gunzipped for *.gz), read line by line like batch ingest's text reader."""
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def event_payloads(path: Path, config: ClickrecConfig) -> Iterator[tuple[str | None, bytes]]:
+def _complete_lines(handle: io.BufferedIOBase, path: Path, truncated: list[str]) -> Iterator[bytes]:
+    """The file's lines; a compressed file cut off ends at its last complete line, as batch
+    ingest reads it, and its path is appended to `truncated`."""
+    held: bytes | None = None
+    try:
+        for line in handle:
+            if held is not None:
+                yield held
+            held = line
+    except EOFError:
+        log.warning("%s is truncated; replaying the lines before the cut", path)
+        truncated.append(str(path))
+        if held is not None and held.endswith(b"\n"):
+            yield held
+        return
+    if held is not None:
+        yield held
+
+
+def event_payloads(
+    path: Path, config: ClickrecConfig, *, truncated: list[str] | None = None,
+) -> Iterator[tuple[str | None, bytes]]:
     """(key, value bytes) per line of a CSV or JSON-lines clickstream file, in file order.
 
     A CSV row becomes an object of the source columns with their text values (what batch
@@ -35,15 +59,17 @@ def event_payloads(path: Path, config: ClickrecConfig) -> Iterator[tuple[str | N
     line batch ingest would quarantine for its shape (not UTF-8, too few or too many fields) is
     sent as its raw bytes, which the stream quarantines too, raw line kept: the same file gives
     the same tables by either path. The key is the user id, so one user's events stay in one
-    partition, in order.
+    partition, in order. A truncated compressed file is sent up to its cut, and named in
+    `truncated`.
     """
     ic = config.ingest
     name = path.name.lower().removesuffix(".gz")
     is_json = ic.file_format == "json" or (ic.file_format == "auto" and name.endswith((".json", ".jsonl", ".ndjson")))
     user_col = ic.column_mapping.get(C.USER_ID, C.USER_ID)
     header = list(ic.source_columns)
+    cut: list[str] = [] if truncated is None else truncated
     with _open_lines(path) as handle:
-        for raw_line in handle:
+        for raw_line in _complete_lines(handle, path, cut):
             raw = raw_line.rstrip(b"\r\n")
             if not raw.strip():
                 continue
@@ -85,5 +111,8 @@ def replay(config: ClickrecConfig, *, input_path: str, rate: float | None = None
         print(f"replay: {sent} events in {seconds:.1f}s ({sent / seconds if seconds else 0:.0f}/s)",
               file=sys.stderr, flush=True)
 
-    result = send_events(config.kafka, topic, event_payloads(path, config), rate=rate, on_progress=progress)
-    return {"input": input_path, "topic": topic, "rate": rate, **result}
+    truncated: list[str] = []
+    result = send_events(config.kafka, topic, event_payloads(path, config, truncated=truncated), rate=rate,
+                         on_progress=progress)
+    warnings = [f"{input_path} is truncated: sent the lines before the cut"] if truncated else []
+    return {"input": input_path, "topic": topic, "rate": rate, **result, "warnings": warnings}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +14,10 @@ from clickrec.errors import InputError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+
+# What Hadoop decompresses by the file name; a truncated one fails its read (truncated_files).
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4", ".snappy", ".deflate")
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,53 @@ def list_input_files(spark: SparkSession, pattern: str) -> list[InputFile]:
     if not found:
         raise InputError(f"--input {pattern}: no input file found there")
     return sorted(found, key=lambda f: f.path)
+
+
+def _java_cause_names(exc: BaseException) -> list[str]:
+    """Class names of a Py4J error's Java exception and its causes (empty for other errors)."""
+    java = getattr(exc, "java_exception", None)
+    names: list[str] = []
+    while java is not None and len(names) < 20:
+        names.append(str(java.getClass().getName()))
+        java = java.getCause()
+    return names
+
+
+def is_truncated_read(exc: BaseException) -> bool:
+    """True when a Spark read failed because a compressed file ended early (EOFException)."""
+    return "java.io.EOFException" in _java_cause_names(exc)
+
+
+def truncated_files(spark: SparkSession, files: list[InputFile]) -> list[str]:
+    """The compressed files among `files` that end before their stream does, each read alone.
+
+    For the rare batch whose read failed with is_truncated_read: one Spark read per compressed
+    file, so the summary can name every broken file, not only the first the read met.
+    """
+    broken: list[str] = []
+    for f in files:
+        if not f.path.lower().endswith(COMPRESSED_SUFFIXES):
+            continue
+        try:
+            spark.read.text(f.path).count()
+        except Exception as exc:
+            if not is_truncated_read(exc):
+                raise
+            broken.append(f.path)
+    return broken
+
+
+@contextmanager
+def ignoring_corrupt_files(spark: SparkSession) -> Iterator[None]:
+    """Within the block, a file read that fails keeps the lines read before the failure and skips
+    the rest of that file (spark.sql.files.ignoreCorruptFiles), instead of failing the job."""
+    key = "spark.sql.files.ignoreCorruptFiles"
+    before = spark.conf.get(key, "false")
+    spark.conf.set(key, "true")
+    try:
+        yield
+    finally:
+        spark.conf.set(key, before)
 
 
 def check_local_input(pattern: str) -> None:
