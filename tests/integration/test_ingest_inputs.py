@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -38,6 +39,8 @@ BAD_ROWS: list[tuple[bytes, str]] = [
     (b"2019-10-01 01:02:00 UTC,view,1001,1,,apple,3.00,,sess-1", "user_id_missing"),
     (b"2019-10-01 01:03:00 UTC,view,1001,1,,app\xff\xfele,3.00,501,sess-1", "invalid_utf8"),
     (b"2019-10-01 01:04:00 UTC,view,1001,1,,apple,3.00,501,sess-1,surplus", "extra_columns"),
+    (b"2019-10-01 01:06:00 UTC,view,1001,1,,apple,NaN,501,sess-1", "price_not_finite"),
+    (b"2019-10-01 01:07:00 UTC,view,1001,1,,apple,Infinity,501,sess-1", "price_not_finite"),
 ]
 TRUNCATED = (b"2019-10-01 01:05:00 UTC,view,10", "missing_columns")  # last line, no newline
 
@@ -151,6 +154,42 @@ def test_column_mapping_lets_a_session_only_log_in(spark: SparkSession, tmp_path
     assert silver[("s-1", "p1")][C.DWELL_SECONDS] == 40.0
 
 
+@pytest.mark.parametrize("content", ["", HEADER + "\n"], ids=["empty", "header_only"])
+def test_an_empty_input_warns_exits_0_and_commits_nothing(
+    spark: SparkSession, config: ClickrecConfig, tmp_path: Path, content: str
+) -> None:
+    """A scheduled run on an empty landing file neither fails nor passes silently."""
+    data = tmp_path / "landing.csv"
+    data.write_text(content)
+    summary = ingest(spark, config, input_path=str(data))
+    assert summary["rows_read"] == summary["accepted"] == 0
+    assert summary["warnings"] == ["no rows read from 1 file(s): empty, or only a header; nothing was written"]
+    lake = Lake.from_config(config)
+    assert not any(table_exists(spark, lake.path(t)) for t in (C.BRONZE_EVENTS, C.BRONZE_QUARANTINE, C.SILVER_INTERACTIONS))
+
+
+def test_a_truncated_gzip_ingests_its_readable_lines_and_names_the_file(
+    spark: SparkSession, config: ClickrecConfig, tmp_path: Path
+) -> None:
+    whole = gzip.compress(("\n".join([HEADER] + [good_line(i % 60) .replace("sess-", f"s{i}-") for i in range(3000)])
+                           + "\n").encode())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    intact = tmp_path / "intact.csv"
+    intact.write_text(HEADER + "\n" + good_line(1).replace("sess-", "other-") + "\n")
+    readable = 0  # complete lines before the cut, header included
+    with gzip.open(cut, "rb") as handle, pytest.raises(EOFError):
+        for line in handle:
+            readable += line.endswith(b"\n")
+
+    summary = ingest(spark, config, input_path=str(tmp_path / "*"))
+
+    assert summary["truncated_files"] == [f"file:{cut}"]
+    assert any("1 truncated file(s)" in w and str(cut) in w for w in summary["warnings"])
+    assert summary["rows_read"] == readable - 1 + 1  # the cut file's rows (no header) and the intact file's row
+    assert summary["accepted"] + summary["duplicates"] == summary["rows_read"] > 1000
+
+
 def movielens_file() -> Path:
     folder = Path(os.environ.get("CLICKREC_MOVIELENS_DIR", REPO.parent / "shared" / "data" / "movielens-100k"))
     data = folder / "u.data"
@@ -176,7 +215,7 @@ def test_movielens_100k_through_the_ratings_format(spark: SparkSession, config: 
 def test_ratings_header_user_like_ids_huge_timestamps_and_a_late_older_rating(
     spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = make_config(tmp_path, ingest={"data_docs": False})
+    config = make_config(tmp_path, ingest={"data_docs": False, "max_rejected_fraction": 0.9})
     lake = Lake.from_config(config)
     first = tmp_path / "ratings-1.csv"
     first.write_text(
@@ -184,10 +223,11 @@ def test_ratings_header_user_like_ids_huge_timestamps_and_a_late_older_rating(
         "user42,item7,4,881250949\n"  # ids that start with "user" are rows, not headers
         "user42,item8,5,881250950\n"
         "u1,item7,3,1700000000000000\n"  # epoch microseconds: too large for seconds
+        "u2,item7,NaN,881250949\nu3,item7,-Infinity,881250949\n"  # would make every ALS factor NaN
     )
     s1 = ingest(spark, config, input_path=str(first), input_format="ratings")
-    assert (s1["rows_read"], s1["accepted"], s1["duplicates"], s1["quarantined"]) == (3, 2, 0, 1)
-    assert s1["quarantined_by_reason"] == {"timestamp_invalid": 1}
+    assert (s1["rows_read"], s1["accepted"], s1["duplicates"], s1["quarantined"]) == (5, 2, 0, 3)
+    assert s1["quarantined_by_reason"] == {"timestamp_invalid": 1, "rating_not_finite": 2}
 
     # A later batch holds an older rating of (user42, item7) and a newer one of item8: the
     # latest rating wins across batches as it does within one.

@@ -39,6 +39,23 @@ def test_json_lines_are_sent_as_they_are(tmp_path: Path) -> None:
     assert events == [("7", b'{"user_id": 7, "event_type": "view"}'), (None, b"not json")]
 
 
+def test_a_truncated_gzip_is_replayed_up_to_its_last_complete_line(tmp_path: Path) -> None:
+    rows = "\n".join(f"2019-10-01 00:00:{i % 60:02d} UTC,view,{i},1,,b,1.0,7,s" for i in range(5000)) + "\n"
+    whole = gzip.compress(rows.encode())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    complete = 0
+    with gzip.open(cut, "rb") as handle, pytest.raises(EOFError):
+        for line in handle:
+            complete += line.endswith(b"\n")
+    truncated: list[str] = []
+    config = build_config({"ingest": {"header": False}})
+    sent = list(event_payloads(cut, config, truncated=truncated))
+    assert 0 < len(sent) == complete < 5000
+    assert truncated == [str(cut)]
+    assert json.loads(sent[-1][1])["product_id"] == str(complete - 1)  # the last whole line, in order
+
+
 def test_source_options_come_from_config() -> None:
     opts = stream_source_options(KafkaConfig(bootstrap_servers="h:1"), topic="t", starting_offsets="earliest",
                                  max_offsets_per_trigger=5, fail_on_data_loss=False)
