@@ -26,7 +26,13 @@ from clickrec.quality import load_suite
 from clickrec.replay import event_payloads
 from clickrec.staging import stage_events, suite_params
 from clickrec.stream import staged_events
-from tests.support.layouts import LAYOUTS, expected_bronze, expected_counts, layout_config, write_layout
+from tests.support.layouts import (
+    LAYOUTS,
+    expected_bronze,
+    expected_counts,
+    layout_config,
+    write_layout,
+)
 
 BRONZE_KEY = (C.USER_ID, C.USER_SESSION, C.PRODUCT_ID, C.EVENT_TYPE, C.EVENT_TIME)
 

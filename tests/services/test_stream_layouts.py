@@ -19,7 +19,13 @@ from clickrec.io.lake import Lake
 from clickrec.replay import replay
 from clickrec.services import ServiceProcess
 from clickrec.stream import run_stream
-from tests.support.layouts import LAYOUTS, expected_bronze, expected_counts, layout_config, write_layout
+from tests.support.layouts import (
+    LAYOUTS,
+    expected_bronze,
+    expected_counts,
+    layout_config,
+    write_layout,
+)
 
 pytestmark = pytest.mark.slow  # a query per layout
 
