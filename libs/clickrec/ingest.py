@@ -250,10 +250,10 @@ def ingest(
     `input_format` is rees46 (clickstream, REES46 schema through ingest.column_mapping) or
     ratings (`user item rating timestamp`, straight to silver); default ingest.format. The CLI
     and the config refuse any other value.
-    Raises InputError for a missing input or a batch that fails the quality gate.
+    Raises InputError for a missing input or a batch that fails the quality gate. An existing
+    folder without files, an empty file and a file with only a header are not errors: the
+    summary's `warnings` say that nothing was read.
     """
-    from pyspark.sql import functions as F
-
     started = time.monotonic()
     fmt = input_format or config.ingest.format
     files = list_input_files(spark, input_path)
@@ -264,32 +264,18 @@ def ingest(
     lake = Lake.from_config(config)
     leases.refuse_beside_stream(lake, "ingest", commit=config.s3.commit)
     stale = _remove_stale_staging(spark, lake, older_than_hours=config.ingest.stale_staging_hours)
-    staging = lake.path(f"_staging/{run_id}")
     suite_path = config.ingest.events_suite if fmt == "rees46" else config.ingest.ratings_suite
     suite = load_suite(suite_path, suite_params(config))
     clock = _PhaseClock()
-    try:
-        staged, truncated = _parse_once(spark, config, fmt, files, suite, f"{staging}/batch")
-        clock.lap("parse")
-        docs_dir = lake.path("_quality/data_docs") if config.ingest.data_docs else None
-        checked = _count_and_validate(staged, suite, run_id, docs_dir=docs_dir)
-        clock.lap("count_gx")
-        _check_quality_gate(config, input_path, checked)
-        if checked.rejected:
-            quarantine_rejected(spark, lake, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now,
-                                skip_held=True)
-        clock.lap("quarantine")
-        valid = staged.where(F.size(C.REASONS) == 0)
-        valid_rows = checked.rows - checked.rejected
-        if fmt == "rees46":
-            written = ingest_valid_events(spark, config, lake, valid, valid_rows, run_id, now, staging)
-        else:
-            written = _ingest_valid_ratings(spark, lake, valid, valid_rows, run_id, staging)
-            clock.lap("silver")
-    finally:
-        delete_path(spark, staging)
+    if not files:  # an empty landing folder: nothing to read, nothing to write, said in warnings
+        checked = _CheckedBatch(0, 0, {}, {"suite": suite["name"], "success": None, "data_docs": None})
+        written, truncated = IngestedRows(accepted=0, duplicates=0), list[str]()
+    else:
+        checked, written, truncated = _stage_check_and_write(
+            spark, config, lake, fmt, files, suite, run_id=run_id, now=now, input_key=input_key,
+            input_path=input_path, clock=clock)
     seconds = time.monotonic() - started
-    warnings = input_warnings(files, rows_read=checked.rows, truncated=truncated)
+    warnings = input_warnings(files, rows_read=checked.rows, truncated=truncated, input_path=input_path)
     for warning in warnings:
         log.warning("%s", warning)
     table_rows, table_versions = _table_sizes(spark, lake)
@@ -325,14 +311,51 @@ def ingest(
     return summary
 
 
-def input_warnings(files: Sequence[InputFile], *, rows_read: int, truncated: Sequence[str]) -> list[str]:
-    """What the summary warns about the input: no rows at all, empty files, truncated files.
+def _stage_check_and_write(
+    spark: SparkSession, config: ClickrecConfig, lake: Lake, fmt: str, files: Sequence[InputFile],
+    suite: dict[str, Any], *, run_id: str, now: datetime, input_key: str, input_path: str, clock: _PhaseClock,
+) -> tuple[_CheckedBatch, IngestedRows, list[str]]:
+    """Stage the files, count and validate them, pass the gate, then quarantine and write.
+
+    Returns what was checked, what was written and the truncated files (ingest's summary).
+    """
+    from pyspark.sql import functions as F
+
+    staging = lake.path(f"_staging/{run_id}")
+    try:
+        staged, truncated = _parse_once(spark, config, fmt, files, suite, f"{staging}/batch")
+        clock.lap("parse")
+        docs_dir = lake.path("_quality/data_docs") if config.ingest.data_docs else None
+        checked = _count_and_validate(staged, suite, run_id, docs_dir=docs_dir)
+        clock.lap("count_gx")
+        _check_quality_gate(config, input_path, checked)
+        if checked.rejected:
+            quarantine_rejected(spark, lake, staged, fmt=fmt, input_key=input_key, run_id=run_id, now=now,
+                                skip_held=True)
+        clock.lap("quarantine")
+        valid = staged.where(F.size(C.REASONS) == 0)
+        valid_rows = checked.rows - checked.rejected
+        if fmt == "rees46":
+            written = ingest_valid_events(spark, config, lake, valid, valid_rows, run_id, now, staging)
+        else:
+            written = _ingest_valid_ratings(spark, lake, valid, valid_rows, run_id, staging)
+            clock.lap("silver")
+    finally:
+        delete_path(spark, staging)
+    return checked, written, truncated
+
+
+def input_warnings(files: Sequence[InputFile], *, rows_read: int, truncated: Sequence[str],
+                   input_path: str) -> list[str]:
+    """What the summary warns about the input: no file, no rows at all, empty files, truncated files.
 
     A scheduled run on an empty landing folder then neither fails nor passes silently: it exits
     0, commits nothing, and says so.
     """
     warnings = []
-    if rows_read == 0:
+    if not files:
+        warnings.append(f"--input {input_path}: the folder holds no input file; nothing was written")
+    elif rows_read == 0:
         warnings.append(f"no rows read from {len(files)} file(s): empty, or only a header; nothing was written")
     empty = [f.path for f in files if f.size == 0]
     if empty and rows_read:

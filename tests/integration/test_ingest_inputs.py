@@ -154,16 +154,22 @@ def test_column_mapping_lets_a_session_only_log_in(spark: SparkSession, tmp_path
     assert silver[("s-1", "p1")][C.DWELL_SECONDS] == 40.0
 
 
-@pytest.mark.parametrize("content", ["", HEADER + "\n"], ids=["empty", "header_only"])
+@pytest.mark.parametrize(("content", "warning"), [
+    (None, "the folder holds no input file; nothing was written"),
+    ("", "no rows read from 1 file(s): empty, or only a header; nothing was written"),
+    (HEADER + "\n", "no rows read from 1 file(s): empty, or only a header; nothing was written"),
+], ids=["empty_folder", "empty_file", "header_only"])
 def test_an_empty_input_warns_exits_0_and_commits_nothing(
-    spark: SparkSession, config: ClickrecConfig, tmp_path: Path, content: str
+    spark: SparkSession, config: ClickrecConfig, tmp_path: Path, content: str | None, warning: str
 ) -> None:
-    """A scheduled run on an empty landing file neither fails nor passes silently."""
-    data = tmp_path / "landing.csv"
-    data.write_text(content)
-    summary = ingest(spark, config, input_path=str(data))
-    assert summary["rows_read"] == summary["accepted"] == 0
-    assert summary["warnings"] == ["no rows read from 1 file(s): empty, or only a header; nothing was written"]
+    """A scheduled run on an empty landing folder or file neither fails nor passes silently."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    if content is not None:
+        (landing / "events.csv").write_text(content)
+    summary = ingest(spark, config, input_path=str(landing))
+    assert summary["rows_read"] == summary["accepted"] == summary["quarantined"] == 0
+    assert [w.removeprefix(f"--input {landing}: ") for w in summary["warnings"]] == [warning]
     lake = Lake.from_config(config)
     assert not any(table_exists(spark, lake.path(t)) for t in (C.BRONZE_EVENTS, C.BRONZE_QUARANTINE, C.SILVER_INTERACTIONS))
 

@@ -40,19 +40,22 @@ def _hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
 def list_input_files(spark: SparkSession, pattern: str) -> list[InputFile]:
     """Expand a file, a folder (its visible files) or a glob into files, sorted by path.
 
-    Raises InputError naming `pattern` when nothing matches or only empty folders do.
+    An existing folder without files gives [] (an empty landing folder is not an error); a
+    path or glob that matches nothing raises InputError naming `pattern`.
     """
     fs, hpath = _hadoop_path(spark, pattern)
     statuses = fs.globStatus(hpath)
+    if not statuses:
+        raise InputError(f"--input {pattern}: no input file found there")
     found: list[InputFile] = []
-    for status in statuses or []:
+    for status in statuses:
         children = fs.listStatus(status.getPath()) if status.isDirectory() else [status]
         for child in children:
             name = child.getPath().getName()
             if child.isDirectory() or name.startswith(("_", ".")):
                 continue
             found.append(InputFile(str(child.getPath()), int(child.getLen()), int(child.getModificationTime())))
-    if not found:
+    if not found and not all(status.isDirectory() for status in statuses):
         raise InputError(f"--input {pattern}: no input file found there")
     return sorted(found, key=lambda f: f.path)
 
@@ -96,7 +99,7 @@ def ignoring_corrupt_files(spark: SparkSession) -> Iterator[None]:
     """Within the block, a file read that fails keeps the lines read before the failure and skips
     the rest of that file (spark.sql.files.ignoreCorruptFiles), instead of failing the job."""
     key = "spark.sql.files.ignoreCorruptFiles"
-    before = spark.conf.get(key, "false")
+    before = spark.conf.get(key, "false") or "false"
     spark.conf.set(key, "true")
     try:
         yield
