@@ -45,10 +45,12 @@ def test_unknown_parameter_is_a_config_error(tmp_path: Path) -> None:
 def test_gx_and_the_predicates_count_the_same_failures(spark: SparkSession, tmp_path: Path) -> None:
     suite = load_suite(IngestConfig().ratings_suite, PARAMS)
     df = spark.createDataFrame(
-        [("1", "a", 4.0, "2019-01-01 00:00:00", 4, True),
-         (None, "a", 4.0, "2019-01-01 00:00:00", 4, True),
-         ("2", "b c", None, "1990-01-01 00:00:00", 5, False)],
-        "user_id string, item_id string, rating double, t string, column_count int, utf8_valid boolean",
+        [("1", "a", 4.0, "2019-01-01 00:00:00", 4, True, True),
+         (None, "a", 4.0, "2019-01-01 00:00:00", 4, True, True),
+         ("2", "b c", None, "1990-01-01 00:00:00", 5, False, True),
+         ("3", "d", float("nan"), "2019-01-01 00:00:00", 4, True, False)],
+        "user_id string, item_id string, rating double, t string, column_count int, utf8_valid boolean, "
+        "rating_finite boolean",
     ).withColumn("event_time", F.to_timestamp("t")).drop("t")
     flagged = df.transform(flag_rejections, checks=rejection_checks(suite))
     by_reason: dict[str, int] = {}
@@ -56,7 +58,8 @@ def test_gx_and_the_predicates_count_the_same_failures(spark: SparkSession, tmp_
         for reason in row["reasons"]:
             by_reason[reason] = by_reason.get(reason, 0) + 1
     assert by_reason == {"user_id_missing": 1, "extra_columns": 1, "invalid_utf8": 1,
-                         "item_id_malformed": 1, "rating_invalid": 1, "event_time_out_of_bounds": 1}
+                         "item_id_malformed": 1, "rating_invalid": 1, "event_time_out_of_bounds": 1,
+                         "rating_not_finite": 1}
     docs = tmp_path / "docs"
     result = validate_batch(df, suite, run_name="t", docs_dir=str(docs))
     assert result["success"] is False
