@@ -244,15 +244,23 @@ def _stopped_waiting(processor: BatchProcessor) -> bool:
 
 
 def _query_failure(query_name: str, processor: BatchProcessor, error: Any) -> Exception:
-    """The error a failed query ends the command with: the batch's own, as it was raised (a
-    ClickrecError keeps its exit code, a bug stays a bug: exit 1 with its traceback), else a
-    ServiceError (the query itself failed: Kafka, storage; bad rows never fail a batch)."""
-    from deltalake.exceptions import DeltaError
-    from py4j.protocol import Py4JError
+    """The error a failed query ends the command with, classified as the CLI classifies a batch
+    job's: the batch's own ClickrecError keeps its exit code; a store's I/O failure behind it
+    (S3A, Delta, delta-rs: clickrec.io.failures) is a ServiceError naming the store (exit 4);
+    another error of the batch is a bug (exit 1 with its traceback); and a query that failed
+    outside the batch (Kafka, the checkpoint's storage; bad rows never fail a batch) is a
+    ServiceError."""
+    from clickrec.errors import ClickrecError
+    from clickrec.io.failures import storage_error
 
     failed = processor.error
-    if failed is None or isinstance(failed, (Py4JError, DeltaError, OSError)):  # Spark, storage
-        return ServiceError(f"stream {query_name} failed: {first_line(failed or error)}")
+    if isinstance(failed, ClickrecError):
+        return failed
+    storage = storage_error(failed if failed is not None else error)
+    if storage is not None:
+        return ServiceError(f"stream {query_name} failed: {storage}")
+    if failed is None:
+        return ServiceError(f"stream {query_name} failed: {first_line(error)}")
     return failed
 
 
