@@ -7,7 +7,8 @@ Spark's S3A and Delta calls fail through Py4J (`Py4JJavaError`, or PySpark's con
 
 - a Java throwable that is a `java.io.IOException` (java.net.ConnectException,
   UnknownHostException, SocketTimeoutException, every `org.apache.hadoop.fs.s3a` error such as
-  AWSClientIOException) or an AWS SDK `SdkClientException` (v1 or v2);
+  AWSClientIOException) or an AWS SDK `SdkClientException` (v1 or v2), except a file that is
+  not there (FileNotFoundException and the like);
 - a Python `ConnectionError`, `TimeoutError` or `socket.gaierror`, and delta-rs' `OSError`
   (no errno: the object store's, not a local file's);
 - a delta-rs `DeltaError` whose message is the object store's transport failure.
@@ -33,12 +34,19 @@ JAVA_IO_CLASSES = frozenset({
     "software.amazon.awssdk.core.exception.SdkClientException",
 })
 JAVA_IO_PACKAGES = ("org.apache.hadoop.fs.s3a.",)
+# A file that is not there is an answer of the store, not a failure to answer: these links of
+# a chain do not count (S3A reports a 404 as FileNotFoundException).
+JAVA_NOT_THERE = frozenset({
+    "java.io.FileNotFoundException",
+    "java.nio.file.NoSuchFileException",
+    "org.apache.hadoop.mapred.InvalidInputException",
+})
 # A Python worker that died (killed, out of memory) ends Spark's socket to it with an
 # EOFException or a reset: an IOException of Spark's own, not of a store.
 _PYTHON_WORKER = re.compile(r"Python worker|PythonRunner|python\.PythonException", re.IGNORECASE)
 # What delta-rs (object_store) says when the store did not answer.
 _TRANSPORT_WORDS = re.compile(
-    r"error sending request|connection refused|connect error|timed out|dns error|S3 error|Generic \w+ error",
+    r"error sending request|connection refused|connect error|timed out|dns error|S3 error",
     re.IGNORECASE,
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -102,6 +110,8 @@ def _java_io_detail(exc: BaseException) -> str | None:
     if any(_PYTHON_WORKER.search(message) for _, message in chain):
         return None
     for i, (hierarchy, message) in enumerate(chain):
+        if JAVA_NOT_THERE.intersection(hierarchy):
+            continue
         if JAVA_IO_CLASSES.intersection(hierarchy) or any(n.startswith(JAVA_IO_PACKAGES) for n in hierarchy):
             detail = f"{hierarchy[0]}: {_one_line(message)}"
             root = _one_line(chain[-1][1])
