@@ -315,7 +315,7 @@ def stream(
         from clickrec.stream import run_stream
         from clickrec.tracking import Tracking
 
-        tracking = Tracking(cfg.mlflow)
+        tracking = Tracking(cfg.mlflow, stream=True)
         spark = build_spark_session(cfg)
         try:
             return run_stream(spark, cfg, available_now=available_now, max_seconds=max_seconds, tracking=tracking)

@@ -154,7 +154,8 @@ def run_stream(
     table versions. Raises ServiceError without Kafka; when the query fails, what
     `_query_failure` says (the batch's own error, or ServiceError for Spark and storage; the
     checkpoint keeps the last committed batch). `tracking`: the job's MLflow (default: one built
-    from config.mlflow). The CLI refuses available_now together with max_seconds.
+    from config.mlflow with the stream's tighter HTTP timeout and retries). The CLI refuses
+    available_now together with max_seconds.
     """
     from pyspark.errors import StreamingQueryException
 
@@ -169,7 +170,7 @@ def run_stream(
         log.info("created topic %s", config.kafka.clickstream_topic)
     started = time.monotonic()
     stop = threading.Event()
-    processor = BatchProcessor(spark, config, tracking or Tracking(config.mlflow), stop=stop)
+    processor = BatchProcessor(spark, config, tracking or Tracking(config.mlflow, stream=True), stop=stop)
     try:
         processor.refresh_model()
     except NotFoundError:
