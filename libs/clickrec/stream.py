@@ -251,12 +251,16 @@ def _query_failure(query_name: str, processor: BatchProcessor, error: Any) -> Ex
     another error of the batch is a bug (exit 1 with its traceback); and a query that failed
     outside the batch (Kafka, the checkpoint's storage; bad rows never fail a batch) is a
     ServiceError."""
+    from py4j.protocol import Py4JError, Py4JJavaError
+
     from clickrec.errors import ClickrecError
     from clickrec.io.failures import storage_error
 
     failed = processor.error
     if isinstance(failed, ClickrecError):
         return failed
+    if isinstance(failed, Py4JError) and not isinstance(failed, Py4JJavaError):  # the JVM went away
+        return ServiceError(f"stream {query_name} failed: Spark's JVM: {first_line(failed)}")
     storage = storage_error(failed if failed is not None else error)
     if storage is not None:
         return ServiceError(f"stream {query_name} failed: {storage}")

@@ -95,3 +95,23 @@ def test_the_stream_classifies_a_failed_batch_the_same_way(spark: SparkSession) 
     assert _query_failure("q", SimpleNamespace(error=bug), RuntimeError("query failed")) is bug  # type: ignore[arg-type]
     outside = _query_failure("q", SimpleNamespace(error=None), RuntimeError("kafka went away"))  # type: ignore[arg-type]
     assert isinstance(outside, ServiceError) and "kafka went away" in str(outside)
+
+
+def test_a_task_failure_that_reaches_the_driver_as_text_is_classified_by_that_text(spark: SparkSession) -> None:
+    from py4j.protocol import Py4JJavaError
+
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+
+    def job_failure(text: str) -> Py4JJavaError:
+        return Py4JJavaError("An error occurred while calling o1.save.\n", jvm.org.apache.spark.SparkException(text))
+
+    store = storage_error(job_failure(
+        "Job aborted due to stage failure: Task 0 in stage 3.0 failed 1 times, most recent failure: "
+        "java.net.ConnectException: Connect to 127.0.0.1:9 failed: Connection refused"))
+    assert store is not None and "java.net.ConnectException: Connect to 127.0.0.1:9" in str(store)
+    worker = storage_error(job_failure(
+        "Job aborted due to stage failure: Python worker exited unexpectedly (crashed): java.io.EOFException"))
+    assert worker is None  # Spark's own socket to a dead worker, not a store
+    missing = storage_error(job_failure("Job aborted: java.io.FileNotFoundException: s3a://b/part-0"))
+    assert missing is None

@@ -49,6 +49,11 @@ _TRANSPORT_WORDS = re.compile(
     r"error sending request|connection refused|connect error|timed out|dns error|S3 error",
     re.IGNORECASE,
 )
+_IO_IN_TEXT = re.compile(
+    r"\b(java\.io\.\w*IOException|java\.net\.\w+Exception|java\.io\.UncheckedIOException"
+    r"|org\.apache\.hadoop\.fs\.s3a\.\w+|software\.amazon\.awssdk\.[\w.]*SdkClientException"
+    r"|com\.amazonaws\.SdkClientException)\b"
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_DETAIL = 600
 _MAX_DEPTH = 20
@@ -118,6 +123,12 @@ def _java_io_detail(exc: BaseException) -> str | None:
             if i < len(chain) - 1 and root and root not in detail:
                 detail += f" (cause: {root})"
             return _cut(detail)
+    # A task's failure can reach the driver as text only ("Job aborted due to stage failure:
+    # ... java.net.ConnectException: ..."), without the exception as a cause.
+    for _, message in chain:
+        found = _IO_IN_TEXT.search(message)
+        if found:
+            return _cut(_one_line(message[found.start():]))
     return None
 
 
