@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -75,8 +75,10 @@ def emit(summary: dict[str, Any]) -> None:
 def run(command: str, body: Callable[[], dict[str, Any]], *, on_sigterm: bool = True) -> None:
     """Run a command body; its summary, or an error message, a JSON error line and an exit code.
 
-    A ClickrecError exits with its own code; any other exception (a bug, an unforeseen failure)
-    prints its traceback and exits 1, and still ends stdout with the JSON line scripts read.
+    A ClickrecError exits with its own code; an I/O failure of a store behind Spark or delta-rs
+    (clickrec.io.failures) exits 4 as a StorageUnavailableError; any other exception (a bug, an
+    unforeseen failure) prints its traceback and exits 1, and still ends stdout with the JSON
+    line scripts read.
     """
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -89,10 +91,14 @@ def run(command: str, body: Callable[[], dict[str, Any]], *, on_sigterm: bool = 
     try:
         summary = body()
     except ClickrecError as exc:
-        print(f"clickrec {command}: error: {exc}", file=sys.stderr, flush=True)
-        emit({"command": command, "ok": False, "error": str(exc), "error_type": type(exc).__name__})
-        raise typer.Exit(code=exc.exit_code) from None
-    except Exception as exc:  # a bug or an unforeseen failure: the traceback, and still the JSON line
+        _failed(command, exc)
+    except Exception as exc:
+        from clickrec.io.failures import storage_error
+
+        storage = storage_error(exc)  # S3A, Delta, Py4J or delta-rs I/O: a store, not a bug (exit 4)
+        if storage is not None:
+            _failed(command, storage)
+        # a bug or an unforeseen failure: the traceback, and still the JSON line
         traceback.print_exc(file=sys.stderr)
         print(f"clickrec {command}: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         emit({"command": command, "ok": False, "error": first_line(exc), "error_type": type(exc).__name__})
@@ -101,6 +107,13 @@ def run(command: str, body: Callable[[], dict[str, Any]], *, on_sigterm: bool = 
         if on_sigterm:
             signal.signal(signal.SIGTERM, previous)
     emit({"command": command, "ok": True, **summary})
+
+
+def _failed(command: str, exc: ClickrecError) -> NoReturn:
+    """Report a ClickrecError: its message on stderr, the JSON line, its exit code."""
+    print(f"clickrec {command}: error: {exc}", file=sys.stderr, flush=True)
+    emit({"command": command, "ok": False, "error": str(exc), "error_type": type(exc).__name__})
+    raise typer.Exit(code=exc.exit_code) from None
 
 
 def _terminated(command: str) -> None:
@@ -302,7 +315,7 @@ def stream(
         from clickrec.stream import run_stream
         from clickrec.tracking import Tracking
 
-        tracking = Tracking(cfg.mlflow)
+        tracking = Tracking(cfg.mlflow, stream=True)
         spark = build_spark_session(cfg)
         try:
             return run_stream(spark, cfg, available_now=available_now, max_seconds=max_seconds, tracking=tracking)

@@ -126,6 +126,17 @@ class MlflowConfig(_Section):
     model_name: str = "clickrec-als"
     # Where runs of a new experiment keep artifacts when the tracking store is a file/SQLite.
     artifact_location: str | None = ".lake/mlartifacts"
+    # Each HTTP request to an MLflow server (runs, registry, proxied artifacts) gives up after
+    # http_timeout_seconds and is retried http_max_retries times, waiting backoff_factor * 2^n s
+    # in between, before the job fails with exit 4 (MLflow's own defaults: 120 s, 7 retries,
+    # factor 2: about 4 minutes per call). clickrec.tracking.Tracking sets MLflow's variables
+    # MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES / _BACKOFF_FACTOR from them.
+    http_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    http_max_retries: int = Field(default=3, ge=0, le=10)  # MLflow refuses more than 10
+    http_backoff_factor: int = Field(default=1, ge=0, le=120)
+    # The same for `clickrec stream`, whose micro-batch waits for MLflow when it follows the model.
+    stream_http_timeout_seconds: int = Field(default=10, ge=1, le=3600)
+    stream_http_max_retries: int = Field(default=1, ge=0, le=10)
 
 
 class TrainGridConfig(_Section):

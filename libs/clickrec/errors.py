@@ -100,6 +100,16 @@ class MlflowUnavailableError(ServiceError):
         super().__init__(f"MLflow at {tracking_uri}: {doing + ': ' if doing else ''}{first_line(cause)}")
 
 
+class StorageUnavailableError(ServiceError):
+    """The lake's store (S3/MinIO over S3A or delta-rs, or the local disk) failed an I/O call:
+    refused, timed out, unknown host; worth trying again, unlike a bug. The message is the
+    store's own, which names the path and endpoint (clickrec.io.failures)."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"storage I/O failed (worth retrying once the store answers): {detail}")
+
+
 class ModelVersionNotFoundError(NotFoundError):
     """The registered model has no such alias or version."""
 

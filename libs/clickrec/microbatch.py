@@ -128,7 +128,7 @@ class BatchProcessor:
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def __post_init__(self) -> None:
-        self.tracking = self.tracking or Tracking(self.config.mlflow)
+        self.tracking = self.tracking or Tracking(self.config.mlflow, stream=True)
         self.lake = Lake.from_config(self.config)
         self.lease_view = leases.LeaseView(self.lake)
 

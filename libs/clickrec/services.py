@@ -225,6 +225,23 @@ def kafka_cluster_id() -> str:
             return cid
 
 
+def formatted_cluster_id(logs_dir: Path) -> str | None:
+    """The cluster id that Kafka's storage in `logs_dir` was formatted with (None: not formatted).
+
+    A broker only starts on storage formatted with its own cluster id, so a restart on the same
+    folder (`services up` after `services down`) formats with this one, keeping the topics.
+    """
+    try:
+        text = (logs_dir / "meta.properties").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "cluster.id" and value.strip():
+            return value.strip()
+    return None
+
+
 def kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:
     """server.properties for a single-node KRaft broker+controller on loopback."""
     return "\n".join(
@@ -269,7 +286,8 @@ logger.apache.level = WARN
 
 
 def start_kafka(base_dir: Path, port: int | None = None, timeout: float = READY_TIMEOUT_S) -> ServiceProcess:
-    """Format and start a single-node KRaft Kafka from the jars cached by setup."""
+    """Format (once: a restart reuses the storage's cluster id) and start a single-node KRaft
+    Kafka from the jars cached by setup."""
     jars = paths.jars_dir("kafka")
     if not any(jars.glob("kafka_2.13-*.jar")):
         raise SetupError(f"kafka: broker jars not found in {jars}: run `make setup`")
@@ -286,9 +304,10 @@ def start_kafka(base_dir: Path, port: int | None = None, timeout: float = READY_
     log_path = data_dir / "kafka.log"
     cp = f"{jars}/*"
     jvm = ["-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={log4j}", "-Djava.awt.headless=true"]
+    cluster_id = formatted_cluster_id(data_dir / "logs") or kafka_cluster_id()
     fmt = subprocess.run(
         [java, *jvm, "-cp", cp, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-         "-t", kafka_cluster_id(), "-c", str(props)],
+         "-t", cluster_id, "-c", str(props)],
         capture_output=True, text=True, timeout=120, check=False,
     )
     if fmt.returncode != 0:

@@ -154,7 +154,8 @@ def run_stream(
     table versions. Raises ServiceError without Kafka; when the query fails, what
     `_query_failure` says (the batch's own error, or ServiceError for Spark and storage; the
     checkpoint keeps the last committed batch). `tracking`: the job's MLflow (default: one built
-    from config.mlflow). The CLI refuses available_now together with max_seconds.
+    from config.mlflow with the stream's tighter HTTP timeout and retries). The CLI refuses
+    available_now together with max_seconds.
     """
     from pyspark.errors import StreamingQueryException
 
@@ -169,7 +170,7 @@ def run_stream(
         log.info("created topic %s", config.kafka.clickstream_topic)
     started = time.monotonic()
     stop = threading.Event()
-    processor = BatchProcessor(spark, config, tracking or Tracking(config.mlflow), stop=stop)
+    processor = BatchProcessor(spark, config, tracking or Tracking(config.mlflow, stream=True), stop=stop)
     try:
         processor.refresh_model()
     except NotFoundError:
@@ -244,15 +245,27 @@ def _stopped_waiting(processor: BatchProcessor) -> bool:
 
 
 def _query_failure(query_name: str, processor: BatchProcessor, error: Any) -> Exception:
-    """The error a failed query ends the command with: the batch's own, as it was raised (a
-    ClickrecError keeps its exit code, a bug stays a bug: exit 1 with its traceback), else a
-    ServiceError (the query itself failed: Kafka, storage; bad rows never fail a batch)."""
-    from deltalake.exceptions import DeltaError
-    from py4j.protocol import Py4JError
+    """The error a failed query ends the command with, classified as the CLI classifies a batch
+    job's: the batch's own ClickrecError keeps its exit code; a store's I/O failure behind it
+    (S3A, Delta, delta-rs: clickrec.io.failures) is a ServiceError naming the store (exit 4);
+    another error of the batch is a bug (exit 1 with its traceback); and a query that failed
+    outside the batch (Kafka, the checkpoint's storage; bad rows never fail a batch) is a
+    ServiceError."""
+    from py4j.protocol import Py4JError, Py4JJavaError
+
+    from clickrec.errors import ClickrecError
+    from clickrec.io.failures import storage_error
 
     failed = processor.error
-    if failed is None or isinstance(failed, (Py4JError, DeltaError, OSError)):  # Spark, storage
-        return ServiceError(f"stream {query_name} failed: {first_line(failed or error)}")
+    if isinstance(failed, ClickrecError):
+        return failed
+    if isinstance(failed, Py4JError) and not isinstance(failed, Py4JJavaError):  # the JVM went away
+        return ServiceError(f"stream {query_name} failed: Spark's JVM: {first_line(failed)}")
+    storage = storage_error(failed if failed is not None else error)
+    if storage is not None:
+        return ServiceError(f"stream {query_name} failed: {storage}")
+    if failed is None:
+        return ServiceError(f"stream {query_name} failed: {first_line(error)}")
     return failed
 
 

@@ -22,10 +22,19 @@ from clickrec.errors import (
     MlflowUnavailableError,
     ModelUnreadableError,
     ModelVersionNotFoundError,
+    ServiceError,
 )
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+# MLflow reads its HTTP client's settings from these variables on every request
+# (mlflow.utils.rest_utils.http_request), so a Tracking sets them from its config (one job, one
+# Tracking) before it calls MLflow. The SIGTERM handler's calls get one short try each.
+HTTP_TIMEOUT_VAR = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+HTTP_MAX_RETRIES_VAR = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+HTTP_BACKOFF_FACTOR_VAR = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+SIGTERM_HTTP = {HTTP_TIMEOUT_VAR: "3", HTTP_MAX_RETRIES_VAR: "0", HTTP_BACKOFF_FACTOR_VAR: "0"}
 
 # MLflow 3 sends usage telemetry by default, fetching its config from the internet on first
 # use. Jobs talk only to the services they are configured for (and run offline), so it is off
@@ -60,6 +69,46 @@ def _is_absent(exc: Exception) -> bool:
                                                   and "not found" in text)
 
 
+# Status codes of a server that failed to answer for now (a restart, an overload, a proxy
+# whose store is down), as opposed to a 4xx about the request itself.
+_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+_TRANSIENT_ERROR_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR"})
+_BOTO_TRANSIENT = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                             "ConnectionClosedError"})
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """True when `exc`, or an exception it was raised from, says MLflow's server or artifact
+    store did not answer: no connection, a timeout, a 5xx or 429 after MLflow's retries.
+
+    A file or version that is really gone (a 404, FileNotFoundError, "No such artifact") and
+    any other error are not transient. MLflow wraps a failed request in an MlflowException
+    raised while handling the requests error, so the whole __cause__/__context__ chain counts.
+    """
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 20:
+        seen.append(current)
+        if _transient_link(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _transient_link(exc: BaseException) -> bool:
+    import requests
+    from mlflow.exceptions import RestException
+
+    if isinstance(exc, requests.HTTPError):
+        return exc.response is not None and exc.response.status_code in _TRANSIENT_STATUS
+    if isinstance(exc, RestException):
+        return exc.error_code in _TRANSIENT_ERROR_CODES or exc.get_http_status_code() in _TRANSIENT_STATUS
+    if type(exc).__name__ in _BOTO_TRANSIENT and type(exc).__module__.startswith("botocore"):
+        return True
+    return isinstance(exc, requests.ConnectionError | requests.Timeout | requests.exceptions.RetryError
+                      | requests.exceptions.ChunkedEncodingError | ConnectionError | TimeoutError)
+
+
 def _input_versions(tags: dict[str, str]) -> dict[str, int]:
     """{table: version} from `input.<table>.version` keys."""
     out = {}
@@ -89,15 +138,27 @@ def grid_point_name(point: dict[str, Any]) -> str:
 class Tracking:
     """MLflow for one config: its tracking and registry stores, experiment and registered model."""
 
-    def __init__(self, settings: MlflowConfig) -> None:
+    def __init__(self, settings: MlflowConfig, *, stream: bool = False) -> None:
+        """`stream`: the stream's MLflow, with the tighter mlflow.stream_http_* settings."""
         self.settings = settings
         self.tracking_uri = _resolve_uri(settings.tracking_uri)
         self.registry_uri = _resolve_uri(settings.registry_uri) if settings.registry_uri else None
         self.model_name = settings.model_name
         self._client: MlflowClient | None = None
+        timeout = settings.stream_http_timeout_seconds if stream else settings.http_timeout_seconds
+        retries = settings.stream_http_max_retries if stream else settings.http_max_retries
+        self.http_env = {HTTP_TIMEOUT_VAR: str(timeout), HTTP_MAX_RETRIES_VAR: str(retries),
+                         HTTP_BACKOFF_FACTOR_VAR: str(settings.http_backoff_factor)}
+        self._apply_http()
+
+    def _apply_http(self) -> None:
+        """Set MLflow's HTTP timeout and retries (process-wide variables, read per request) to
+        this object's: a test process holds several Trackings in turn."""
+        os.environ.update(self.http_env)
 
     @property
     def client(self) -> MlflowClient:
+        self._apply_http()
         if self._client is None:
             from mlflow import MlflowClient
 
@@ -109,6 +170,7 @@ class Tracking:
         """Point MLflow's fluent API (process-wide URIs) at this object's stores."""
         import mlflow
 
+        self._apply_http()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri or self.tracking_uri)
 
@@ -182,7 +244,9 @@ class Tracking:
         if mv.run_id:
             try:
                 tags = self.client.get_run(mv.run_id).data.tags
-            except MlflowException:
+            except MlflowException as exc:
+                if _is_transient(exc):  # not "a run without tags": the input versions would be lost
+                    raise self._unavailable(exc) from exc
                 tags = {}
             inputs = _input_versions(tags)
         if not inputs:
@@ -191,7 +255,9 @@ class Tracking:
 
                 self._use()
                 meta = mlflow.models.get_model_info(f"models:/{self.model_name}/{mv.version}").metadata or {}
-            except (MlflowException, OSError):
+            except (MlflowException, OSError) as exc:
+                if _is_transient(exc):
+                    raise self._unavailable(exc) from exc
                 meta = {}
             inputs = _input_versions({k: str(v) for k, v in meta.items()})
         return {"model_name": self.model_name, "model_version": int(mv.version), "run_id": mv.run_id,
@@ -217,44 +283,54 @@ class Tracking:
     def load_model_version(self, version: int) -> Any:
         """The ALSModel of registered version `version`.
 
-        ModelUnreadableError (a NotFoundError) when the version or its files are gone;
-        MlflowUnavailableError (a ServiceError) when the registry or the artifact store fails
-        to answer (a restart, a 5xx), which is worth trying again.
+        ModelUnreadableError (a NotFoundError) when the version or its files are gone or cannot
+        be read; MlflowUnavailableError (a ServiceError) when the registry or the artifact store
+        fails to answer (no connection, a timeout, a 5xx), and StorageUnavailableError when the
+        files' store fails under Spark: both worth trying again.
         """
         import mlflow.spark
-        from mlflow.exceptions import MlflowException
 
         uri = f"models:/{self.model_name}/{version}"
         self._use()
         try:
             model = mlflow.spark.load_model(uri)
-        except MlflowException as exc:
-            if not _is_absent(exc):
-                raise self._unavailable(exc, f"cannot load {uri}") from exc
-            raise ModelUnreadableError(uri, exc) from exc
-        except OSError as exc:
-            raise ModelUnreadableError(uri, exc) from exc
+        except Exception as exc:  # MLflow, requests, Spark and file-system errors alike
+            raise self._load_failure(exc, uri) or ModelUnreadableError(uri, exc) from exc
         stages = getattr(model, "stages", None)
         return stages[-1] if stages else model
 
     def load_alias_model(self, alias: str) -> Any | None:
         """The ALSModel behind `alias`, or None when the alias is unset.
 
-        Raises ChampionUnavailableError when the alias is set but its model cannot be loaded:
-        a champion that cannot be scored is not "no champion" (train then does not promote).
+        Raises ChampionUnavailableError when the alias is set but its model is gone or cannot
+        be read: a champion that cannot be scored is not "no champion" (train then does not
+        promote). A registry or store that fails to answer for now raises MlflowUnavailableError
+        or StorageUnavailableError (ServiceErrors, exit 4) instead: a blip is not a verdict on
+        the champion.
         """
         import mlflow.spark
 
         version = self.alias_versions().get(alias)
         if version is None:
             return None
+        uri = f"models:/{self.model_name}@{alias}"
         self._use()
         try:
-            model = mlflow.spark.load_model(f"models:/{self.model_name}@{alias}")
-        except Exception as exc:  # MLflow, Spark and file-system errors alike
-            raise ChampionUnavailableError(self.model_name, alias, version, exc) from exc
+            model = mlflow.spark.load_model(uri)
+        except Exception as exc:  # MLflow, requests, Spark and file-system errors alike
+            raise self._load_failure(exc, uri) or ChampionUnavailableError(
+                self.model_name, alias, version, exc) from exc
         stages = getattr(model, "stages", None)
         return stages[-1] if stages else model
+
+    def _load_failure(self, exc: Exception, uri: str) -> ServiceError | None:
+        """The ServiceError a failed model load is (MLflow or the store did not answer), or None
+        when the model itself is gone or unreadable."""
+        if _is_transient(exc):
+            return self._unavailable(exc, f"cannot load {uri}")
+        from clickrec.io.failures import storage_error
+
+        return storage_error(exc)  # S3A/Spark I/O under the load (a missing file is not one)
 
     # --- training runs ----------------------------------------------------------------------
 
@@ -367,6 +443,7 @@ def kill_active_runs() -> list[str]:
     if parent:
         ids.append(parent)
     killed = []
+    os.environ.update(SIGTERM_HTTP)  # the process leaves at once: one short try per call
     try:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         for run_id in ids:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,6 +66,54 @@ def test_an_unexpected_error_prints_its_traceback_and_still_ends_with_a_json_lin
     summary = last_json(result.stdout)
     assert summary["ok"] is False and summary["command"] == "status"
     assert summary["error_type"] not in ("", "ClickrecError") and summary["error"]
+
+
+def test_a_batch_job_on_an_unreachable_s3_store_exits_4_naming_the_endpoint(
+    cli: Callable[..., subprocess.CompletedProcess[str]], spark: SparkSession, tmp_path: Path,
+) -> None:
+    """S3A refusing every connection is a store that is down (exit 4, worth retrying), not a bug."""
+    from tests.support.unreachable import closed_port, unreachable_bucket
+
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    bucket = unreachable_bucket(spark, endpoint)  # what --set spark.conf.spark.hadoop.fs.s3a... gives a new JVM
+    events = tmp_path / "events.csv"
+    events.write_text("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+                      "2019-10-01 00:00:00 UTC,view,1,1,,,1.0,1,s1\n")
+    result = cli("ingest", "--input", str(events), "--set", f"lake.root=s3a://{bucket}/lake",
+                 "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}")
+    assert result.returncode == 4, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    summary = last_json(result.stdout)
+    assert summary["ok"] is False and summary["error_type"] == "StorageUnavailableError"
+    assert endpoint.removeprefix("http://") in summary["error"] and f"s3a://{bucket}/lake" in summary["error"]
+
+
+@pytest.mark.slow  # a process with its own JVM
+def test_the_real_command_on_an_unreachable_s3_store_exits_4_with_s3a_retries_set_on_the_command_line(
+    tmp_path: Path,
+) -> None:
+    from tests.support.unreachable import closed_port
+
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    events = tmp_path / "events.csv"
+    events.write_text("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+                      "2019-10-01 00:00:00 UTC,view,1,1,,,1.0,1,s1\n")
+    s3a = "spark.conf.spark.hadoop.fs.s3a"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "unused", "AWS_SECRET_ACCESS_KEY": "unused"}
+    result = subprocess.run(
+        [sys.executable, "-m", "clickrec.cli", "ingest", "--input", str(events),
+         "--set", "lake.root=s3a://clickrec/lake", "--set", f"s3.endpoint={endpoint}",
+         "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+         "--set", f"spark.checkpoint_dir={tmp_path / 'checkpoints'}",
+         "--set", "spark.master=local[1]", "--set", "spark.driver_memory=1g",
+         "--set", f"{s3a}.attempts.maximum=0", "--set", f"{s3a}.retry.limit=0",
+         "--set", f"{s3a}.connection.establish.timeout=2s"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 4, result.stderr[-3000:]
+    summary = last_json(result.stdout)
+    assert summary["error_type"] == "StorageUnavailableError"
+    assert endpoint.removeprefix("http://") in summary["error"] and "s3a://clickrec/lake" in summary["error"]
 
 
 def test_status_with_repo_default_config(cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:

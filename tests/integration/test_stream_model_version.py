@@ -84,7 +84,7 @@ def test_the_stream_follows_a_rollback_instead_of_the_alias(spark: SparkSession,
 
 
 def test_an_unreachable_registry_is_a_service_error_and_the_stream_keeps_its_model(
-    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark: SparkSession, tmp_path: Path
 ) -> None:
     config = make_config(tmp_path, ingest={"data_docs": False}, publish={"n": 5})
     source = tmp_path / "events.csv"
@@ -98,9 +98,8 @@ def test_an_unreachable_registry_is_a_service_error_and_the_stream_keeps_its_mod
 
     # The same lake, the registry unreachable (nothing listens on port 9); no retries, so the
     # test does not wait for MLflow's backoff.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    down = make_config(tmp_path, mlflow={"tracking_uri": "http://127.0.0.1:9"})
+    down = make_config(tmp_path, mlflow={"tracking_uri": "http://127.0.0.1:9", "http_max_retries": 0,
+                                         "http_timeout_seconds": 5})
     with pytest.raises(ServiceError):  # not NotFoundError: "run `clickrec train` first" would mislead
         Tracking(down.mlflow).resolve_model_version(version=version)
     with pytest.raises(ServiceError):  # not "no alias set", not a raw MlflowException (exit 1)

@@ -25,6 +25,15 @@ def test_cluster_id_never_starts_with_a_dash() -> None:
     assert cid == base64.urlsafe_b64encode(plain).decode().rstrip("=") and len(cid) == 22
 
 
+def test_formatted_cluster_id_is_read_back_from_kafkas_storage(tmp_path: Path) -> None:
+    assert services.formatted_cluster_id(tmp_path / "logs") is None  # never formatted
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "meta.properties").write_text(
+        "#\n#Mon Dec 07 22:00:00 UTC 2026\nnode.id=1\ndirectory.id=abc\nversion=1\ncluster.id=Vtb-jbvSQji2qMVbaeRxrQ\n"
+    )
+    assert services.formatted_cluster_id(tmp_path / "logs") == "Vtb-jbvSQji2qMVbaeRxrQ"
+
+
 def test_private_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
     from clickrec.services import write_private
 
