@@ -38,12 +38,12 @@ from clickrec.choices import InputFormat
 from clickrec.config import ClickrecConfig
 from clickrec.errors import IdsKeptCollidingError, InputError
 from clickrec.io import conflicts, delta, leases
+from clickrec.io.failures import is_truncated_read
 from clickrec.io.files import (
     InputFile,
     delete_path,
     fingerprint,
     ignoring_corrupt_files,
-    is_truncated_read,
     list_input_files,
     remove_stale_dirs,
     truncated_files,

@@ -69,6 +69,20 @@ def storage_error(exc: BaseException) -> StorageUnavailableError | None:
     return None
 
 
+def is_truncated_read(exc: BaseException) -> bool:
+    """True when a Spark read failed because a compressed file ends before its stream does
+    (java.io.EOFException in the Java cause chain): the input's problem, which ingest handles
+    (clickrec.io.files.truncated_files), before it could count as the store's."""
+    throwable = _java_throwable(exc)
+    if throwable is None:
+        return False
+    try:
+        chain = _java_chain(throwable)
+    except Exception:  # the JVM is gone: nothing to look at
+        return False
+    return any(hierarchy[0] == "java.io.EOFException" for hierarchy, _ in chain)
+
+
 def _python_chain(exc: BaseException) -> list[BaseException]:
     """`exc`, then its __cause__ / __context__ links (each once)."""
     chain: list[BaseException] = []

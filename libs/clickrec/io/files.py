@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from clickrec.errors import InputError
+from clickrec.io.failures import is_truncated_read
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -58,21 +59,6 @@ def list_input_files(spark: SparkSession, pattern: str) -> list[InputFile]:
     if not found and not all(status.isDirectory() for status in statuses):
         raise InputError(f"--input {pattern}: no input file found there")
     return sorted(found, key=lambda f: f.path)
-
-
-def _java_cause_names(exc: BaseException) -> list[str]:
-    """Class names of a Py4J error's Java exception and its causes (empty for other errors)."""
-    java = getattr(exc, "java_exception", None)
-    names: list[str] = []
-    while java is not None and len(names) < 20:
-        names.append(str(java.getClass().getName()))
-        java = java.getCause()
-    return names
-
-
-def is_truncated_read(exc: BaseException) -> bool:
-    """True when a Spark read failed because a compressed file ended early (EOFException)."""
-    return "java.io.EOFException" in _java_cause_names(exc)
 
 
 def truncated_files(spark: SparkSession, files: list[InputFile]) -> list[str]:
