@@ -121,14 +121,19 @@ def serving_rows(
     updated_at: datetime,
     source: str = C.SOURCE_BATCH,
 ) -> DataFrame:
-    """(user_id, items) -> the gold/recommendations row shape, one row per (user, variant)."""
+    """(user_id, items[, source]) -> the gold/recommendations row shape, one row per (user, variant).
+
+    Each row's `source` is its own when `lists_df` has that column (the confidence rule marks
+    popular lists), else `source`.
+    """
+    source_col = F.coalesce(F.col(C.SOURCE), F.lit(source)) if C.SOURCE in lists_df.columns else F.lit(source)
     return lists_df.select(
         F.col(C.USER_ID).cast("string").alias(C.USER_ID),
         F.lit(variant).alias(C.VARIANT),
         F.col(C.ITEMS).cast(ITEMS_TYPE).alias(C.ITEMS),
         F.lit(model_name).alias(C.MODEL_NAME),
         F.lit(model_version).cast("int").alias(C.MODEL_VERSION),
-        F.lit(source).alias(C.SOURCE),
+        source_col.cast("string").alias(C.SOURCE),
         F.lit(updated_at).cast("timestamp").alias(C.UPDATED_AT),
     )
 
