@@ -14,9 +14,11 @@ announcement from clickrec.io.kafka.
 - Exclusions (publish.exclude: bought or seen) come from the latest silver/interactions: an
   item bought after training is not recommended either. The popular list comes from the
   interactions the model was trained on.
+- publish.min_user_interactions (clickrec.ml.confidence): a user the model was fitted on fewer
+  training rows for gets the popular list (their exclusions applied) with source `popular`.
 - Writes are MERGEs keyed by (user_id, variant) and (variant) of only the rows that differ
   (updated_at does not count: it says when a list last changed), which also delete the
-  variant's batch rows of users the published model does not have (lists the stream wrote for
+  variant's batch (and popular) rows of users the published model does not have (lists the stream wrote for
   users newer than the model stay). The table then holds the published model's lists, and a
   rerun finds no difference and commits nothing.
 """
@@ -121,7 +123,7 @@ def model_training_rows(trained_inter: DataFrame, params: dict[str, str]) -> tup
     return trained_inter.select(C.USER_IDX, C.ITEM_IDX), "every row (its run records no split)"
 
 
-def confident_top(spark: SparkSession, top: DataFrame, trained_inter: DataFrame, excluded: DataFrame,
+def confident_top(top: DataFrame, trained_inter: DataFrame, excluded: DataFrame,
                   params: dict[str, str], *, n: int, min_interactions: int) -> tuple[DataFrame, str]:
     """`top` with the confidence rule applied: users fitted on fewer than `min_interactions`
     rows get the popular list of `trained_inter` (gold/popular_items' order, `excluded` left
@@ -205,11 +207,10 @@ def publish(
     counted = None
     if pc.min_user_interactions > 1:
         params = tracking.run_params(ref["run_id"]) if ref["run_id"] else {}
-        top, counted = confident_top(spark, top, trained_inter, excluded, params, n=pc.n,
+        top, counted = confident_top(top, trained_inter, excluded, params, n=pc.n,
                                      min_interactions=pc.min_user_interactions)
-    lists = top.transform(rank_rows, item_index_df=item_index)
-    if counted is not None:  # each user's source (batch, or popular under the rule) goes along
-        lists = lists.join(top.select(C.USER_IDX, C.SOURCE), C.USER_IDX)
+    # under the rule, each user's source (batch, or popular) goes along
+    lists = top.transform(rank_rows, item_index_df=item_index, keep=(C.SOURCE,) if counted is not None else ())
     rows = serving_rows(
         lists.transform(attach_user_ids, user_index_df=user_index),
         variant=alias, model_name=ref["model_name"], model_version=version, updated_at=now,

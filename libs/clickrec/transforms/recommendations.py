@@ -59,20 +59,23 @@ def rank_rows(
     scores_col: str = SCORES_COL,
     source_id_col: str = C.SOURCE_ID,
     idx_col: str = C.IDX,
+    keep: tuple[str, ...] = (),
 ) -> DataFrame:
     """(user_idx, items, scores) top-k lists -> (user_idx, items array<struct<item_id, score, rank>>).
 
     Item int ids become the source's ids through the item index; the order and scores are
     kept, ranks start at 1. A user whose list is empty (everything excluded) keeps a row with
-    an empty array.
+    an empty array. Columns named in `keep` (one value per user, e.g. `source`) are carried along.
     """
     exploded = recs_df.select(
         F.col(user_idx_col),
+        *keep,
         F.posexplode_outer(F.arrays_zip(F.col(items_col).alias("i"), F.col(scores_col).alias("s"))).alias(
             "_pos", "_z"
         ),
     ).select(
         user_idx_col,
+        *keep,
         "_pos",
         F.col("_z.i").alias("_item_idx"),
         F.col("_z.s").alias("_score"),
@@ -86,9 +89,10 @@ def rank_rows(
         F.col("_item_id").isNotNull(),
         F.struct(F.col("_pos"), F.col("_item_id"), F.col("_score")),
     )
-    grouped = mapped.groupBy(user_idx_col).agg(F.array_sort(F.collect_list(entry)).alias("_sorted"))
+    grouped = mapped.groupBy(user_idx_col, *keep).agg(F.array_sort(F.collect_list(entry)).alias("_sorted"))
     return grouped.select(
         user_idx_col,
+        *keep,
         F.transform(
             F.col("_sorted"),
             lambda e, i: _item_struct(e["_item_id"], e["_score"], i + F.lit(1)),
