@@ -21,11 +21,14 @@ POOR = {"rank": [1], "reg_param": [1000.0], "alpha": [1.0], "max_iter": [1]}
 
 @pytest.mark.slow
 def test_a_model_worse_than_popularity_does_not_become_the_first_champion(spark: SparkSession, tmp_path: Path) -> None:
-    config = make_config(tmp_path, train={"grid": POOR, "tuning": "train_validation", "num_blocks": 2})
+    # every user has 10 rows, 7 of them in train: below 8, everyone is served the popular list
+    config = make_config(tmp_path, train={"grid": POOR, "tuning": "train_validation", "num_blocks": 2},
+                         publish={"min_user_interactions": 8})
     write_silver_rows(spark, config, popular_taste_rows())
     summary = run_train(spark, config)
     m, b = summary["metrics"], summary["baseline_metrics"]
     assert m["ndcg_at_10"] < b["ndcg_at_10"], (m, b)
+    assert summary["served_metrics"] == pytest.approx(b, abs=1e-9)  # the confidence rule's lists are popularity's
     assert summary["champion_score"] is None  # an empty registry
     assert summary["promoted"] is False
     assert summary["promotion_reason"] == (
