@@ -15,6 +15,7 @@ BENCHES: list[tuple[str, list[str], str]] = [
     ("benchmarks.ingest_bench", ["--events", "1000000", "--events", "10000000"], "ingest_bench"),
     ("benchmarks.train_bench", ["--quality", "--speed", "--events", "10000000", "--seed-spread", "1", "2", "3", "4", "5"],
      "train_bench"),
+    ("benchmarks.confidence_bench", ["--events", "200000", "--thresholds", "2", "3", "5"], "confidence_bench"),
     ("benchmarks.publish_bench", ["--users", "20000", "--items", "4000", "--rank", "32", "--activity", "heavy"],
      "publish_bench"),
     ("benchmarks.stream_bench", ["--rates", "100", "1000", "2000", "4000", "--seconds", "30"], "stream_bench"),

@@ -331,6 +331,9 @@ class PublishConfig(_Section):
     exclude: Literal["bought", "seen"] = "bought"
     # Length of gold/popular_items, the list unknown users get.
     popular_n: int = Field(default=100, ge=1, le=10000)
+    # The confidence rule (clickrec.ml.confidence): a user whose factor was fitted on fewer
+    # interactions than this is served the popular list (source `popular`); 0 or 1: off.
+    min_user_interactions: int = Field(default=0, ge=0)
     # Variants `clickrec pipeline` publishes after training (the champion, and the challenger beside it).
     pipeline_aliases: tuple[Alias, ...] = ("champion", "challenger")
     # Seconds to wait for the broker to acknowledge the `models` announcement.

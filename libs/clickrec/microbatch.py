@@ -21,7 +21,9 @@ fixed work), in four named steps:
    MERGEd, and a MERGE that lost a commit race is redone from a fresh read;
 4. `gold`: fold each affected user in against the model's item factors
    (clickrec.ml.foldin_model), rescore their top-N without the bought (or seen) items, and
-   MERGE the lists into gold/recommendations keyed by (user_id, variant) with source `stream`.
+   MERGE the lists into gold/recommendations keyed by (user_id, variant) with source `stream`
+   (or the popular list, source `popular`, for a user with fewer than
+   publish.min_user_interactions interactions: clickrec.ml.confidence, as publish applies it).
    A user with no interaction on an item the model knows gets no row, so readers keep serving
    them the popular list.
 
@@ -408,14 +410,15 @@ class BatchProcessor:
             model = self.model
             if model is None:
                 return 0
-            lists = fold_in_lists(model, pdf, n=config.publish.n, exclude=config.publish.exclude)
+            lists = fold_in_lists(model, pdf, n=config.publish.n, exclude=config.publish.exclude,
+                                  min_interactions=config.publish.min_user_interactions)
             if not lists:
                 return 0
             rows = [
                 (user, config.stream.variant,
                  [(item, score, rank) for rank, (item, score) in enumerate(items, start=1)],
-                 model.name, model.version, C.SOURCE_STREAM, now)
-                for user, items in sorted(lists.items())
+                 model.name, model.version, source, now)  # source: stream, or popular (confidence rule)
+                for user, (items, source) in sorted(lists.items())
             ]
 
             def write(_attempt: int, model: FoldInModel = model, rows: list[tuple[Any, ...]] = rows) -> int | None:

@@ -14,9 +14,11 @@ announcement from clickrec.io.kafka.
 - Exclusions (publish.exclude: bought or seen) come from the latest silver/interactions: an
   item bought after training is not recommended either. The popular list comes from the
   interactions the model was trained on.
+- publish.min_user_interactions (clickrec.ml.confidence): a user the model was fitted on fewer
+  training rows for gets the popular list (their exclusions applied) with source `popular`.
 - Writes are MERGEs keyed by (user_id, variant) and (variant) of only the rows that differ
   (updated_at does not count: it says when a list last changed), which also delete the
-  variant's batch rows of users the published model does not have (lists the stream wrote for
+  variant's batch (and popular) rows of users the published model does not have (lists the stream wrote for
   users newer than the model stay). The table then holds the published model's lists, and a
   rerun finds no difference and commits nothing.
 """
@@ -35,7 +37,8 @@ from clickrec.errors import InputError
 from clickrec.io import conflicts, delta, leases
 from clickrec.io.kafka import send_json
 from clickrec.io.lake import INGEST_FIRST, Lake
-from clickrec.ml.recommend import recommend_top_k
+from clickrec.ml.confidence import COUNT_COL, confident_lists, interaction_counts
+from clickrec.ml.recommend import popularity_factors, recommend_top_k
 from clickrec.tracking import Tracking
 from clickrec.transforms.recommendations import (
     attach_user_ids,
@@ -103,6 +106,40 @@ def announce(config: ClickrecConfig, message: dict[str, Any]) -> dict[str, Any]:
     return {"sent": True, **meta}
 
 
+def model_training_rows(trained_inter: DataFrame, params: dict[str, str]) -> tuple[DataFrame, str]:
+    """The (user_idx, item_idx) rows the model's user factors were fitted on, and how they were found.
+
+    Its run's split (split, test_fraction, seed, rating_col params, as train logs them) applied
+    to silver at the version it was trained on: exactly its training part. A run that does not
+    record them (a model registered another way) counts every row of that version.
+    """
+    from clickrec.train import split_by, to_als_input
+
+    if all(k in params for k in ("split", "test_fraction", "seed", "rating_col")):
+        ratings = to_als_input(trained_inter, rating_col=params["rating_col"])
+        part, _ = split_by(ratings, params["split"], test_fraction=float(params["test_fraction"]),
+                           seed=int(params["seed"]))
+        return part.select(C.USER_IDX, C.ITEM_IDX), f"the training part of its run's {params['split']} split"
+    return trained_inter.select(C.USER_IDX, C.ITEM_IDX), "every row (its run records no split)"
+
+
+def confident_top(top: DataFrame, trained_inter: DataFrame, excluded: DataFrame,
+                  params: dict[str, str], *, n: int, min_interactions: int) -> tuple[DataFrame, str]:
+    """`top` with the confidence rule applied: users fitted on fewer than `min_interactions`
+    rows get the popular list of `trained_inter` (gold/popular_items' order, `excluded` left
+    out) and source `popular`. Returns (user_idx, items, scores, source) and how rows were counted.
+    """
+    from pyspark.sql import functions as F
+
+    rows, counted = model_training_rows(trained_inter, params)
+    counts = interaction_counts(rows)
+    low = counts.where(F.col(COUNT_COL) < min_interactions).select(
+        F.col(C.USER_IDX).alias("id"), F.array(F.lit(1.0).cast("float")).alias("features"))
+    _, items = popularity_factors(trained_inter.select(C.USER_IDX, C.ITEM_IDX))
+    popular_top = recommend_top_k(low, items, excluded, k=n)
+    return confident_lists(top, popular_top, counts, min_interactions=min_interactions), counted
+
+
 def _check_columns(df: DataFrame, table: str, needed: tuple[str, ...], why: str) -> None:
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -167,12 +204,20 @@ def publish(
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     excluded = exclusion_pairs(latest_inter, exclude=pc.exclude)
     top = recommend_top_k(model.userFactors, model.itemFactors, excluded, k=pc.n)
+    counted = None
+    if pc.min_user_interactions > 1:
+        params = tracking.run_params(ref["run_id"]) if ref["run_id"] else {}
+        top, counted = confident_top(top, trained_inter, excluded, params, n=pc.n,
+                                     min_interactions=pc.min_user_interactions)
+    # under the rule, each user's source (batch, or popular) goes along
+    lists = top.transform(rank_rows, item_index_df=item_index, keep=(C.SOURCE,) if counted is not None else ())
     rows = serving_rows(
-        top.transform(rank_rows, item_index_df=item_index).transform(attach_user_ids, user_index_df=user_index),
+        lists.transform(attach_user_ids, user_index_df=user_index),
         variant=alias, model_name=ref["model_name"], model_version=version, updated_at=now,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         users = rows.count()
+        popular_users = rows.where(f"`{C.SOURCE}` = '{C.SOURCE_POPULAR}'").count() if counted is not None else 0
         model_users = model.userFactors.count()
         # gold/popular_items first: it names the version a variant is published with, and the
         # stream folds users in with that version, so it stops writing the old model's lists
@@ -200,7 +245,8 @@ def publish(
                         keep_where=f"t.`{C.SOURCE}` = '{C.SOURCE_STREAM}' AND {same_model}",
                         # users without a list now: batch lists, and lists of another model, go
                         delete_unmatched_where=(f"t.`{C.VARIANT}` = '{alias}' AND "
-                                                f"(t.`{C.SOURCE}` = '{C.SOURCE_BATCH}' OR NOT ({same_model}))"),
+                                                f"(t.`{C.SOURCE}` IN ('{C.SOURCE_BATCH}', '{C.SOURCE_POPULAR}') "
+                                                f"OR NOT ({same_model}))"),
                     ),
                     what=C.GOLD_RECOMMENDATIONS,
                 )
@@ -235,6 +281,10 @@ def publish(
         "exclude": pc.exclude,
         "users": users,
         "model_users": model_users,
+        # the confidence rule: users served the popular list (fewer training interactions than the minimum)
+        "min_user_interactions": pc.min_user_interactions,
+        "popular_users": popular_users,
+        "interactions_counted": counted,
         "input_versions": {
             C.SILVER_USER_INDEX: user_index_v,
             C.SILVER_ITEM_INDEX: item_index_v,

@@ -27,6 +27,7 @@ from clickrec.errors import (
     first_line,
 )
 from clickrec.io.lake import INGEST_FIRST, Lake
+from clickrec.ml.confidence import confident_lists, interaction_counts
 from clickrec.ml.estimator import RankingALSModel
 from clickrec.ml.evaluate import catalogue_coverage, evaluate_ranking, metric_name, ranking_frame
 from clickrec.ml.plots import grid_heatmap, model_vs_baseline
@@ -100,6 +101,33 @@ def account_rows(inputs: TrainingInputs, n_train: int, n_test: int, *, rating_co
     if read != not_positive + n_train + n_test:
         raise RuntimeError(f"silver rows do not add up: {rows}")
     return rows
+
+
+def check_trainable(ratings_df: DataFrame) -> dict[str, int]:
+    """Users, items and rows of the ALS input; InputError when there is nothing to learn from.
+
+    Collaborative filtering needs at least two users and two items, and an item that two users
+    share: with one user, one item, or no item seen by more than one user, every list is
+    popularity by another name (or ALS fails on it), so the run stops before tuning and names
+    the counts.
+    """
+    per_item = ratings_df.groupBy(C.ITEM_IDX).agg(F.countDistinct(C.USER_IDX).alias("_users"))
+    items = per_item.agg(F.count(F.lit(1)).alias("items"), F.max("_users").alias("most")).first()
+    users = ratings_df.select(C.USER_IDX).distinct().count()
+    n_items = int(items["items"]) if items is not None else 0
+    most = int(items["most"] or 0) if items is not None else 0
+    stats = {"users": users, "items": n_items, "most_users_per_item": most}
+    problems = []
+    if users < 2:
+        problems.append(f"{users} user{'s' if users != 1 else ''} (at least 2 needed)")
+    if n_items < 2:
+        problems.append(f"{n_items} item{'s' if n_items != 1 else ''} (at least 2 needed)")
+    if users >= 2 and n_items >= 2 and most < 2:
+        problems.append(f"no item is shared by two users ({users} users, {n_items} items, each item seen by one user)")
+    if problems:
+        raise InputError("cannot train a collaborative model on silver/interactions' positive ratings: "
+                         + "; ".join(problems))
+    return stats
 
 
 def split(ratings_df: DataFrame, train: TrainConfig) -> tuple[DataFrame, DataFrame]:
@@ -178,21 +206,41 @@ def compare_with_champion(
             "exact": pairs is not test_df}
 
 
+def model_lists(model: RankingALSModel, train_df: DataFrame, test_df: DataFrame) -> DataFrame:
+    """`model`'s top-k (its k param) for each test user, their train items excluded."""
+    test_users = test_df.select(C.USER_IDX).distinct()
+    model.seen_df = train_df.select(C.USER_IDX, C.ITEM_IDX)
+    return model.recommend(test_users)
+
+
+def popular_lists(train_df: DataFrame, test_df: DataFrame, *, k: int) -> DataFrame:
+    """The popularity baseline's top-k for each test user, with the same exclusion rule as the model."""
+    users, items = popularity_factors(train_df)
+    test_users = test_df.select(F.col(C.USER_IDX).alias("id")).distinct()
+    return recommend_top_k(users.join(test_users, "id"), items, train_df.select(C.USER_IDX, C.ITEM_IDX), k=k)
+
+
 def score_model(
     model: RankingALSModel, train_df: DataFrame, test_df: DataFrame, *, k: int, catalogue: int
 ) -> dict[str, float]:
     """Test metrics of `model`: each test user's top-k with their train items excluded."""
-    test_users = test_df.select(C.USER_IDX).distinct()
-    model.seen_df = train_df.select(C.USER_IDX, C.ITEM_IDX)
-    return _score_lists(model.recommend(test_users), test_df, k=k, catalogue=catalogue)
+    return _score_lists(model_lists(model, train_df, test_df), test_df, k=k, catalogue=catalogue)
 
 
 def score_popularity(train_df: DataFrame, test_df: DataFrame, *, k: int, catalogue: int) -> dict[str, float]:
     """The popularity baseline's test metrics, with the same exclusion rule as the model."""
-    users, items = popularity_factors(train_df)
-    test_users = test_df.select(F.col(C.USER_IDX).alias("id")).distinct()
-    recs = recommend_top_k(users.join(test_users, "id"), items, train_df.select(C.USER_IDX, C.ITEM_IDX), k=k)
-    return _score_lists(recs, test_df, k=k, catalogue=catalogue)
+    return _score_lists(popular_lists(train_df, test_df, k=k), test_df, k=k, catalogue=catalogue)
+
+
+def score_served(
+    model: RankingALSModel, train_df: DataFrame, test_df: DataFrame, *, k: int, catalogue: int,
+    min_interactions: int,
+) -> dict[str, float]:
+    """Test metrics of the lists publish would serve: `model`'s, or the popular list for a user
+    with fewer than `min_interactions` training interactions (clickrec.ml.confidence)."""
+    served = confident_lists(model_lists(model, train_df, test_df), popular_lists(train_df, test_df, k=k),
+                             interaction_counts(train_df), min_interactions=min_interactions)
+    return _score_lists(served, test_df, k=k, catalogue=catalogue)
 
 
 def _score_lists(recs: DataFrame, test_df: DataFrame, *, k: int, catalogue: int) -> dict[str, float]:
@@ -220,6 +268,7 @@ def run_train(
     started = time.monotonic()
     lake = Lake.from_config(config)
     inputs = read_inputs(spark, lake, rating_col=tc.rating_col)
+    check_trainable(inputs.ratings_df)
     train_df, test_df = split(inputs.ratings_df, tc)
     train_df, test_df = train_df.persist(), test_df.persist()
     n_train, n_test = train_df.count(), test_df.count()
@@ -262,7 +311,11 @@ def run_train(
 
         metrics = score_model(result.best_model, train_df, test_df, k=tc.k, catalogue=catalogue)
         baseline = score_popularity(train_df, test_df, k=tc.k, catalogue=catalogue)
+        min_interactions = config.publish.min_user_interactions
+        served = (score_served(result.best_model, train_df, test_df, k=tc.k, catalogue=catalogue,
+                               min_interactions=min_interactions) if min_interactions > 1 else None)
         tracking.log_metrics({**metrics, **{f"baseline_{k}": v for k, v in baseline.items()},
+                              **{f"served_{k}": v for k, v in (served or {}).items()},
                               "tuning_seconds": tune_s})
         tracking.log_figure(grid_heatmap(result.points, result.mean_metric, selection), "grid_heatmap.png")
         tracking.log_figure(model_vs_baseline(metrics, baseline, tc.k), "model_vs_baseline.png")
@@ -306,6 +359,7 @@ def run_train(
         tracking.set_alias("challenger", version)
         challenger_score = comparison["challenger"] if comparison is not None else metrics[selection]
         decision = decide_promotion(mode, challenger_score, champion_score, tc.promotion_margin,
+                                    baseline_score=baseline[selection], challenger_test_score=metrics[selection],
                                     champion_unavailable=unavailable)
         if decision.promote:
             tracking.set_alias("champion", version)
@@ -322,6 +376,8 @@ def run_train(
         "best_params": result.best_params,
         "metrics": metrics,
         "baseline_metrics": baseline,
+        # the lists publish serves under publish.min_user_interactions (None: the rule is off)
+        "served_metrics": served,
         "champion_score": champion_score,
         "champion_comparison": comparison,
         "promoted": decision.promote,

@@ -323,3 +323,46 @@ def test_a_lease_that_cannot_be_taken_changes_no_gold_table(
     with pytest.raises(ConcurrentWriteError, match="injected"):
         publish(spark, config)
     assert {p: table_version(spark, p) for p in (pop_path, rec_path)} == before
+
+
+def test_users_the_model_barely_knows_get_the_popular_list(spark: SparkSession, lake: dict[str, Any]) -> None:
+    """publish.min_user_interactions: a user fitted on fewer rows gets the popular list, source `popular`."""
+    from clickrec.ml.split import split_stratified_random
+    from clickrec.train import to_als_input
+
+    config = lake["config"]
+    before = publish(spark, config, model_version=1)  # v1 (run_train's) without the rule
+    assert before["popular_users"] == 0 and before["interactions_counted"] is None
+    lists = {u: (r[C.SOURCE], r[C.ITEMS]) for u, r in gold(spark, config).items()}
+    streamed = {u for u, (source, _) in lists.items() if source == C.SOURCE_STREAM}  # the rollback test's: they stay
+    ruled = config.model_copy(update={"publish": config.publish.model_copy(update={"min_user_interactions": 10})})
+    summary = publish(spark, ruled, model_version=1)
+
+    rows = silver(spark, config)
+    # v1 was fitted on the training part of its run's split: 9 or 10 rows per planted user
+    part, _ = split_stratified_random(to_als_input(spark.createDataFrame(rows)), test_fraction=0.25, seed=42)
+    counts = {f"u{r[C.USER_IDX]}": r["count"] for r in part.groupBy(C.USER_IDX).count().collect()}
+    low = {u for u, n in counts.items() if n < 10}
+    assert 0 < len(low) < len(counts)
+    assert summary["popular_users"] == len(low)
+    assert summary["interactions_counted"] == "the training part of its run's stratified_random split"
+    users_per_item: dict[int, int] = {}
+    for r in rows:
+        users_per_item[r[C.ITEM_IDX]] = users_per_item.get(r[C.ITEM_IDX], 0) + 1
+    popular = sorted(users_per_item, key=lambda i: (-users_per_item[i], i))  # ties by item index
+    bought = {(r[C.USER_ID], f"i{r[C.ITEM_IDX]}") for r in rows if r[C.PURCHASES] > 0}
+    table = gold(spark, config)
+    assert table.keys() == lists.keys()
+    for user, row in table.items():
+        if user in streamed:
+            assert (row[C.SOURCE], row[C.ITEMS]) == lists[user], user
+        elif user in low:
+            expected = [f"i{i}" for i in popular if (user, f"i{i}") not in bought][:N]
+            assert row[C.SOURCE] == C.SOURCE_POPULAR, user
+            assert [it[C.ITEM_ID] for it in row[C.ITEMS]] == expected, user
+            assert [it[C.SCORE] for it in row[C.ITEMS]] == [users_per_item[int(i[1:])] for i in expected]
+        else:
+            assert (row[C.SOURCE], row[C.ITEMS]) == lists[user] and row[C.SOURCE] == C.SOURCE_BATCH, user
+    # turning the rule off again gives every user the model's list back
+    publish(spark, config, model_version=1)
+    assert {u: (r[C.SOURCE], r[C.ITEMS]) for u, r in gold(spark, config).items()} == lists

@@ -55,3 +55,35 @@ def write_planted_lake(spark: SparkSession, config: ClickrecConfig, *, users: in
         C.PURCHASES, (F.col(C.RATING) >= 3).cast("long")
     )
     bought.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+
+
+def write_silver_rows(spark: SparkSession, config: ClickrecConfig, rows: list[tuple[int, int, float]]) -> None:
+    """Silver (interactions and both indexes) holding exactly `rows` of (user_idx, item_idx, rating).
+
+    Source ids are u<idx> and i<idx>; each row is an hour after the previous one.
+    """
+    lake, base = Lake.from_config(config), dt.datetime(2024, 1, 1)
+    inter = spark.createDataFrame(
+        [(f"u{u}", f"i{i}", u, i, r, base + dt.timedelta(hours=n)) for n, (u, i, r) in enumerate(rows)],
+        f"{C.USER_ID} STRING, {C.ITEM_ID} STRING, {C.USER_IDX} INT, {C.ITEM_IDX} INT, "
+        f"{C.RATING} DOUBLE, {C.LAST_SEEN} TIMESTAMP",
+    )
+    inter.write.format("delta").mode("overwrite").save(lake.path(C.SILVER_INTERACTIONS))
+    for table, prefix, ids in ((C.SILVER_USER_INDEX, "u", {u for u, _, _ in rows}),
+                               (C.SILVER_ITEM_INDEX, "i", {i for _, i, _ in rows})):
+        spark.createDataFrame([(f"{prefix}{x}", x) for x in sorted(ids)], f"{C.SOURCE_ID} STRING, {C.IDX} INT") \
+            .write.format("delta").mode("overwrite").save(lake.path(table))
+
+
+def popular_taste_rows(*, users: int = 150, items: int = 60, per_user: int = 10, seed: int = 0) -> list[tuple[int, int, float]]:
+    """Every user draws items from one Zipf-like popularity: no taste of their own to learn.
+
+    The popular list is the best guess for everyone there, so a poorly fitted model loses to it.
+    """
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, items + 1)
+    rows = []
+    for u in range(users):
+        for i in sorted(rng.choice(items, size=per_user, replace=False, p=weights / weights.sum()).tolist()):
+            rows.append((u, int(i), 1.0))
+    return rows

@@ -37,16 +37,38 @@ def test_param_maps_follow_the_grid_points() -> None:
 
 
 def test_promotion_rule() -> None:
-    assert decide_promotion("auto", 0.30, None).promote  # no champion yet
-    assert not decide_promotion("auto", 0.20, 0.30).promote  # worse challenger stays out
-    assert not decide_promotion("auto", 0.30, 0.30).promote  # a tie is not a win
-    assert decide_promotion("auto", 0.31, 0.30).promote
-    assert not decide_promotion("auto", 0.31, 0.30, margin=0.02).promote  # within the margin
-    assert decide_promotion("always", 0.10, 0.30).promote
-    assert not decide_promotion("never", 0.90, 0.30).promote
-    blocked = decide_promotion("auto", 0.90, None, champion_unavailable="m@champion (v3) cannot be loaded")
+    def decide(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return decide_promotion(*args, **{"baseline_score": None, **kwargs})
+
+    assert decide("auto", 0.30, None).promote  # no champion yet
+    assert not decide("auto", 0.20, 0.30).promote  # worse challenger stays out
+    assert not decide("auto", 0.30, 0.30).promote  # a tie is not a win
+    assert decide("auto", 0.31, 0.30).promote
+    assert not decide("auto", 0.31, 0.30, margin=0.02).promote  # within the margin
+    assert decide("always", 0.10, 0.30).promote
+    assert not decide("never", 0.90, 0.30).promote
+    blocked = decide("auto", 0.90, None, champion_unavailable="m@champion (v3) cannot be loaded")
     assert not blocked.promote and "cannot be loaded" in blocked.reason  # not "no champion"
-    assert decide_promotion("always", 0.90, None, champion_unavailable="gone").promote
+    assert decide("always", 0.90, None, champion_unavailable="gone").promote
+
+
+def test_promotion_needs_a_win_over_popularity_too() -> None:
+    # an empty registry: the first model must still beat the popular list readers get without one
+    worse = decide_promotion("auto", 0.10, None, baseline_score=0.20)
+    assert not worse.promote
+    assert worse.reason == "challenger 0.1000 <= popularity baseline 0.2000 + margin 0.0"
+    assert not decide_promotion("auto", 0.20, None, baseline_score=0.20).promote  # a tie is not a win
+    assert not decide_promotion("auto", 0.25, None, 0.1, baseline_score=0.20).promote  # within the margin
+    better = decide_promotion("auto", 0.25, None, baseline_score=0.20)
+    assert better.promote and better.reason.startswith("no champion yet; challenger 0.2500 > popularity baseline")
+    # with a champion, both must be beaten: the champion on the shared pairs, popularity on the test split
+    assert not decide_promotion("auto", 0.40, 0.30, baseline_score=0.50).promote
+    assert not decide_promotion("auto", 0.40, 0.30, baseline_score=0.20, challenger_test_score=0.15).promote
+    assert not decide_promotion("auto", 0.25, 0.30, baseline_score=0.20).promote
+    assert decide_promotion("auto", 0.40, 0.30, baseline_score=0.50, challenger_test_score=0.55).promote
+    # forcing and refusing are not affected
+    assert decide_promotion("always", 0.10, None, baseline_score=0.20).promote
+    assert not decide_promotion("never", 0.90, None, baseline_score=0.20).promote
 
 
 def test_best_point_is_the_first_highest_and_a_nan_metric_is_an_error() -> None:

@@ -18,6 +18,7 @@ import numpy as np
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
 from clickrec.io.lake import Lake
+from clickrec.ml.confidence import is_confident, popular_list
 from clickrec.ml.foldin import ItemFactors, fold_in, top_n
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class FoldInModel:
     item_ids: dict[int, str]  # model item idx -> source item id
     reg_param: float
     alpha: float
+    # The variant's popular list as publish wrote it with this version ((item id, score), best
+    # first), for the confidence rule; empty when that version is not published for the variant.
+    popular: tuple[tuple[str, float], ...] = ()
 
 
 def _param(params: dict[str, str], keys: tuple[str, ...]) -> float | None:
@@ -77,9 +81,22 @@ def load_fold_in_model(spark: SparkSession, config: ClickrecConfig, lake: Lake, 
     index = lake.read(spark, C.SILVER_ITEM_INDEX)
     known = index.where(F.col(C.IDX).isin([int(i) for i in ids])) if len(ids) < 50_000 else index
     item_ids = {int(r[C.IDX]): str(r[C.SOURCE_ID]) for r in known.select(C.IDX, C.SOURCE_ID).collect()}
-    log.info("fold-in model %s v%d: %d items, rank %d, reg_param %s, alpha %s",
-             ref["model_name"], version, len(ids), mat.shape[1] if mat.size else 0, reg_param, alpha)
-    return FoldInModel(ref["model_name"], version, ItemFactors(ids, mat), item_ids, reg_param, alpha)
+    popular = published_popular(lake, config.stream.variant, ref["model_name"], version)
+    log.info("fold-in model %s v%d: %d items, rank %d, reg_param %s, alpha %s, popular list of %d",
+             ref["model_name"], version, len(ids), mat.shape[1] if mat.size else 0, reg_param, alpha, len(popular))
+    return FoldInModel(ref["model_name"], version, ItemFactors(ids, mat), item_ids, reg_param, alpha, popular)
+
+
+def published_popular(lake: Lake, variant: str, model_name: str, version: int) -> tuple[tuple[str, float], ...]:
+    """gold/popular_items' list of `variant` when publish wrote it with (model_name, version), else ()."""
+    dt = lake.open(C.GOLD_POPULAR_ITEMS)
+    if dt is None:
+        return ()
+    for row in dt.to_pyarrow_table(columns=[C.VARIANT, C.MODEL_NAME, C.MODEL_VERSION, C.ITEMS]).to_pylist():
+        if (row[C.VARIANT], row[C.MODEL_NAME], row[C.MODEL_VERSION]) == (variant, model_name, version):
+            ranked = sorted(row[C.ITEMS] or [], key=lambda it: it[C.RANK])
+            return tuple((str(it[C.ITEM_ID]), float(it[C.SCORE])) for it in ranked)
+    return ()
 
 
 def served_version(config: ClickrecConfig, lake: Lake) -> int | None:
@@ -106,18 +123,30 @@ def served_version(config: ClickrecConfig, lake: Lake) -> int | None:
 
 
 def fold_in_lists(
-    model: FoldInModel, interactions: Any, *, n: int, exclude: str, rating_col: str = C.RATING
-) -> dict[str, list[tuple[str, float]]]:
-    """{user_id: [(item_id, score), ...]} for users with a known item (pandas rows of silver)."""
-    out: dict[str, list[tuple[str, float]]] = {}
+    model: FoldInModel, interactions: Any, *, n: int, exclude: str, rating_col: str = C.RATING,
+    min_interactions: int = 0,
+) -> dict[str, tuple[list[tuple[str, float]], str]]:
+    """{user_id: ([(item_id, score), ...], source)} for users with a known item (pandas rows of silver).
+
+    The confidence rule (clickrec.ml.confidence): a user with fewer than `min_interactions`
+    rows on items the model knows (what their factor is fitted on) gets `model.popular` without
+    their excluded items and source `popular`, when the model has a popular list; everyone
+    else the fold-in's list and source `stream`.
+    """
+    out: dict[str, tuple[list[tuple[str, float]], str]] = {}
     for user_id, rows in interactions.groupby(C.USER_ID, sort=True):
         item_idx = rows[C.ITEM_IDX].to_numpy(dtype=np.int64)
         x = fold_in(model.items, item_idx, rows[rating_col].to_numpy(dtype=np.float64),
                     reg_param=model.reg_param, alpha=model.alpha)
         if x is None:
             continue
-        drop = item_idx if exclude == "seen" else item_idx[rows[C.PURCHASES].to_numpy() > 0]
-        ids, scores = top_n(model.items, x, n=n, exclude=drop)
-        out[str(user_id)] = [(model.item_ids[int(i)], float(s)) for i, s in zip(ids, scores, strict=True)
-                             if int(i) in model.item_ids]
+        dropped = np.ones(len(rows), dtype=bool) if exclude == "seen" else rows[C.PURCHASES].to_numpy() > 0
+        known = int((model.items.positions(item_idx) >= 0).sum())
+        if model.popular and not is_confident(known, min_interactions):
+            excluded = rows[C.ITEM_ID].astype(str).to_numpy()[dropped]
+            out[str(user_id)] = (popular_list(model.popular, excluded, n), C.SOURCE_POPULAR)
+            continue
+        ids, scores = top_n(model.items, x, n=n, exclude=item_idx[dropped])
+        out[str(user_id)] = ([(model.item_ids[int(i)], float(s)) for i, s in zip(ids, scores, strict=True)
+                              if int(i) in model.item_ids], C.SOURCE_STREAM)
     return out

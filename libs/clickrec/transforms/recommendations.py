@@ -59,20 +59,23 @@ def rank_rows(
     scores_col: str = SCORES_COL,
     source_id_col: str = C.SOURCE_ID,
     idx_col: str = C.IDX,
+    keep: tuple[str, ...] = (),
 ) -> DataFrame:
     """(user_idx, items, scores) top-k lists -> (user_idx, items array<struct<item_id, score, rank>>).
 
     Item int ids become the source's ids through the item index; the order and scores are
     kept, ranks start at 1. A user whose list is empty (everything excluded) keeps a row with
-    an empty array.
+    an empty array. Columns named in `keep` (one value per user, e.g. `source`) are carried along.
     """
     exploded = recs_df.select(
         F.col(user_idx_col),
+        *keep,
         F.posexplode_outer(F.arrays_zip(F.col(items_col).alias("i"), F.col(scores_col).alias("s"))).alias(
             "_pos", "_z"
         ),
     ).select(
         user_idx_col,
+        *keep,
         "_pos",
         F.col("_z.i").alias("_item_idx"),
         F.col("_z.s").alias("_score"),
@@ -86,9 +89,10 @@ def rank_rows(
         F.col("_item_id").isNotNull(),
         F.struct(F.col("_pos"), F.col("_item_id"), F.col("_score")),
     )
-    grouped = mapped.groupBy(user_idx_col).agg(F.array_sort(F.collect_list(entry)).alias("_sorted"))
+    grouped = mapped.groupBy(user_idx_col, *keep).agg(F.array_sort(F.collect_list(entry)).alias("_sorted"))
     return grouped.select(
         user_idx_col,
+        *keep,
         F.transform(
             F.col("_sorted"),
             lambda e, i: _item_struct(e["_item_id"], e["_score"], i + F.lit(1)),
@@ -121,14 +125,19 @@ def serving_rows(
     updated_at: datetime,
     source: str = C.SOURCE_BATCH,
 ) -> DataFrame:
-    """(user_id, items) -> the gold/recommendations row shape, one row per (user, variant)."""
+    """(user_id, items[, source]) -> the gold/recommendations row shape, one row per (user, variant).
+
+    Each row's `source` is its own when `lists_df` has that column (the confidence rule marks
+    popular lists), else `source`.
+    """
+    source_col = F.coalesce(F.col(C.SOURCE), F.lit(source)) if C.SOURCE in lists_df.columns else F.lit(source)
     return lists_df.select(
         F.col(C.USER_ID).cast("string").alias(C.USER_ID),
         F.lit(variant).alias(C.VARIANT),
         F.col(C.ITEMS).cast(ITEMS_TYPE).alias(C.ITEMS),
         F.lit(model_name).alias(C.MODEL_NAME),
         F.lit(model_version).cast("int").alias(C.MODEL_VERSION),
-        F.lit(source).alias(C.SOURCE),
+        source_col.cast("string").alias(C.SOURCE),
         F.lit(updated_at).cast("timestamp").alias(C.UPDATED_AT),
     )
 
