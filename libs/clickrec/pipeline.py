@@ -47,7 +47,8 @@ def run_pipeline(
     aliases = tracking.alias_versions()
     for alias in config.publish.pipeline_aliases:
         if aliases.get(alias) is None:  # e.g. train.promote=never before any champion exists
-            reason = f"no version of {config.mlflow.model_name} has the alias {alias} (see train.promotion_reason)"
+            reason = (f"no version of {config.mlflow.model_name} has the alias {alias} (see train.promotion_reason); "
+                      f"readers of {alias} keep what was published before, or the popular list")
             log.warning("pipeline 3/3: publish %s skipped: %s", alias, reason)
             published[alias] = {"skipped": reason}
             continue

@@ -91,6 +91,21 @@ def test_variants_side_by_side_and_unknown_user_gets_popular(served: ClickrecCon
         reader.recommendations("u1", variant="shadow")
 
 
+def test_champion_readers_get_the_popular_list_until_a_model_is_champion(tmp_path: Path) -> None:
+    """A first model worse than popularity is registered as challenger only (clickrec.ml.promotion)."""
+    config = make_config(tmp_path)
+    write_recs(config, [("u1", "challenger", ["z", "y"], 1)])
+    write_popular(config, [("challenger", ["q1", "q2"])])
+    reader = RecommendationReader(config)
+    for user in ("u1", "nobody"):
+        got = reader.recommendations(user)
+        assert (got[C.VARIANT], got[C.SOURCE], got[C.MODEL_VERSION]) == ("champion", C.SOURCE_POPULAR, None)
+        assert [i[C.ITEM_ID] for i in got[C.ITEMS]] == ["q1", "q2"]
+    assert [i[C.ITEM_ID] for i in reader.recommendations("u1", variant="challenger")[C.ITEMS]] == ["z", "y"]
+    with pytest.raises(NotFoundError, match="variant 'shadow' is not published"):
+        reader.recommendations("u1", variant="shadow")
+
+
 def test_nothing_published_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="not published yet"):
         RecommendationReader(make_config(tmp_path)).recommendations("u1")

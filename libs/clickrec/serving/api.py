@@ -1,7 +1,8 @@
 """`clickrec serve`: the read-only HTTP service over the serving tables (FastAPI, no JVM).
 
 - `GET /v1/recommendations/{user_id}?n=&variant=`: the user's list, or the popular list
-  (source `popular`) for an unknown user; 404 for a variant that is not published, 422 with
+  (source `popular`) for an unknown user; 404 for a variant that is not published (`champion`
+  before any model is champion gets the popular list, serving.reader.render), 422 with
   FastAPI's usual `detail` body for a bad parameter, 503 before anything is published (also for
   an unknown user of a variant whose lists the stream wrote before its first publish).
 - `GET /healthz`: the versions served; 503 until a variant is published.

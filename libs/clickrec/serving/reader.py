@@ -115,6 +115,8 @@ def _iso(value: Any) -> str | None:
 def render(snapshot: Snapshot, user_id: str, n: int, variant: str) -> dict[str, Any]:
     """The user's list (or the popular one, source `popular`) from `snapshot`, cut to n items.
 
+    Until a model is champion (a first model that did not beat popularity stays challenger),
+    `champion` readers get the newest popular list, with no model version.
     NotFoundError when nothing is published for `variant` or for any variant at all.
     """
     if snapshot.table_version is None and snapshot.popular_version is None:
@@ -123,6 +125,9 @@ def render(snapshot: Snapshot, user_id: str, n: int, variant: str) -> dict[str, 
     row = lists.row(user_id) if lists is not None else None
     if row is None:
         row = snapshot.popular.get(variant)
+        if row is None and lists is None and variant == "champion" and snapshot.popular:
+            newest = max(snapshot.popular.values(), key=lambda r: (r[C.UPDATED_AT] is not None, r[C.UPDATED_AT]))
+            row = {**newest, C.MODEL_VERSION: None}
         if row is None and lists is not None:  # the stream wrote lists before any publish
             raise NotPublishedError(
                 f"variant {variant!r} has lists but no popular list for users without one yet "
