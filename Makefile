@@ -43,7 +43,7 @@ services-status:
 mlflow-ui: setup  ## browse the local MLflow runs on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///.lake/mlflow.db --host 127.0.0.1 --port 5000
 
-bench: setup  ## benchmarks (ingest vs plain copy; MovieLens quality over split seeds, ALS vs implicit; the confidence rule; publish; stream freshness, local and on MinIO; concurrent commits on MinIO; about 1.5 h) -> docs/benchmarks.md
+bench: setup  ## benchmarks (ingest vs plain copy; MovieLens quality over split seeds, ALS vs implicit; the confidence rule; publish; stream freshness, local and on MinIO; concurrent commits on MinIO; about 1.75 h) -> docs/benchmarks.md
 	$(PY) -m benchmarks.run
 
 image:  ## the Kubernetes image clickrec:<version> (k8s/image/Dockerfile); needs a Docker engine
