@@ -46,8 +46,8 @@ mlflow-ui: setup  ## browse the local MLflow runs on http://127.0.0.1:5000
 bench: setup  ## benchmarks (ingest vs plain copy; MovieLens quality over split seeds, ALS vs implicit; the confidence rule; publish; stream freshness, local and on MinIO; concurrent commits on MinIO; about 1.75 h) -> docs/benchmarks.md
 	$(PY) -m benchmarks.run
 
-image:  ## the Kubernetes image clickrec:<version> (k8s/image/Dockerfile); needs a Docker engine
-	@bash k8s/image/build.sh
+image:  ## the Kubernetes image clickrec:<version>: Docker when an engine answers, else .cache/image/clickrec-<version>.oci.tar (debootstrap+umoci, root; BUILDER=docker|oci to choose; about 10 min)
+	@BUILDER=$(BUILDER) bash k8s/image/build.sh
 
 manifests: setup  ## print the rendered k8s manifests (OVERLAY=prod|dev, default prod); docs/deploy.md
 	.cache/bin/kustomize build k8s/spark-operator/overlays/$(or $(OVERLAY),prod)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import copy
 import functools
+import importlib.util
 import os
 import re
 import shutil
@@ -384,16 +385,28 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+IMAGE_DIR = K8S_DIR / "image"
+INSTALL_SH = IMAGE_DIR / "install.sh"
+ENTRYPOINT_SH = IMAGE_DIR / "entrypoint.sh"
+
+
+def image_config() -> dict[str, Any]:
+    """The Dockerfile's ENV, USER, WORKDIR, ENTRYPOINT as k8s/image/image_config.py reads them
+    (the values the OCI build gives its image too)."""
+    spec = importlib.util.spec_from_file_location("clickrec_image_config", IMAGE_DIR / "image_config.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.image_config()
+
+
 def image_jobs_dir() -> PurePosixPath:
-    """Where k8s/image/Dockerfile copies jobs/ (the destination of `COPY jobs/ <dest>`)."""
-    dests = [
-        args.split()[-1]
-        for word, args in dockerfile_instructions()
-        if word == "COPY"
-        and next(a for a in args.split() if not a.startswith("--")).rstrip("/") == "jobs"
-    ]
-    assert len(dests) == 1, f"k8s/image/Dockerfile must copy jobs/ exactly once, found {dests}"
-    return PurePosixPath(dests[0])
+    """Where k8s/image/install.sh copies jobs/: $CLICKREC_HOME/jobs, CLICKREC_HOME from the
+    Dockerfile's ENV."""
+    text = INSTALL_SH.read_text(encoding="utf-8")
+    copies = re.findall(r'^cp -r "\$CONTEXT"/jobs/\. "\$CLICKREC_HOME/jobs/"$', text, re.MULTILINE)
+    assert len(copies) == 1, "k8s/image/install.sh must copy jobs/ to $CLICKREC_HOME/jobs once"
+    return PurePosixPath(image_config()["env"]["CLICKREC_HOME"]) / "jobs"
 
 
 def job_of(spec: dict[str, Any]) -> str:
