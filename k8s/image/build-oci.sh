@@ -56,16 +56,24 @@ cleanup() {
 trap cleanup EXIT
 mount -t proc proc "$ROOTFS/proc" && mounted+=("$ROOTFS/proc")
 mount --bind /dev "$ROOTFS/dev" && mounted+=("$ROOTFS/dev")
+# Name resolution while building (a container runtime provides both files in a pod).
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+cp /etc/hosts "$ROOTFS/etc/hosts"
 cp -r "$CONTEXT" "$ROOTFS/tmp/clickrec-image"
 mapfile -t image_env < <("$PY" k8s/image/image_config.py env)
 say "install.sh in the chroot"
 chroot "$ROOTFS" /usr/bin/env -i HOME=/root "${image_env[@]}" \
   bash /tmp/clickrec-image/install.sh /tmp/clickrec-image
+if [ "${IMAGE_SMOKE:-1}" != 0 ]; then
+  say "k8s/image/smoke.sh in the chroot, as uid 185 (IMAGE_SMOKE=0 skips it)"
+  chroot --userspec=185:185 "$ROOTFS" /usr/bin/env -i HOME=/opt/spark/work-dir "${image_env[@]}" \
+    bash -s < k8s/image/smoke.sh
+fi
 cleanup; mounted=()
-rm -rf "$ROOTFS/tmp/clickrec-image"
-# The container runtime writes its own resolv.conf and mounts /dev; keep both empty.
+rm -rf "$ROOTFS/tmp/clickrec-image" "$ROOTFS"/tmp/smoke-*
+# The container runtime provides resolv.conf and hosts and mounts /dev; leave them out.
 : > "$ROOTFS/etc/resolv.conf"
+rm -f "$ROOTFS/etc/hosts"
 find "$ROOTFS/dev" -mindepth 1 -delete
 
 # --- 3. pack it ----------------------------------------------------------------------------------
@@ -95,4 +103,5 @@ json.dump(index, open(path, "w"))
 PYEOF
 tar -C "$LAYOUT" -cf "$ARCHIVE.tmp" oci-layout index.json blobs
 mv "$ARCHIVE.tmp" "$ARCHIVE"
+rm -rf "$LAYOUT"
 say "$ARCHIVE ($(du -h "$ARCHIVE" | cut -f1)), image $REF"
