@@ -52,7 +52,8 @@ ls .cache/jars/spark/delta-spark_*.jar >/dev/null 2>&1 || die "the JVM jars are 
 start=$SECONDS
 say "staging $CONTEXT"
 # The JMX exporter agent (pinned in k8s/image/pom.xml) -> .cache/image/jars/.
-mvn -B -q -f k8s/image/pom.xml package
+mvn_out=$(mvn -B -q -f k8s/image/pom.xml package 2>&1) \
+  || { printf '%s\n' "$mvn_out" >&2; die "mvn -f k8s/image/pom.xml package failed"; }
 rm -rf "$CONTEXT" && mkdir -p "$CONTEXT/wheels" "$CONTEXT/jars/spark"
 # The exact Python pins of .venv: `pip list --format=freeze` always prints name==version.
 .venv/bin/python -m pip list --format=freeze --exclude-editable --disable-pip-version-check \
