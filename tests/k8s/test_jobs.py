@@ -1,6 +1,6 @@
 """Each SparkApplication runs a file the image really has, with arguments its job accepts.
 
-The image copies jobs/ to the folder the Dockerfile names; every mainApplicationFile must be
+The image copies jobs/ to the folder its install recipe (k8s/image/install.sh) names; every mainApplicationFile must be
 `local://<that folder>/<job>.py` for a thin jobs/<job>.py, and the manifest's arguments must
 parse with that job's parser (the `clickrec` typer app; jobs/<job>.py calls the same one).
 Jobs whose subcommand is not in the CLI yet are listed in PENDING_SUBCOMMANDS (tests/support/k8s.py):
