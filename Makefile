@@ -7,10 +7,10 @@ CONFIG ?= conf/local.yaml
 EVENTS ?= 200000
 
 .PHONY: help setup test test-fast test-unit demo lint services-up services-down services-status \
-        mlflow-ui bench clean image manifests
+        mlflow-ui bench clean image manifests k8s-build
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 setup:  ## venv, pinned packages, JVM jars, MinIO binary (cached; a second run takes seconds)
 	@bash scripts/setup.sh
@@ -51,6 +51,9 @@ image:  ## the Kubernetes image clickrec:<version> (k8s/image/Dockerfile); needs
 
 manifests: setup  ## print the rendered k8s manifests (OVERLAY=prod|dev, default prod); docs/deploy.md
 	.cache/bin/kustomize build k8s/spark-operator/overlays/$(or $(OVERLAY),prod)
+
+k8s-build:  ## build the local cluster's binaries once into .cache/k8s/bin (Kubernetes, the spark-operator; about 25 min cold; docs/deploy.md "Local cluster")
+	@bash k8s/local/build.sh
 
 clean:  ## remove the local lake, MLflow store and service state (keeps the caches)
 	-$(CLICKREC) services down
