@@ -7,7 +7,7 @@ CONFIG ?= conf/local.yaml
 EVENTS ?= 200000
 
 .PHONY: help setup test test-fast test-unit demo lint services-up services-down services-status \
-        mlflow-ui bench clean image manifests k8s-build
+        mlflow-ui bench clean image manifests k8s-build k8s-up k8s-down
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -52,8 +52,14 @@ image:  ## the Kubernetes image clickrec:<version> (k8s/image/Dockerfile); needs
 manifests: setup  ## print the rendered k8s manifests (OVERLAY=prod|dev, default prod); docs/deploy.md
 	.cache/bin/kustomize build k8s/spark-operator/overlays/$(or $(OVERLAY),prod)
 
-k8s-build:  ## build the local cluster's binaries once into .cache/k8s/bin (Kubernetes, the spark-operator; about 25 min cold; docs/deploy.md "Local cluster")
+k8s-build:  ## build the local cluster's binaries once into .cache/k8s/bin (Kubernetes, the spark-operator; about 20 min cold; docs/deploy.md "Local cluster")
 	@bash k8s/local/build.sh
+
+k8s-up: k8s-build  ## start the local control plane and the spark-operator on this machine (state in .clickrec/k8s)
+	@bash k8s/local/up.sh
+
+k8s-down:  ## stop what k8s-up started (keeps .clickrec/k8s; k8s/local/down.sh --wipe deletes it)
+	@bash k8s/local/down.sh
 
 clean:  ## remove the local lake, MLflow store and service state (keeps the caches)
 	-$(CLICKREC) services down

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Stops what k8s/local/up.sh started (make k8s-down), in reverse order, by the pids it recorded.
+# Pods are deleted first, through the API while the kubelet still runs, so that their containers,
+# network namespaces and addresses are released the ordinary way; what is left is killed through
+# containerd. The state in .clickrec/k8s (PKI, etcd data) is kept, so the next `make k8s-up` finds
+# the same cluster (without pods); `k8s/local/down.sh --wipe` deletes it too.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=k8s/local/lib.sh
+source k8s/local/lib.sh
+SOCK=$STATE/containerd/containerd.sock
+
+stop spark-operator-controller
+stop spark-operator-webhook
+if running kubelet && running kube-apiserver; then
+  say "deleting every pod (60 s at most)"
+  kctl delete pods --all --all-namespaces --grace-period=5 --timeout=60s --wait >/dev/null 2>&1 || true
+fi
+stop kubelet
+if running containerd; then
+  for id in $(ctr --address "$SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
+    ctr --address "$SOCK" -n k8s.io tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+  done
+  sleep 1
+  for id in $(ctr --address "$SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
+    ctr --address "$SOCK" -n k8s.io tasks rm -f "$id" >/dev/null 2>&1 || true
+  done
+  ctr --address "$SOCK" -n k8s.io containers ls -q 2>/dev/null \
+    | xargs -r ctr --address "$SOCK" -n k8s.io containers rm >/dev/null 2>&1 || true
+fi
+stop containerd
+for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  stop "$name"
+done
+# Mounts the kubelet and containerd left under the state folder (volumes, shm, rootfs).
+grep -F " $STATE/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+if [ "${1:-}" = "--wipe" ]; then
+  say "deleting $STATE and the pods' bridge"
+  ip link show clickrec0 >/dev/null 2>&1 && ip link delete clickrec0
+  rm -rf "$STATE"
+fi
+say "down"
