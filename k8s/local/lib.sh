@@ -53,6 +53,18 @@ module_dir() {
   GOTOOLCHAIN=local go mod download -json "$1@$2" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p'
 }
 
+# debian_packages PACKAGE:FILE...: apt-get installs each PACKAGE whose FILE is missing (as root;
+# otherwise says what to install).
+debian_packages() {
+  local missing=() item
+  for item; do [ -e "${item#*:}" ] || missing+=("${item%%:*}"); done
+  [ ${#missing[@]} -eq 0 ] && return
+  [ "$(id -u)" = 0 ] || die "missing Debian packages: apt-get install ${missing[*]}"
+  say "installing Debian packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+}
+
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
 # start NAME COMMAND...: COMMAND in the background in its own session, output to $LOGS/NAME.log,

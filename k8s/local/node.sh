@@ -14,10 +14,9 @@ source k8s/local/versions.sh
 # shellcheck source=k8s/local/lib.sh
 source k8s/local/lib.sh
 
-for tool in containerd ctr runc umoci gcc; do
-  command -v "$tool" >/dev/null || die "$tool not found: apt-get install containerd runc umoci gcc containernetworking-plugins iptables"
-done
-[ -x /usr/lib/cni/bridge ] || die "CNI plugins not found: apt-get install containernetworking-plugins"
+debian_packages containerd:/usr/bin/containerd runc:/usr/sbin/runc umoci:/usr/bin/umoci gcc:/usr/bin/gcc \
+  libc6-dev:/usr/lib/x86_64-linux-gnu/libc.a containernetworking-plugins:/usr/lib/cni/bridge \
+  iptables:/usr/sbin/iptables
 [ -x "$BIN/kubelet" ] || die "$BIN/kubelet missing: run make k8s-build"
 node_ip=$(host_ip)
 node_name=$(hostname | tr '[:upper:]' '[:lower:]')

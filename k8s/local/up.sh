@@ -21,8 +21,7 @@ source k8s/local/lib.sh
 
 need_bin() { for tool; do [ -x "$BIN/$tool" ] || die "$BIN/$tool missing: run make k8s-build first"; done; }
 need_bin kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet
-command -v etcd >/dev/null || die "etcd not found: apt-get install etcd-server"
-command -v openssl >/dev/null || die "openssl not found"
+debian_packages etcd-server:/usr/bin/etcd openssl:/usr/bin/openssl curl:/usr/bin/curl iproute2:/usr/sbin/ip
 mkdir -p "$STATE" "$PKI" "$LOGS" "$RUN"
 
 # --- certificates ------------------------------------------------------------------------------
