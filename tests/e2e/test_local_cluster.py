@@ -1,0 +1,109 @@
+"""The local cluster of `make k8s-up` (docs/deploy.md "Local cluster"): API server, node, CRDs, webhook.
+
+Needs the cluster running; `make e2e` starts it and runs only this tier (`make test` leaves it
+out). The tests read the cluster through kubectl; the last one starts `clickrec-ingest` from the
+dev overlay and deletes it again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.k8s import KUSTOMIZE, OVERLAYS_DIR, REPO_ROOT
+
+KUBECTL = REPO_ROOT / ".cache" / "k8s" / "bin" / "kubectl"
+KUBECONFIG = REPO_ROOT / ".clickrec" / "k8s" / "admin.kubeconfig"
+NAMESPACE = "clickrec"
+
+
+def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(KUBECTL), "--kubeconfig", str(KUBECONFIG), *args],
+        input=stdin, capture_output=True, text=True, check=check, timeout=120,
+    )
+
+
+def kubectl_json(*args: str) -> Any:
+    return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+def render(overlay: str) -> str:
+    return subprocess.run(
+        [str(KUSTOMIZE), "build", str(OVERLAYS_DIR / overlay)],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> None:
+    if not (KUBECTL.exists() and KUBECONFIG.exists()):
+        pytest.fail("no local cluster: run `make k8s-up` (or `make e2e`, which starts it)")
+    ready = kubectl("get", "--raw", "/readyz", check=False)
+    if ready.returncode != 0:
+        pytest.fail(f"the local cluster's API server is not ready: {ready.stderr.strip()} (make k8s-up)")
+
+
+def test_the_api_server_is_ready_and_serves_the_pinned_version() -> None:
+    assert kubectl("get", "--raw", "/readyz").stdout == "ok"
+    version = json.loads(kubectl("version", "-o", "json").stdout)
+    assert version["serverVersion"]["gitVersion"] == version["clientVersion"]["gitVersion"] == "v1.34.4"
+
+
+def test_one_node_is_ready() -> None:
+    nodes = kubectl_json("get", "nodes")["items"]
+    assert len(nodes) == 1
+    conditions = {c["type"]: c["status"] for c in nodes[0]["status"]["conditions"]}
+    assert conditions["Ready"] == "True"
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_the_operator_crds_accept_every_object_of_the_overlay(overlay: str) -> None:
+    result = kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                     stdin=render(overlay), check=False)
+    assert result.returncode == 0, result.stderr
+    accepted = {line.split()[0] for line in result.stdout.splitlines() if line.endswith("(server dry run)")}
+    for job in ("ingest", "train", "publish", "pipeline", "stream"):
+        assert f"sparkapplication.sparkoperator.k8s.io/clickrec-{job}" in accepted
+    assert "scheduledsparkapplication.sparkoperator.k8s.io/clickrec-pipeline-nightly" in accepted
+
+
+def test_the_webhook_gives_the_driver_pod_what_the_manifest_declares() -> None:
+    """securityContext, secret references, envFrom, the conf mount and the account: webhook-only fields."""
+    manifests = render("dev")
+    kubectl("apply", "-l", "clickrec.dev/launch!=on-demand", "-f", "-", stdin=manifests)
+    kubectl("-n", NAMESPACE, "delete", "sparkapplication", "clickrec-ingest", "--ignore-not-found", "--wait")
+    kubectl("apply", "-l", "app.kubernetes.io/component=ingest,clickrec.dev/launch=on-demand", "-f", "-",
+            stdin=manifests)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            got = kubectl("-n", NAMESPACE, "get", "pod", "clickrec-ingest-driver", "-o", "json", check=False)
+            if got.returncode == 0:
+                pod = json.loads(got.stdout)
+                break
+            assert time.monotonic() < deadline, "the operator made no driver pod within 120 s"
+            time.sleep(2)
+        labels = pod["metadata"]["labels"]
+        assert labels["sparkoperator.k8s.io/mutated-by-spark-operator"] == "true"
+        spec = pod["spec"]
+        assert spec["serviceAccountName"] == "clickrec-spark-driver"
+        driver = next(c for c in spec["containers"] if c["name"] == "spark-kubernetes-driver")
+        context = driver["securityContext"]
+        assert (context["runAsUser"], context["runAsGroup"], context["runAsNonRoot"]) == (185, 185, True)
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+                      for e in driver.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+        assert secret_env == {"AWS_ACCESS_KEY_ID": "clickrec-s3", "AWS_SECRET_ACCESS_KEY": "clickrec-s3"}
+        assert {"secretRef": {"name": "clickrec-mlflow", "optional": True}} in driver["envFrom"]
+        mounts = {m["mountPath"]: m["name"] for m in driver["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes[mounts["/etc/clickrec"]]["configMap"]["name"].startswith("clickrec-conf-")
+    finally:
+        kubectl("-n", NAMESPACE, "delete", "sparkapplication", "clickrec-ingest", "--ignore-not-found",
+                "--wait", check=False)
