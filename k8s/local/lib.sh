@@ -27,6 +27,7 @@ SERVICE_CIDR=10.96.0.0/16
 POD_CIDR=10.88.0.0/16
 # Built by node.sh (no registry is reachable); the CRI's sandbox image.
 PAUSE_IMAGE=clickrec.local/pause:3.10
+KUBECTL_IMAGE=clickrec.local/kubectl:v1.34.4
 SERVICE_IP=10.96.0.1
 
 # The operator as docs/deploy.md installs it: Helm release spark-operator in its namespace.

@@ -42,6 +42,21 @@ if [ ! -f "$pause_tar" ]; then
   rm -rf "$work"
 fi
 
+# --- a kubectl image, for checks from inside the cluster (tests/e2e) ---------------------------
+kubectl_tar=$STATE/images/kubectl-$K8S_VERSION.tar
+if [ ! -f "$kubectl_tar" ]; then
+  say "kubectl image: $KUBECTL_IMAGE (the static kubectl of .cache/k8s/bin)"
+  work=$(mktemp -d)
+  tag=${KUBECTL_IMAGE##*:}
+  (cd "$work" && umoci init --layout oci && umoci new --image "oci:$tag" \
+    && umoci unpack --image "oci:$tag" bundle >/dev/null \
+    && install -m 0755 "$BIN/kubectl" bundle/rootfs/kubectl \
+    && umoci repack --image "oci:$tag" bundle \
+    && umoci config --image "oci:$tag" --config.entrypoint /kubectl --config.user 65534:65534 \
+    && tar -C oci -cf "$kubectl_tar" .)
+  rm -rf "$work"
+fi
+
 # --- containerd --------------------------------------------------------------------------------
 cat > "$CTRD/config.toml" <<EOF
 version = 2
@@ -77,6 +92,9 @@ start containerd containerd --config "$CTRD/config.toml"
 wait_for "containerd" 60 ctr --address "$SOCK" version
 if ! ctr --address "$SOCK" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE"; then
   ctr --address "$SOCK" -n k8s.io images import --base-name "${PAUSE_IMAGE%:*}" "$pause_tar" >/dev/null
+fi
+if ! ctr --address "$SOCK" -n k8s.io images ls -q | grep -qx "$KUBECTL_IMAGE"; then
+  ctr --address "$SOCK" -n k8s.io images import --base-name "${KUBECTL_IMAGE%:*}" "$kubectl_tar" >/dev/null
   # umoci's tags arrive as import-<date>@... names the CRI does not resolve: remove them.
   ctr --address "$SOCK" -n k8s.io images ls -q | { grep 'import-' || true; } \
     | xargs -r ctr --address "$SOCK" -n k8s.io images rm >/dev/null

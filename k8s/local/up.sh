@@ -3,7 +3,7 @@
 # spark-operator against it, out of cluster, with the settings docs/deploy.md installs it with.
 #
 #   etcd             127.0.0.1:$ETCD_PORT (Debian's etcd-server)
-#   kube-apiserver   https://127.0.0.1:$APISERVER_PORT, --enable-aggregator-routing=true
+#   kube-apiserver   https://127.0.0.1:$APISERVER_PORT (and this host's address), aggregator routing
 #   kube-controller-manager, kube-scheduler
 #   one node         containerd (runc, a CNI bridge) and a kubelet: k8s/local/node.sh
 #   spark-operator   controller and webhook (:$WEBHOOK_PORT), CRDs of the pinned chart
@@ -91,12 +91,16 @@ start etcd etcd --name clickrec-local --data-dir "$STATE/etcd" \
 wait_for "etcd" 60 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
 
 # --- kube-apiserver ----------------------------------------------------------------------------
+# It listens on every address: clients on this host use 127.0.0.1, pods this host's address (the
+# `kubernetes` Service's endpoint; without kube-proxy and DNS, Spark drivers in pods are pointed
+# at it directly). It reaches the kubelet (logs, exec) at the node's InternalIP, not its name.
 # --enable-aggregator-routing: the API server calls webhooks (and aggregated APIs) at their
 # Service's endpoints instead of its ClusterIP, so the operator's webhook can run on the host
 # behind a selector-less Service without kube-proxy.
 start kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-  --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address "$node_ip" \
+  --bind-address 0.0.0.0 --secure-port "$APISERVER_PORT" --advertise-address "$node_ip" \
+  --kubelet-preferred-address-types InternalIP \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
   --client-ca-file "$PKI/ca.crt" \
   --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \

@@ -19,6 +19,8 @@ from tests.support.k8s import KUSTOMIZE, OVERLAYS_DIR, REPO_ROOT
 KUBECTL = REPO_ROOT / ".cache" / "k8s" / "bin" / "kubectl"
 KUBECONFIG = REPO_ROOT / ".clickrec" / "k8s" / "admin.kubeconfig"
 NAMESPACE = "clickrec"
+# Built by k8s/local/node.sh: the static kubectl as an image, for checks from inside the cluster.
+KUBECTL_IMAGE = "clickrec.local/kubectl:v1.34.4"
 
 
 def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -107,3 +109,46 @@ def test_the_webhook_gives_the_driver_pod_what_the_manifest_declares() -> None:
     finally:
         kubectl("-n", NAMESPACE, "delete", "sparkapplication", "clickrec-ingest", "--ignore-not-found",
                 "--wait", check=False)
+
+
+def test_a_pod_reaches_the_api_server_as_the_spark_driver_account() -> None:
+    """What a Spark driver in a pod needs first: the API server at the `kubernetes` Service's endpoint
+    (no kube-proxy here), its ServiceAccount token accepted, and the Role letting it create executors."""
+    endpoints = kubectl_json("-n", "default", "get", "endpointslice", "kubernetes")
+    address = endpoints["endpoints"][0]["addresses"][0]
+    port = endpoints["ports"][0]["port"]
+    secrets = "/var/run/secrets/kubernetes.io/serviceaccount"
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"https://{address}:{port}",
+                                               "certificate-authority": f"{secrets}/ca.crt"}}],
+        "users": [{"name": "u", "user": {"tokenFile": f"{secrets}/token"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }
+    name = "clickrec-e2e-api-check"
+    objects = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": NAMESPACE},
+         "data": {"kubeconfig": json.dumps(config)}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE},
+         "spec": {"restartPolicy": "Never", "serviceAccountName": "clickrec-spark-driver",
+                  "volumes": [{"name": "kubeconfig", "configMap": {"name": name}}],
+                  "containers": [{"name": "kubectl", "image": KUBECTL_IMAGE, "imagePullPolicy": "Never",
+                                  "volumeMounts": [{"name": "kubeconfig", "mountPath": "/etc/check"}],
+                                  "args": ["--kubeconfig", "/etc/check/kubeconfig", "--request-timeout", "10s",
+                                           "auth", "can-i", "create", "pods"]}]}},
+    ]
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+    kubectl("delete", "-f", "-", "--ignore-not-found", "--wait", stdin=manifest)
+    kubectl("apply", "-f", "-", stdin=manifest)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            phase = kubectl("-n", NAMESPACE, "get", "pod", name, "-o", "jsonpath={.status.phase}").stdout
+            if phase in {"Succeeded", "Failed"}:
+                break
+            assert time.monotonic() < deadline, f"the check pod is still {phase!r} after 90 s"
+            time.sleep(2)
+        log = kubectl("-n", NAMESPACE, "logs", name, check=False)
+        assert (phase, log.stdout.strip()) == ("Succeeded", "yes"), log.stdout + log.stderr
+    finally:
+        kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", stdin=manifest, check=False)
