@@ -35,8 +35,20 @@ done
 # Mounts the kubelet and containerd left under the state folder (volumes, shm, rootfs).
 grep -F " $STATE/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
 if [ "${1:-}" = "--wipe" ]; then
-  say "deleting $STATE and the pods' bridge"
+  say "deleting $STATE, the pods' bridge and the kubelet's iptables chains"
   ip link show clickrec0 >/dev/null 2>&1 && ip link delete clickrec0
+  # The kubelet's own iptables chains (it adds them again when it starts).
+  for cmd in iptables ip6tables; do
+    command -v "$cmd" >/dev/null || continue
+    for hook in INPUT OUTPUT; do
+      while "$cmd" -D "$hook" -j KUBE-FIREWALL 2>/dev/null; do :; done
+    done
+    for table in filter nat mangle; do
+      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        "$cmd" -t "$table" -F "$chain" 2>/dev/null && "$cmd" -t "$table" -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
   rm -rf "$STATE"
 fi
 say "down"
