@@ -1,8 +1,8 @@
 """The local cluster of `make k8s-up` (docs/deploy.md "Local cluster"): API server, node, CRDs, webhook.
 
 Needs the cluster running; `make e2e` starts it and runs only this tier (`make test` leaves it
-out). The tests read the cluster through kubectl; the last one starts `clickrec-ingest` from the
-dev overlay and deletes it again.
+out). The tests use kubectl; one starts `clickrec-ingest` from the dev overlay and deletes it again,
+one runs a pod in `clickrec` and deletes it; the dev overlay's standing objects stay applied.
 """
 
 from __future__ import annotations
