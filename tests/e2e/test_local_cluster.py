@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.k8s import KUSTOMIZE, OVERLAYS_DIR, REPO_ROOT
 
@@ -152,3 +153,36 @@ def test_a_pod_reaches_the_api_server_as_the_spark_driver_account() -> None:
         assert (phase, log.stdout.strip()) == ("Succeeded", "yes"), log.stdout + log.stderr
     finally:
         kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", stdin=manifest, check=False)
+
+
+def test_a_schedule_due_every_minute_fires_and_its_run_is_submitted() -> None:
+    """The nightly ScheduledSparkApplication of the dev overlay, renamed, unsuspended and due every
+    minute: the operator's scheduler creates a run from its template and submits it."""
+    schedule = next(d for d in yaml.safe_load_all(render("dev"))
+                    if d and d["kind"] == "ScheduledSparkApplication")
+    name = "clickrec-e2e-every-minute"
+    schedule["metadata"]["name"] = name
+    schedule["spec"].update({"schedule": "* * * * *", "suspend": False})
+    manifest = json.dumps(schedule)
+    kubectl("delete", "-f", "-", "--ignore-not-found", "--wait", stdin=manifest)
+    kubectl("apply", "-f", "-", stdin=manifest)
+    try:
+        deadline = time.monotonic() + 150
+        run = ""
+        while not run:
+            assert time.monotonic() < deadline, "the schedule did not fire within 150 s"
+            time.sleep(3)
+            run = kubectl("-n", NAMESPACE, "get", "scheduledsparkapplication", name,
+                          "-o", "jsonpath={.status.lastRunName}").stdout
+        while True:
+            app = kubectl_json("-n", NAMESPACE, "get", "sparkapplication", run)
+            state = app.get("status", {}).get("applicationState", {}).get("state", "")
+            if state not in {"", "NEW"}:
+                break
+            assert time.monotonic() < deadline, f"the run {run} was not submitted within 150 s"
+            time.sleep(3)
+        assert app["metadata"]["labels"]["sparkoperator.k8s.io/scheduled-app-name"] == name
+        assert app["spec"]["mainApplicationFile"] == schedule["spec"]["template"]["mainApplicationFile"]
+        assert state in {"SUBMITTED", "RUNNING"}, state
+    finally:
+        kubectl("delete", "-f", "-", "--ignore-not-found", "--wait", stdin=manifest, check=False)
