@@ -7,16 +7,16 @@ CONFIG ?= conf/local.yaml
 EVENTS ?= 200000
 
 .PHONY: help setup test test-fast test-unit demo lint services-up services-down services-status \
-        mlflow-ui bench clean image manifests
+        mlflow-ui bench clean image manifests k8s-build k8s-up k8s-down e2e
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 setup:  ## venv, pinned packages, JVM jars, MinIO binary (cached; a second run takes seconds)
 	@bash scripts/setup.sh
 
-test: setup  ## the whole suite: unit, integration, services (real Kafka/MinIO/MLflow), k8s (CI runs this)
-	$(PY) -m pytest
+test: setup  ## the whole suite: unit, integration, services (real Kafka/MinIO/MLflow), k8s (CI runs this); not e2e
+	$(PY) -m pytest -m "not e2e"
 
 test-fast: setup  ## the edit loop: unit and the quick integration tests, no services (about 3 min; tests/README.md)
 	$(PY) -m pytest -m "(unit or integration) and not slow"
@@ -51,6 +51,18 @@ image:  ## the Kubernetes image clickrec:<version>: Docker when an engine answer
 
 manifests: setup  ## print the rendered k8s manifests (OVERLAY=prod|dev, default prod); docs/deploy.md
 	.cache/bin/kustomize build k8s/spark-operator/overlays/$(or $(OVERLAY),prod)
+
+k8s-build:  ## build the local cluster's binaries once into .cache/k8s/bin (Kubernetes, the spark-operator; about 20 min cold; docs/deploy.md "Local cluster")
+	@bash k8s/local/build.sh
+
+k8s-up: k8s-build  ## start the local control plane and the spark-operator on this machine (state in .clickrec/k8s)
+	@bash k8s/local/up.sh
+
+e2e: setup k8s-up  ## the e2e tier (tests/e2e) against the local cluster, which it starts; leaves it running
+	$(PY) -m pytest -m e2e
+
+k8s-down:  ## stop what k8s-up started (keeps .clickrec/k8s; k8s/local/down.sh --wipe deletes it)
+	@bash k8s/local/down.sh
 
 clean:  ## remove the local lake, MLflow store and service state (keeps the caches)
 	-$(CLICKREC) services down

@@ -105,7 +105,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark tests by folder, so `-m unit` etc. select them without a marker on every test."""
     for item in items:
         parts = Path(str(item.fspath)).relative_to(REPO_ROOT / "tests").parts
-        if parts and parts[0] in {"unit", "integration", "services", "k8s"}:
+        if parts and parts[0] in {"unit", "integration", "services", "k8s", "e2e"}:
             item.add_marker(parts[0])
 
 
