@@ -19,12 +19,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from clickrec import columns as C
+from clickrec.errors import InputError
 from clickrec.ingest import ingest
 from clickrec.io.files import list_input_files
 from clickrec.io.lake import Lake
 from clickrec.quality import load_suite
 from clickrec.replay import event_payloads
-from clickrec.staging import stage_events, suite_params
+from clickrec.staging import stage_event_lines, stage_events, suite_params
 from clickrec.stream import staged_events
 from tests.support.layouts import (
     LAYOUTS,
@@ -74,3 +75,10 @@ def test_the_stream_stages_replayed_layouts_as_batch_ingest_does(spark: SparkSes
     assert outcome(streamed) == outcome(batch)
     accepted = streamed.where(F.size(C.REASONS) == 0).select(*BRONZE_KEY).collect()
     assert Counter(tuple(r) for r in accepted) == expected_bronze(events)
+
+
+def test_a_mapping_to_a_column_the_source_lacks_is_named(spark: SparkSession, tmp_path: Path) -> None:
+    config = layout_config("retailrocket", tmp_path, ingest={"column_mapping": {"event_time": "ts"}})
+    lines = spark.createDataFrame([("1433221332117,1,view,2,", "f")], f"{C.VALUE} string, {C.SOURCE_FILE} string")
+    with pytest.raises(InputError, match=r"ingest\.column_mapping\.event_time: source column 'ts' is not in"):
+        stage_event_lines(lines, config, file_format="csv", suite={"expectations": []})
