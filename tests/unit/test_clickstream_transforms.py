@@ -187,6 +187,12 @@ def test_flag_rejections_names_each_failing_expectation(spark: SparkSession) -> 
         GOOD.replace(",44600062,", ",bad id!,"),
         GOOD + ",x",
         GOOD.replace(",35.79,", ",NaN,"),
+        GOOD.replace(",view,", ",,"),
+        GOOD.replace(",44600062,", ",,"),
+        GOOD.replace(",2103807459595387724,", ",cat id,"),
+        GOOD.replace(",541312140,", ",user 1,"),
+        GOOD.replace(",72d76fde-8bb3-4e00-8c23-a032dfed738c", ","),
+        GOOD.replace(",35.79,", ",cheap,"),
     ).transform(T.flag_rejections, checks=rejection_checks(suite))
     reasons = [r[C.REASONS] for r in df.collect()]
     assert reasons == [
@@ -199,6 +205,12 @@ def test_flag_rejections_names_each_failing_expectation(spark: SparkSession) -> 
         ["product_id_malformed"],
         ["extra_columns"],
         ["price_not_finite"],
+        ["event_type_missing"],
+        ["product_id_missing"],
+        ["category_id_malformed"],
+        ["user_id_malformed"],
+        ["user_session_missing"],
+        ["price_invalid"],
     ]
 
 
