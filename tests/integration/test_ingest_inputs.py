@@ -174,7 +174,7 @@ def test_an_empty_input_warns_exits_0_and_commits_nothing(
     assert not any(table_exists(spark, lake.path(t)) for t in (C.BRONZE_EVENTS, C.BRONZE_QUARANTINE, C.SILVER_INTERACTIONS))
 
 
-def test_a_truncated_gzip_ingests_its_readable_lines_and_names_the_file(
+def test_a_truncated_gzip_ingests_its_readable_lines_and_names_the_file_and_an_empty_one(
     spark: SparkSession, config: ClickrecConfig, tmp_path: Path
 ) -> None:
     whole = gzip.compress(("\n".join([HEADER] + [good_line(i % 60) .replace("sess-", f"s{i}-") for i in range(3000)])
@@ -183,6 +183,8 @@ def test_a_truncated_gzip_ingests_its_readable_lines_and_names_the_file(
     cut.write_bytes(whole[: len(whole) * 2 // 3])
     intact = tmp_path / "intact.csv"
     intact.write_text(HEADER + "\n" + good_line(1).replace("sess-", "other-") + "\n")
+    empty = tmp_path / "empty.csv"  # named too, beside files with rows
+    empty.write_text("")
     readable = 0  # complete lines before the cut, header included
     with gzip.open(cut, "rb") as handle, pytest.raises(EOFError):
         for line in handle:
@@ -192,6 +194,7 @@ def test_a_truncated_gzip_ingests_its_readable_lines_and_names_the_file(
 
     assert summary["truncated_files"] == [f"file:{cut}"]
     assert any("1 truncated file(s)" in w and str(cut) in w for w in summary["warnings"])
+    assert any(w.startswith("1 empty file(s)") and str(empty) in w for w in summary["warnings"])
     assert summary["rows_read"] == readable - 1 + 1  # the cut file's rows (no header) and the intact file's row
     assert summary["accepted"] + summary["duplicates"] == summary["rows_read"] > 1000
 
