@@ -27,6 +27,15 @@ say() { printf 'build-oci: %s\n' "$*" >&2; }
 die() { say "$1"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot and mounts); run as root or use Docker"
+# Debian's debootstrap and umoci, installed when missing (as k8s/local/up.sh does its packages).
+missing=()
+for tool in debootstrap umoci; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+    || die "could not install ${missing[*]}: apt-get install debootstrap umoci"
+fi
 for tool in debootstrap umoci chroot mount; do
   command -v "$tool" >/dev/null || die "$tool not found: apt-get install debootstrap umoci"
 done
