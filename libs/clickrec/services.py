@@ -117,15 +117,15 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that is free right now."""
+def free_port(host: str = HOST) -> int:
+    """A port on `host` (127.0.0.1 unless told) that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def check_port_free(port: int, what: str) -> None:
-    """Fail clearly when `port` on 127.0.0.1 is taken.
+def check_port_free(port: int, what: str, host: str = HOST) -> None:
+    """Fail clearly when `port` on `host` (127.0.0.1 unless told) is taken.
 
     Bound as the servers bind (SO_REUSEADDR): connections of a stopped server left in
     TIME_WAIT do not take the port from its restart, a listening server does.
@@ -133,9 +133,9 @@ def check_port_free(port: int, what: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((HOST, port))
+            sock.bind((host, port))
         except OSError as exc:
-            raise ServiceError(f"{what}: port {port} on {HOST} is taken ({exc.strerror})") from None
+            raise ServiceError(f"{what}: port {port} on {host} is taken ({exc.strerror})") from None
 
 
 def log_tail(path: str | Path, lines: int = 30) -> str:
@@ -194,10 +194,10 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _tcp_open(port: int) -> bool:
+def _tcp_open(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1)
-        return sock.connect_ex((HOST, port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 # --- Kafka --------------------------------------------------------------------------------------
@@ -242,15 +242,16 @@ def formatted_cluster_id(logs_dir: Path) -> str | None:
     return None
 
 
-def kafka_properties(data_dir: Path, port: int, controller_port: int) -> str:
-    """server.properties for a single-node KRaft broker+controller on loopback."""
+def kafka_properties(data_dir: Path, port: int, controller_port: int, host: str = HOST) -> str:
+    """server.properties for a single-node KRaft broker+controller: the broker listens on (and
+    advertises) `host`, the controller on loopback."""
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{HOST}:{controller_port}",
-            f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
+            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{HOST}:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port}",
             "controller.listener.names=CONTROLLER",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "inter.broker.listener.name=PLAINTEXT",
@@ -285,20 +286,22 @@ logger.apache.level = WARN
 """
 
 
-def start_kafka(base_dir: Path, port: int | None = None, timeout: float = READY_TIMEOUT_S) -> ServiceProcess:
+def start_kafka(
+    base_dir: Path, port: int | None = None, timeout: float = READY_TIMEOUT_S, host: str = HOST
+) -> ServiceProcess:
     """Format (once: a restart reuses the storage's cluster id) and start a single-node KRaft
-    Kafka from the jars cached by setup."""
+    Kafka from the jars cached by setup, its broker on `host`."""
     jars = paths.jars_dir("kafka")
     if not any(jars.glob("kafka_2.13-*.jar")):
         raise SetupError(f"kafka: broker jars not found in {jars}: run `make setup`")
     java = _java()
-    port = port or free_port()
-    check_port_free(port, "kafka")
+    port = port or free_port(host)
+    check_port_free(port, "kafka", host)
     controller_port = free_port()
     data_dir = base_dir / "kafka"
     data_dir.mkdir(parents=True, exist_ok=True)
     props = data_dir / "server.properties"
-    props.write_text(kafka_properties(data_dir, port, controller_port))
+    props.write_text(kafka_properties(data_dir, port, controller_port, host))
     log4j = data_dir / "log4j2.properties"
     log4j.write_text(LOG4J2)
     log_path = data_dir / "kafka.log"
@@ -315,11 +318,11 @@ def start_kafka(base_dir: Path, port: int | None = None, timeout: float = READY_
     pid = _spawn("kafka", [java, *jvm, "-cp", cp, "kafka.Kafka", str(props)], log_path)
 
     def ready() -> bool:
-        if not _tcp_open(port):
+        if not _tcp_open(port, host):
             return False
         from kafka import KafkaAdminClient
 
-        admin = KafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=3000)
+        admin = KafkaAdminClient(bootstrap_servers=f"{host}:{port}", request_timeout_ms=3000)
         try:
             admin.list_topics()
             return True
@@ -336,7 +339,7 @@ def start_kafka(base_dir: Path, port: int | None = None, timeout: float = READY_
         pid=pid,
         start_ticks=_start_ticks(pid) or 0,
         ports={"broker": port, "controller": controller_port},
-        url=f"{HOST}:{port}",
+        url=f"{host}:{port}",
         log_path=str(log_path),
         data_dir=str(data_dir),
     )
@@ -367,11 +370,12 @@ def start_minio(
     secret_key: str | None = None,
     buckets: Iterable[str] = (MLFLOW_BUCKET, LAKE_BUCKET),
     timeout: float = READY_TIMEOUT_S,
+    host: str = HOST,
 ) -> ServiceProcess:
-    """Start a MinIO server with fresh random credentials and create `buckets`."""
+    """Start a MinIO server on `host` with fresh random credentials and create `buckets`."""
     binary = minio_binary()
-    port = port or free_port()
-    check_port_free(port, "minio")
+    port = port or free_port(host)
+    check_port_free(port, "minio", host)
     console_port = free_port()
     access_key = access_key or "clickrec-" + secrets.token_hex(4)
     secret_key = secret_key or secrets.token_urlsafe(24)
@@ -387,17 +391,17 @@ def start_minio(
     }
     pid = _spawn(
         "minio",
-        [str(binary), "server", str(data_dir / "data"), "--quiet", "--address", f"{HOST}:{port}",
+        [str(binary), "server", str(data_dir / "data"), "--quiet", "--address", f"{host}:{port}",
          "--console-address", f"{HOST}:{console_port}"],
         log_path,
         env,
     )
-    url = f"http://{HOST}:{port}"
+    url = f"http://{host}:{port}"
     try:
         _wait_ready("minio", pid, log_path, lambda: _http_ok(f"{url}/minio/health/ready"), timeout)
         from minio import Minio
 
-        client = Minio(f"{HOST}:{port}", access_key=access_key, secret_key=secret_key, secure=False)
+        client = Minio(f"{host}:{port}", access_key=access_key, secret_key=secret_key, secure=False)
         for bucket in buckets:
             if not client.bucket_exists(bucket):
                 client.make_bucket(bucket)
@@ -420,11 +424,15 @@ def start_minio(
 
 
 def start_mlflow(
-    base_dir: Path, minio: ServiceProcess, port: int | None = None, timeout: float = READY_TIMEOUT_S
+    base_dir: Path,
+    minio: ServiceProcess,
+    port: int | None = None,
+    timeout: float = READY_TIMEOUT_S,
+    host: str = HOST,
 ) -> ServiceProcess:
-    """Start `mlflow server`: SQLite backend store, artifacts proxied to MinIO's mlflow bucket."""
-    port = port or free_port()
-    check_port_free(port, "mlflow")
+    """Start `mlflow server` on `host`: SQLite backend store, artifacts proxied to MinIO's mlflow bucket."""
+    port = port or free_port(host)
+    check_port_free(port, "mlflow", host)
     data_dir = base_dir / "mlflow"
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "mlflow.log"
@@ -438,10 +446,10 @@ def start_mlflow(
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", f"sqlite:///{data_dir / 'mlflow.db'}",
         "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/artifacts",
-        "--host", HOST, "--port", str(port), "--workers", "1",
+        "--host", host, "--port", str(port), "--workers", "1",
     ]
     pid = _spawn("mlflow", argv, log_path, env)
-    url = f"http://{HOST}:{port}"
+    url = f"http://{host}:{port}"
     _wait_ready("mlflow", pid, log_path, lambda: _http_ok(f"{url}/health"), timeout)
     return ServiceProcess(
         name="mlflow",
