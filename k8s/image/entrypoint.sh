@@ -12,8 +12,9 @@
 #                        SPARK_RESOURCE_PROFILE_ID, SPARK_EXECUTOR_POD_NAME, SPARK_EXECUTOR_MEMORY
 #                        and the JVM options SPARK_JAVA_OPT_0, SPARK_JAVA_OPT_1, ... in order
 #   anything else     -> run as given (e.g. `bash`, `python`, `clickrec status`)
-# Every command runs under tini (PID 1): it forwards SIGTERM to the command, or to its whole
-# process group when TINI_KILL_PROCESS_GROUP=1 (the manifests set it), and reaps zombies.
+# Every command runs under tini (PID 1), which forwards SIGTERM to it and reaps zombies. A
+# driver runs under this script's `relay` (below), which passes SIGTERM on to the Python driver
+# only: the JVM that spark-submit starts must outlive it.
 # Unlike Spark's own image entrypoint it adds no /etc/passwd entry for an unknown uid: the
 # manifests run as uid 185, which the image has (`spark`).
 set -euo pipefail
@@ -35,14 +36,57 @@ need() {
   done
 }
 
+# relay COMMAND...: run COMMAND (spark-submit, whose JVM starts the Python driver of a PySpark
+# application as its child) and pass SIGTERM and SIGINT on to the JVM's children, not to the
+# JVM. The kubelet stopping the pod sends SIGTERM; the Python driver then ends its work as
+# `clickrec` does on SIGTERM (the stream finishes its running batch and stops the query, a
+# batch job ends its MLflow run as KILLED) and exits, and the JVM exits with its status. Sent to
+# the JVM, Spark's shutdown hook would stop the SparkContext under the running job instead. A
+# JVM without children (a JVM application) gets the signal itself. Exits with COMMAND's status.
+relay() {
+  set +e  # a failing command's status is passed on, not a reason to stop relaying
+  "$@" &
+  jvm=$!
+  forward() {
+    local children
+    children=$(cat /proc/"$jvm"/task/*/children 2>/dev/null | tr -s ' \n' ' ')
+    if [ -n "${children// /}" ]; then
+      # shellcheck disable=SC2086  # one pid per word
+      kill -s "$1" $children 2>/dev/null || true
+    else
+      kill -s "$1" "$jvm" 2>/dev/null || true
+    fi
+  }
+  trap 'forward TERM' TERM
+  trap 'forward INT' INT
+  while :; do
+    wait "$jvm"
+    status=$?
+    kill -0 "$jvm" 2>/dev/null || break
+  done
+  # A signal ends `wait` early with 128+n; if the JVM exited meanwhile, wait again for its status.
+  if [ "$status" -gt 128 ]; then
+    wait "$jvm" 2>/dev/null
+    again=$?
+    [ "$again" -eq 127 ] || status=$again
+  fi
+  exit "$status"
+}
+
 case "${1:-}" in
   driver)
     shift
     need SPARK_DRIVER_BIND_ADDRESS
-    cmd=("$SPARK_HOME/bin/spark-submit"
+    cmd=(bash "$0" relay "$SPARK_HOME/bin/spark-submit"
          --conf "spark.driver.bindAddress=$SPARK_DRIVER_BIND_ADDRESS"
          --deploy-mode client
          "$@")
+    # tini signals only its child, this script's relay (never the JVM's process group).
+    unset TINI_KILL_PROCESS_GROUP
+    ;;
+  relay)
+    shift
+    relay "$@"
     ;;
   executor)
     shift

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -236,6 +238,59 @@ def test_the_driver_runs_spark_submit_in_client_mode_with_its_arguments(
         "spark-submit", "--conf", "spark.driver.bindAddress=10.1.2.3",
         "--deploy-mode", "client", *args,
     ]
+
+
+# spark-submit's JVM of a PySpark driver: starts the Python driver as its child and exits with
+# its status; it notes a SIGTERM of its own in jvm.log (Spark would stop the SparkContext there).
+FAKE_JVM = """#!/usr/bin/env python3
+import os, signal, subprocess, sys
+out = os.environ["FAKE_OUT"]
+def noted(signum, frame):
+    open(os.path.join(out, "jvm.log"), "a").write("TERM\\n")
+signal.signal(signal.SIGTERM, noted)
+child = subprocess.Popen([sys.executable, "-c", os.environ["FAKE_DRIVER"]])
+sys.exit(child.wait())
+"""
+# The Python driver: on SIGTERM it notes it, then exits with FAKE_TERM_STATUS (clickrec's
+# stream exits 0 after stopping its query; a batch job exits 143).
+FAKE_DRIVER = """
+import os, signal, sys, time
+out = os.environ["FAKE_OUT"]
+def stop(signum, frame):
+    open(os.path.join(out, "driver.log"), "a").write("TERM\\n")
+    sys.exit(int(os.environ["FAKE_TERM_STATUS"]))
+signal.signal(signal.SIGTERM, stop)
+open(os.path.join(out, "ready"), "w").close()
+time.sleep(60)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("term_status", [0, 143])
+def test_sigterm_reaches_the_python_driver_not_spark_submits_jvm(
+    fake_spark: dict[str, str], tmp_path: Path, term_status: int
+) -> None:
+    """The kubelet's SIGTERM to a driver pod: the Python driver gets it and its exit status is the
+    pod's; the JVM gets none, so the SparkContext outlives the driver's graceful stop."""
+    submit = Path(fake_spark["SPARK_HOME"]) / "bin" / "spark-submit"
+    submit.write_text(FAKE_JVM)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**fake_spark, "SPARK_DRIVER_BIND_ADDRESS": "10.1.2.3", "FAKE_OUT": str(out),
+           "FAKE_DRIVER": FAKE_DRIVER, "FAKE_TERM_STATUS": str(term_status), "TINI_KILL_PROCESS_GROUP": "1"}
+    proc = subprocess.Popen(["bash", str(ENTRYPOINT_SH), "driver", "local:///opt/clickrec/jobs/stream.py"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (out / "ready").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == term_status
+    finally:
+        proc.kill()
+    assert (out / "driver.log").read_text() == "TERM\n"
+    assert not (out / "jvm.log").exists()
 
 
 def test_the_executor_runs_the_kubernetes_executor_backend(fake_spark: dict[str, str]) -> None:
