@@ -306,6 +306,17 @@ def test_the_stream_checkpoints_on_s3a() -> None:
     assert "--available-now" not in args and "--max-seconds" not in args  # long-running
 
 
+def test_the_stream_driver_has_time_to_stop_gracefully(rendering: tuple[str, list[dict[str, Any]]]) -> None:
+    """Deleting the stream's pod gives it terminationGracePeriodSeconds before SIGKILL: more than
+    the stop timeout its config gives the running batch (the kubelet's default is 30 s)."""
+    from clickrec.config import load_config
+
+    name, objects = rendering
+    grace = app_specs(objects)[STREAM_JOB]["driver"].get("terminationGracePeriodSeconds", 30)
+    stop_timeout = load_config(REPO_ROOT / "conf" / "k8s.yaml").stream.stop_timeout_seconds
+    assert grace > stop_timeout + 10, f"{name}: {grace} s of grace for a {stop_timeout} s stop"
+
+
 def test_prod_runs_the_stream_beside_the_nightly_pipeline_with_safe_commits() -> None:
     """The stream and the active schedule are rendered together, and the config they share
     commits with put-if-absent writes (docs/concurrency.md), not a single-writer mode."""
