@@ -111,6 +111,37 @@ def is_local_master(master: str | None) -> bool:
     return master is not None and (master == "local" or master.startswith("local["))
 
 
+def shared_filesystem(config: ClickrecConfig, master: str) -> str | None:
+    """The lake's store as the Hadoop default filesystem, when driver and executors do not share a disk.
+
+    MLflow's Spark flavor saves and loads a model through a temporary folder on the default
+    filesystem (its `dfs_tmpdir`, MLFLOW_DFS_TMP): executors write the factor files there and
+    the driver copies them to and from MLflow. With `file:` as the default and executors in
+    other pods, each writes to its own disk: a logged model misses its factors, and a loaded one
+    cannot be read. So under a cluster master (not `local[...]`) with the lake on an object
+    store, the default filesystem is the lake's bucket (`s3a://clickrec` for
+    `s3a://clickrec/lake`). None otherwise.
+    """
+    if is_local_master(master):
+        return None
+    scheme, sep, rest = config.lake.root.partition("://")
+    if not sep or scheme == "file":
+        return None
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def model_staging_dir(config: ClickrecConfig, master: str) -> str | None:
+    """Where MLflow stages Spark models (MLFLOW_DFS_TMP) under a cluster master: `<lake>/_tmp/mlflow`."""
+    if shared_filesystem(config, master) is None:
+        return None
+    return config.lake.root.rstrip("/") + "/_tmp/mlflow"
+
+
+def effective_master(config: ClickrecConfig, launched: Mapping[str, str]) -> str:
+    """The master the session runs on: the config's, else spark-submit's, else PySpark's `local[*]`."""
+    return config.spark.master or launched.get("spark.master") or "local[*]"
+
+
 _JAVA_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
 _UTC_JAVA_OPTION = "-Duser.timezone=UTC"
 
@@ -149,6 +180,9 @@ def session_conf(config: ClickrecConfig, launched: Mapping[str, str] | None = No
     if jars and not local:
         conf["spark.jars"] = ",".join(jars)
     conf.update(s3a_conf(config.s3))
+    default_fs = shared_filesystem(config, effective_master(config, launched))
+    if default_fs is not None:
+        conf["spark.hadoop.fs.defaultFS"] = default_fs
     conf.update(sc.conf)
     for key in _JAVA_OPTIONS:
         parts = (launched.get(key), sc.conf.get(key), _UTC_JAVA_OPTION)
@@ -227,9 +261,13 @@ def build_spark_session(config: ClickrecConfig) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     _require_delta_on_launched_jvm()
     builder = SparkSession.builder
-    for key, value in session_conf(config, launched=_launched_conf()).items():
+    launched = _launched_conf()
+    for key, value in session_conf(config, launched=launched).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    staging = model_staging_dir(config, effective_master(config, launched))
+    if staging is not None:
+        os.environ["MLFLOW_DFS_TMP"] = staging  # read by mlflow.spark's log_model and load_model
     spark.sparkContext.setLogLevel(config.spark.log_level)
     quiet_known_warnings(spark, config.spark.log_level)
     cp = checkpoint_dir(config)

@@ -101,3 +101,30 @@ def test_jvm_options_add_to_what_spark_submit_was_given() -> None:
     assert conf["spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC"
     own = session_conf(build_config({"spark": {"conf": {"spark.executor.extraJavaOptions": "-XX:+UseG1GC"}}}))
     assert own["spark.executor.extraJavaOptions"] == "-XX:+UseG1GC -Duser.timezone=UTC"
+
+
+@pytest.mark.parametrize(
+    ("master", "launched", "root", "default_fs", "staging"),
+    [
+        # executors in other pods: MLflow's Spark flavor stages models on the lake's store
+        (None, "k8s://https://10.0.0.1:443", "s3a://clickrec/lake", "s3a://clickrec", "s3a://clickrec/lake/_tmp/mlflow"),
+        ("spark://host:7077", None, "s3a://shop-data/lakes/prod/", "s3a://shop-data", "s3a://shop-data/lakes/prod/_tmp/mlflow"),
+        # one JVM: its disk is the executors' disk, nothing changes
+        ("local[2]", None, "s3a://clickrec/lake", None, None),
+        (None, "local[*]", "s3a://clickrec/lake", None, None),
+        (None, None, "s3a://clickrec/lake", None, None),  # PySpark's default master is local[*]
+        # a lake on a local disk has no store to share
+        (None, "k8s://https://10.0.0.1:443", "/data/lake", None, None),
+        (None, "k8s://https://10.0.0.1:443", "file:///data/lake", None, None),
+    ],
+)
+def test_under_a_cluster_master_the_lakes_store_is_the_default_filesystem(
+    master: str | None, launched: str | None, root: str, default_fs: str | None, staging: str | None
+) -> None:
+    from clickrec.spark import effective_master, model_staging_dir
+
+    config = build_config({"spark": {"master": master}, "lake": {"root": root}})
+    submitted = {"spark.master": launched} if launched else {}
+    conf = session_conf(config, launched=submitted)
+    assert conf.get("spark.hadoop.fs.defaultFS") == default_fs
+    assert model_staging_dir(config, effective_master(config, submitted)) == staging
