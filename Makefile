@@ -7,7 +7,7 @@ CONFIG ?= conf/local.yaml
 EVENTS ?= 200000
 
 .PHONY: help setup test test-fast test-unit demo lint services-up services-down services-status \
-        mlflow-ui bench clean image manifests k8s-build k8s-up k8s-down e2e
+        mlflow-ui bench clean image manifests k8s-build k8s-up k8s-image k8s-down e2e
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -58,7 +58,10 @@ k8s-build:  ## build the local cluster's binaries once into .cache/k8s/bin (Kube
 k8s-up: k8s-build  ## start the local control plane and the spark-operator on this machine (state in .clickrec/k8s)
 	@bash k8s/local/up.sh
 
-e2e: setup k8s-up  ## the e2e tier (tests/e2e) against the local cluster, which it starts; leaves it running
+k8s-image: k8s-up  ## put the project image into the local cluster (builds the OCI archive first when the sources changed)
+	@bash k8s/local/load-image.sh
+
+e2e: setup k8s-up k8s-image  ## the e2e tier (tests/e2e) against the local cluster, which it starts; leaves it running
 	$(PY) -m pytest -m e2e
 
 k8s-down:  ## stop what k8s-up started (keeps .clickrec/k8s; k8s/local/down.sh --wipe deletes it)

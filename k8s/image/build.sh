@@ -76,6 +76,9 @@ if [ "$BUILDER" = docker ]; then
   "$DOCKER" build -f k8s/image/Dockerfile -t "$IMAGE:$VERSION" .
   say "built $IMAGE:$VERSION in $((SECONDS - start)) s"
 else
+  inputs=$(bash k8s/image/inputs-hash.sh)
   IMAGE=$IMAGE VERSION=$VERSION bash k8s/image/build-oci.sh
+  # What it was built from: k8s/local/load-image.sh rebuilds when the working tree differs.
+  echo "$inputs" > ".cache/image/$IMAGE-$VERSION.oci.tar.inputs"
   say "built .cache/image/$IMAGE-$VERSION.oci.tar in $((SECONDS - start)) s"
 fi

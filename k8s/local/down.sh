@@ -36,7 +36,7 @@ done
 grep -F " $STATE/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
 if [ "${1:-}" = "--wipe" ]; then
   say "deleting $STATE, the pods' bridge and the kubelet's iptables chains"
-  ip link show clickrec0 >/dev/null 2>&1 && ip link delete clickrec0
+  ip link show "$POD_BRIDGE" >/dev/null 2>&1 && ip link delete "$POD_BRIDGE"
   # The kubelet's own iptables chains (it adds them again when it starts).
   for cmd in iptables ip6tables; do
     command -v "$cmd" >/dev/null || continue

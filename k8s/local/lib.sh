@@ -25,6 +25,10 @@ KUBELET_PORT=20250
 KUBELET_HEALTH_PORT=20248
 SERVICE_CIDR=10.96.0.0/16
 POD_CIDR=10.88.0.0/16
+# The bridge's own address: pods' default gateway, and where the e2e tier's Kafka, MinIO and
+# MLflow listen (reachable from this host and its pods only, not from the network).
+POD_BRIDGE=clickrec0
+POD_GATEWAY=10.88.0.1
 # Built by node.sh (no registry is reachable); the CRI's sandbox image.
 PAUSE_IMAGE=clickrec.local/pause:3.10
 KUBECTL_IMAGE=clickrec.local/kubectl:v1.34.4

@@ -82,12 +82,17 @@ EOF
 # Pods get addresses on a bridge of this host (their own network namespaces).
 cat > "$STATE/cni/net.d/10-clickrec.conflist" <<EOF
 {"cniVersion": "1.0.0", "name": "clickrec-local", "plugins": [
-  {"type": "bridge", "bridge": "clickrec0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+  {"type": "bridge", "bridge": "$POD_BRIDGE", "isGateway": true, "ipMasq": true, "hairpinMode": true,
    "ipam": {"type": "host-local", "dataDir": "$STATE/cni/ipam",
             "ranges": [[{"subnet": "$POD_CIDR"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
   {"type": "portmap", "capabilities": {"portMappings": true}},
   {"type": "loopback"}]}
 EOF
+# The bridge is made here rather than at the first pod (the CNI plugin takes it as it finds it),
+# so that services can listen on its address before any pod runs.
+ip link show "$POD_BRIDGE" >/dev/null 2>&1 || ip link add "$POD_BRIDGE" type bridge
+ip -4 addr show dev "$POD_BRIDGE" | grep -q "inet $POD_GATEWAY/" || ip addr add "$POD_GATEWAY/${POD_CIDR#*/}" dev "$POD_BRIDGE"
+ip link set "$POD_BRIDGE" up
 start containerd containerd --config "$CTRD/config.toml"
 wait_for "containerd" 60 ctr --address "$SOCK" version
 if ! ctr --address "$SOCK" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE"; then
