@@ -8,47 +8,14 @@ one runs a pod in `clickrec` and deletes it; the dev overlay's standing objects 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.support.k8s import KUSTOMIZE, OVERLAYS_DIR, REPO_ROOT
+from tests.support.cluster import NAMESPACE, kubectl, kubectl_json, render
 
-KUBECTL = REPO_ROOT / ".cache" / "k8s" / "bin" / "kubectl"
-KUBECONFIG = REPO_ROOT / ".clickrec" / "k8s" / "admin.kubeconfig"
-NAMESPACE = "clickrec"
 # Built by k8s/local/node.sh: the static kubectl as an image, for checks from inside the cluster.
 KUBECTL_IMAGE = "clickrec.local/kubectl:v1.34.4"
-
-
-def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(KUBECTL), "--kubeconfig", str(KUBECONFIG), *args],
-        input=stdin, capture_output=True, text=True, check=check, timeout=120,
-    )
-
-
-def kubectl_json(*args: str) -> Any:
-    return json.loads(kubectl(*args, "-o", "json").stdout)
-
-
-def render(overlay: str) -> str:
-    return subprocess.run(
-        [str(KUSTOMIZE), "build", str(OVERLAYS_DIR / overlay)],
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster() -> None:
-    if not (KUBECTL.exists() and KUBECONFIG.exists()):
-        pytest.fail("no local cluster: run `make k8s-up` (or `make e2e`, which starts it)")
-    ready = kubectl("get", "--raw", "/readyz", check=False)
-    if ready.returncode != 0:
-        pytest.fail(f"the local cluster's API server is not ready: {ready.stderr.strip()} (make k8s-up)")
 
 
 def test_the_api_server_is_ready_and_serves_the_pinned_version() -> None:
@@ -153,36 +120,3 @@ def test_a_pod_reaches_the_api_server_as_the_spark_driver_account() -> None:
         assert (phase, log.stdout.strip()) == ("Succeeded", "yes"), log.stdout + log.stderr
     finally:
         kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", stdin=manifest, check=False)
-
-
-def test_a_schedule_due_every_minute_fires_and_its_run_is_submitted() -> None:
-    """The nightly ScheduledSparkApplication of the dev overlay, renamed, unsuspended and due every
-    minute: the operator's scheduler creates a run from its template and submits it."""
-    schedule = next(d for d in yaml.safe_load_all(render("dev"))
-                    if d and d["kind"] == "ScheduledSparkApplication")
-    name = "clickrec-e2e-every-minute"
-    schedule["metadata"]["name"] = name
-    schedule["spec"].update({"schedule": "* * * * *", "suspend": False})
-    manifest = json.dumps(schedule)
-    kubectl("delete", "-f", "-", "--ignore-not-found", "--wait", stdin=manifest)
-    kubectl("apply", "-f", "-", stdin=manifest)
-    try:
-        deadline = time.monotonic() + 150
-        run = ""
-        while not run:
-            assert time.monotonic() < deadline, "the schedule did not fire within 150 s"
-            time.sleep(3)
-            run = kubectl("-n", NAMESPACE, "get", "scheduledsparkapplication", name,
-                          "-o", "jsonpath={.status.lastRunName}").stdout
-        while True:
-            app = kubectl_json("-n", NAMESPACE, "get", "sparkapplication", run)
-            state = app.get("status", {}).get("applicationState", {}).get("state", "")
-            if state not in {"", "NEW"}:
-                break
-            assert time.monotonic() < deadline, f"the run {run} was not submitted within 150 s"
-            time.sleep(3)
-        assert app["metadata"]["labels"]["sparkoperator.k8s.io/scheduled-app-name"] == name
-        assert app["spec"]["mainApplicationFile"] == schedule["spec"]["template"]["mainApplicationFile"]
-        assert state in {"SUBMITTED", "RUNNING"}, state
-    finally:
-        kubectl("delete", "-f", "-", "--ignore-not-found", "--wait", stdin=manifest, check=False)
