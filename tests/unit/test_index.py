@@ -54,6 +54,34 @@ def spread_over(spark: SparkSession, partitions: int) -> Iterator[None]:
             spark.conf.set(key, value)
 
 
+@contextmanager
+def window_warnings(spark: SparkSession) -> Iterator[list[str]]:
+    """The WARN lines Spark's window operator logs in the block (the session raises it to ERROR)."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    log4j = jvm.org.apache.logging.log4j
+    name = "org.apache.spark.sql.execution.window"
+    level = log4j.LogManager.getLogger(name).getLevel()
+    writer = jvm.java.io.StringWriter()
+    layout = log4j.core.layout.PatternLayout.newBuilder().withPattern("%m%n").build()
+    appender = (log4j.core.appender.WriterAppender.newBuilder()
+                .setName("test-window-warnings").setTarget(writer).setLayout(layout).build())
+    appender.start()
+    lines: list[str] = []
+    log4j.core.config.Configurator.setLevel(name, log4j.Level.WARN)
+    context = log4j.LogManager.getContext(False)
+    logger = context.getConfiguration().getLoggerConfig(name)
+    logger.addAppender(appender, log4j.Level.WARN, None)
+    context.updateLoggers()
+    try:
+        yield lines
+    finally:
+        logger.removeAppender(appender.getName())
+        log4j.core.config.Configurator.setLevel(name, level)
+        appender.stop()
+        lines += str(writer.toString()).splitlines()
+
+
 def test_first_ids_start_at_zero_in_source_order(spark: SparkSession) -> None:
     keys = spark.createDataFrame([("b",), ("a",), ("b",), (None,), ("c",)], "user_id string")
     empty = spark.createDataFrame([], INDEX)
@@ -124,3 +152,13 @@ def test_ids_follow_the_rule_on_keys_spread_over_partitions(spark: SparkSession)
             assert sorted((r[C.SOURCE_ID], r[C.IDX]) for r in got.collect()) == expected
             # read again (an ingest counts the rows, then MERGEs them): the same ids
             assert sorted((r[C.SOURCE_ID], r[C.IDX]) for r in got.collect()) == expected
+
+
+def test_numbering_moves_no_keys_into_one_partition(spark: SparkSession) -> None:
+    # Spark logs this warning when it plans a window without a partition (all rows in one task)
+    keys, index = mixed_keys(3)
+    with spread_over(spark, 4), window_warnings(spark) as warnings:
+        got = assign_new_ids(spark.createDataFrame([(k,) for k in keys], "user_id string"),
+                             spark.createDataFrame(index, INDEX), key_col="user_id").collect()
+    assert len(got) == len(by_the_rule(keys, index))
+    assert not [w for w in warnings if "No Partition Defined" in w]
