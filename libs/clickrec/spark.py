@@ -281,8 +281,8 @@ _LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 
 # Loggers whose WARN lines say nothing a user can act on, raised to ERROR:
 # - WindowExec's "No Partition Defined for Window operation! Moving all data to a single
-#   partition" comes from the dense-id assignment window of the silver id indexes (a global
-#   row_number), once per micro-batch and table; the scale work replaces that window.
+#   partition" comes from popular_items' rank of the n most popular items, once per publish: a
+#   global row_number over the n rows left by a limit, which are in one partition already.
 QUIET_LOGGERS = ("org.apache.spark.sql.execution.window",)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from clickrec import columns as C
@@ -27,6 +27,18 @@ def assign_new_ids(
     New ids are dense and unique: max existing idx + 1, + 2, ... in source_id order (so the
     same inputs always get the same ids). Null keys get no id. Returns an empty frame when
     every key is known.
+
+    The ids come without moving all new keys into one partition, as a window over the whole
+    frame would: sorting the keys range-partitions them (every key of partition p sorts before
+    those of partition p + 1) and sorts each partition; the rows of each partition are counted,
+    and a key's id counts the keys of the partitions before its own and those before it in its
+    own.
+
+    Reads `index_df` and the keys when called (Spark jobs). The returned frame reads the
+    numbered keys from a local checkpoint on the executors, so every read of it sees the
+    partitions that were counted: a sort planned again would sample its range bounds again and
+    could split the keys otherwise. An executor lost before the frame is read fails that read
+    (a local checkpoint is not recomputed) instead of numbering the keys again.
     """
     new_keys = (
         keys_df.select(F.col(key_col).cast("string").alias(source_col))
@@ -34,11 +46,24 @@ def assign_new_ids(
         .distinct()
         .join(index_df.select(source_col), on=source_col, how="left_anti")
     )
-    offset = index_df.agg(F.coalesce(F.max(idx_col), F.lit(-1)).cast("long").alias("_offset"))
-    numbered = new_keys.crossJoin(F.broadcast(offset)).withColumn(
-        idx_col, (F.col("_offset") + F.row_number().over(Window.orderBy(source_col))).cast("int")
+    # The first action below, the count, fills the checkpoint; later ones read it.
+    placed = (
+        new_keys.orderBy(source_col)
+        .select(source_col, F.spark_partition_id().alias("_part"), F.monotonically_increasing_id().alias("_row"))
+        .localCheckpoint(eager=False)
     )
-    return numbered.select(source_col, idx_col)
+    parts = placed.groupBy("_part").agg(F.count(F.lit(1)).alias("n"), F.min("_row").alias("first")).collect()
+    top = index_df.agg(F.max(idx_col)).first()
+    next_id = 0 if top is None or top[0] is None else int(top[0]) + 1
+    # monotonically_increasing_id numbers the rows of a partition one after another (the row's
+    # number in its partition is the id's lower 33 bits), so a row's id is its partition's first
+    # id plus its distance from the partition's first row.
+    shift: list[Column] = []
+    for part in sorted(parts, key=lambda r: int(r["_part"])):
+        shift += [F.lit(int(part["_part"])), F.lit(next_id - int(part["first"]))]
+        next_id += int(part["n"])
+    shifts = F.create_map(*shift).cast("map<int,bigint>")
+    return placed.select(source_col, (F.col("_row") + shifts[F.col("_part")]).cast("int").alias(idx_col))
 
 
 def attach_ids(
