@@ -306,6 +306,28 @@ def test_the_stream_checkpoints_on_s3a() -> None:
     assert "--available-now" not in args and "--max-seconds" not in args  # long-running
 
 
+# sparkConf keys the operator's validating webhook refuses (v2.5.2,
+# internal/webhook/sparkconf_validator.go): set through CRD fields, or by the operator itself.
+OPERATOR_DENIED_SPARK_CONF = {
+    "spark.master", "spark.kubernetes.driver.master",
+    "spark.kubernetes.container.image", "spark.kubernetes.driver.container.image",
+    "spark.kubernetes.executor.container.image",
+    "spark.kubernetes.authenticate.driver.serviceAccountName",
+    "spark.kubernetes.authenticate.executor.serviceAccountName",
+    "spark.kubernetes.authenticate.oauthTokenFile", "spark.kubernetes.authenticate.oauthToken",
+    "spark.kubernetes.authenticate.driver.oauthTokenFile", "spark.kubernetes.authenticate.driver.oauthToken",
+    "spark.kubernetes.authenticate.executor.oauthTokenFile", "spark.kubernetes.authenticate.executor.oauthToken",
+}
+
+
+def test_no_spark_conf_key_the_operators_webhook_refuses(rendering: tuple[str, list[dict[str, Any]]]) -> None:
+    name, objects = rendering
+    for app, spec in app_specs(objects).items():
+        conf = spec.get("sparkConf", {})
+        assert not OPERATOR_DENIED_SPARK_CONF & set(conf), f"{name} {app}"
+        assert conf.get("spark.kubernetes.namespace") in (None, "clickrec"), f"{name} {app}"
+
+
 def test_the_stream_driver_has_time_to_stop_gracefully(rendering: tuple[str, list[dict[str, Any]]]) -> None:
     """Deleting the stream's pod gives it terminationGracePeriodSeconds before SIGKILL: more than
     the stop timeout its config gives the running batch (the kubelet's default is 30 s)."""
