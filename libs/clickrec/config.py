@@ -351,6 +351,26 @@ class ServeConfig(_Section):
     max_n: int = Field(default=100, ge=1, le=1000)
     # Longest user id accepted (422 above it).
     max_user_id_length: int = Field(default=128, ge=1, le=1024)
+    # At most one reload per this many seconds: a table that commits every stream trigger is
+    # reloaded at this pace, not at every commit (0: whenever a poll sees a new version).
+    min_reload_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # /healthz answers 503 once the snapshot has not matched the tables' newest versions for
+    # this long (a failing or rate-limited reload, an unreachable store); null: never.
+    max_staleness_seconds: float | None = Field(default=300.0, gt=0)
+    # Serve /metrics on this port instead of the API's (null: the API's port serves it).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _staleness_allows_a_reload(self) -> ServeConfig:
+        limit = self.max_staleness_seconds
+        if limit is not None and limit <= self.poll_seconds + self.min_reload_seconds:
+            raise ValueError(
+                f"max_staleness_seconds ({limit}) must exceed poll_seconds + min_reload_seconds "
+                f"({self.poll_seconds} + {self.min_reload_seconds}): a healthy service would be stale"
+            )
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port ({self.metrics_port}) must differ from port (null: the same port)")
+        return self
 
 
 class StreamConfig(_Section):

@@ -168,3 +168,12 @@ class SingleWriterError(ConcurrentWriteError):
             "the lake (its heartbeat is live); stop the stream first, or use s3.commit: conditional_put "
             "on a store with conditional writes (AWS S3, MinIO), where both run together safely"
         )
+
+
+class SnapshotReloadError(ServiceError):
+    """The service could not bring its in-memory snapshot to the serving tables' newest versions;
+    it keeps serving the snapshot it has, counts the failure and tries again at the next poll."""
+
+    def __init__(self, table: str, versions: str, cause: BaseException) -> None:
+        self.table, self.versions = table, versions
+        super().__init__(f"reloading {table} at {versions} failed: {first_line(cause)}")

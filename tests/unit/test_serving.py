@@ -195,10 +195,15 @@ def test_lists_without_a_popular_row_are_not_ready_not_missing() -> None:
     # The stream can write a variant's lists before the first publish writes its popular row:
     # an unknown user then gets "not published yet" (503 over HTTP), not "no such variant".
     from clickrec.errors import NotPublishedError
-    from clickrec.serving.reader import Snapshot, VariantLists, render
+    from clickrec.serving.reader import Snapshot, render
+    from clickrec.serving.snapshot import ItemNames, VariantLists, build_segment
 
+    names = ItemNames()
+    one = pa.table({C.USER_ID: ["u1"], C.ITEMS: pa.array([_items(["a"])], type=pa.list_(ITEM)),
+                    C.MODEL_NAME: ["m"], C.MODEL_VERSION: pa.array([1], pa.int32()), C.SOURCE: [C.SOURCE_STREAM],
+                    C.UPDATED_AT: pa.array([WHEN], pa.timestamp("us"))})
     snap = Snapshot(table_version=3, popular_version=None,
-                    variants={"champion": VariantLists(rows={"u1": 0}, columns={})}, popular={})
+                    variants={"champion": VariantLists.of(build_segment(one, names), names)}, popular={})
     with pytest.raises(NotPublishedError, match="no popular list"):
         render(snap, "nobody", 5, "champion")
     with pytest.raises(NotFoundError, match="variant 'shadow' is not published") as missing:

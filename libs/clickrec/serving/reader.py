@@ -1,10 +1,27 @@
-"""JVM-free reads of the serving tables: an immutable in-memory snapshot, swapped on a new version.
+"""JVM-free reads of the serving tables: an immutable in-memory snapshot, brought up to date per Delta version.
 
-gold/recommendations and gold/popular_items are read whole with delta-rs into Arrow (a few
-columns, one row per user and variant) and indexed by user id in a dict. A lookup is then a
-dict hit plus a slice of one Arrow row: microseconds, no I/O. `RecommendationReader.refresh`
-builds a new Snapshot when either table's Delta version changed and replaces the reference in
-one assignment, so a reader thread sees the old snapshot or the new one, never a mix.
+gold/recommendations is held as columnar segments per variant (clickrec.serving.snapshot: sorted
+user ids, flat item codes, scores and ranks; no Python object per row), gold/popular_items (one
+row per variant) as dicts. A lookup is a binary search per segment and a slice of the flat
+arrays: microseconds, no I/O.
+
+`RecommendationReader.refresh` checks both tables' Delta versions and, when one moved, builds
+the next Snapshot from the current one and what the new version changed
+(`update_snapshot`):
+
+- with the change data feed on (`delta.enableChangeDataFeed`), the changed rows of the versions
+  in between (`DeltaTable.load_cdf`): deleted users go, inserted and updated rows replace their
+  user's row;
+- otherwise the difference of the table's active files (`DeltaTable.get_add_actions`) between
+  the two versions: the rows of removed files go, the rows of added files are read and replace
+  their user's row;
+- a full read when neither applies, and said in the log with its reason: no snapshot yet, the
+  table's schema or partitioning changed, a version removed at least half the rows (an
+  overwrite), the change feed could not be read for the range (e.g. its log files were cleaned
+  up) and the rows' files are not known, or the incremental read failed.
+
+The new snapshot replaces the reference in one assignment, so a reader thread sees the old
+snapshot or the new one, never a mix. gold/popular_items is tiny and read whole when it moves.
 """
 
 from __future__ import annotations
@@ -14,34 +31,53 @@ import logging
 import threading
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from clickrec import columns as C
 from clickrec.config import ClickrecConfig
-from clickrec.errors import InputError, NotFoundError, NotPublishedError
+from clickrec.errors import (
+    InputError,
+    NotFoundError,
+    NotPublishedError,
+    SnapshotReloadError,
+    first_line,
+)
 from clickrec.io.lake import Lake
+from clickrec.serving.snapshot import (
+    FILE_ID,
+    ROW_COLUMNS,
+    ItemNames,
+    VariantLists,
+    build_segment,
+    split_variants,
+)
 
 log = logging.getLogger(__name__)
 
 SCORE_DIGITS = 6
-_COLUMNS = (C.USER_ID, C.VARIANT, C.ITEMS, C.MODEL_NAME, C.MODEL_VERSION, C.SOURCE, C.UPDATED_AT)
+_COLUMNS = (C.VARIANT, *ROW_COLUMNS)
 _POPULAR_COLUMNS = (C.VARIANT, C.ITEMS, C.MODEL_NAME, C.MODEL_VERSION, C.SOURCE, C.UPDATED_AT)
+CDF_PROPERTY = "delta.enableChangeDataFeed"
+# A version that removes at least this share of the live rows is read whole (an overwrite).
+FULL_READ_SHARE = 0.5
 
 
 @dataclass(frozen=True)
-class VariantLists:
-    """One variant's lists: user id -> row of the Arrow columns."""
+class TableFiles:
+    """What gold/recommendations' snapshot was built from: its version, schema and data files."""
 
-    rows: dict[str, int]
-    columns: dict[str, Any]  # column name -> pyarrow Array (chunks combined)
-
-    def row(self, user_id: str) -> dict[str, Any] | None:
-        i = self.rows.get(user_id)
-        if i is None:
-            return None
-        return {name: col[i].as_py() for name, col in self.columns.items()}
+    version: int
+    schema: str
+    partition_by: tuple[str, ...]
+    files: dict[str, int]  # data file path -> file id (Segment.file_ids)
+    records: dict[str, int]  # data file path -> rows (from the log's stats; -1 when absent)
+    next_id: int
+    change_feed: bool
+    # every live row's file is known (False after change-feed rows, which name no file)
+    files_exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -52,12 +88,17 @@ class Snapshot:
     popular_version: int | None
     variants: dict[str, VariantLists] = field(default_factory=dict)
     popular: dict[str, dict[str, Any]] = field(default_factory=dict)
-    loaded_at: float = 0.0
+    loaded_at: float = 0.0  # wall-clock time (time.time) this snapshot was built
+    files: TableFiles | None = None
 
     @property
     def published(self) -> tuple[str, ...]:
         """Variants that have lists or a popular list."""
         return tuple(sorted(set(self.variants) | set(self.popular)))
+
+    def users(self) -> dict[str, int]:
+        """Users with a list, by variant."""
+        return {v: lists.count for v, lists in self.variants.items()}
 
 
 def validate_request(user_id: str, n: int, *, max_n: int, max_user_id_length: int) -> None:
@@ -73,39 +114,205 @@ def validate_request(user_id: str, n: int, *, max_n: int, max_user_id_length: in
         raise InputError(f"user_id {user_id!r}: control characters or surrounding whitespace are not allowed")
 
 
-def _variant_lists(table: Any) -> dict[str, VariantLists]:
-    """Split an Arrow table of gold/recommendations by variant and index each by user id."""
-    import pyarrow.compute as pc
+def _add_actions(dt: Any) -> dict[str, int]:
+    """The table's active data files at its version: path -> rows (-1 when the log has no stats)."""
+    import pyarrow as pa
 
-    out: dict[str, VariantLists] = {}
-    if table.num_rows == 0:
-        return out
-    for variant in pc.unique(table[C.VARIANT]).to_pylist():
-        part = table.filter(pc.equal(table[C.VARIANT], variant)).combine_chunks()
-        users = part[C.USER_ID].to_pylist()
-        cols = {name: part[name].combine_chunks() for name in _COLUMNS if name not in (C.USER_ID, C.VARIANT)}
-        out[str(variant)] = VariantLists(rows={u: i for i, u in enumerate(users)}, columns=cols)
-    return out
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    paths = actions.column("path").to_pylist()
+    if "num_records" in actions.column_names:
+        rows = [-1 if r is None else int(r) for r in actions.column("num_records").to_pylist()]
+    else:
+        rows = [-1] * len(paths)
+    return dict(zip(paths, rows, strict=True))
 
 
-def load_snapshot(lake: Lake) -> Snapshot:
-    """Read both serving tables at their latest versions (empty snapshot when not published)."""
-    recs = lake.open(C.GOLD_RECOMMENDATIONS)
-    pop = lake.open(C.GOLD_POPULAR_ITEMS)
+def _table_files(dt: Any, files: dict[str, int], records: dict[str, int], next_id: int, *,
+                 files_exact: bool = True) -> TableFiles:
+    metadata = dt.metadata()
+    return TableFiles(
+        version=dt.version(), schema=str(dt.schema().to_arrow()),
+        partition_by=tuple(metadata.partition_columns), files=files, records=records, next_id=next_id,
+        change_feed=str(metadata.configuration.get(CDF_PROPERTY, "false")).lower() == "true",
+        files_exact=files_exact,
+    )
+
+
+def read_files(dt: Any, paths: dict[str, int] | None) -> Any:
+    """_COLUMNS of the rows of the data files `paths` (path -> file id; None: every file), with FILE_ID."""
+    import numpy as np
+    import pyarrow as pa
+
+    dataset = dt.to_pyarrow_dataset()
+    schema = pa.schema([dataset.schema.field(c) for c in _COLUMNS])
+    parts = []
+    for fragment in dataset.get_fragments():
+        if paths is not None and fragment.path not in paths:
+            continue
+        part = fragment.to_table(columns=list(_COLUMNS), schema=dataset.schema).select(list(_COLUMNS)).cast(schema)
+        file_id = paths[fragment.path] if paths is not None else 0
+        parts.append(part.append_column(FILE_ID, pa.array(np.full(part.num_rows, file_id, dtype=np.int32))))
+    if not parts:
+        return schema.empty_table().append_column(FILE_ID, pa.array([], pa.int32()))
+    return pa.concat_tables(parts)
+
+
+def _read_popular(pop: Any) -> dict[str, dict[str, Any]]:
+    if pop is None:
+        return {}
+    return {str(row[C.VARIANT]): row for row in pop.to_pyarrow_table(columns=list(_POPULAR_COLUMNS)).to_pylist()}
+
+
+def _variants(rows: Any, names: ItemNames) -> dict[str, VariantLists]:
+    return {v: VariantLists.of(build_segment(part, names), names) for v, part in split_variants(rows).items()}
+
+
+def full_snapshot(recs: Any, pop: Any, names: ItemNames) -> Snapshot:
+    """Both serving tables read whole at the versions `recs` and `pop` (open DeltaTables or None)."""
     variants: dict[str, VariantLists] = {}
-    popular: dict[str, dict[str, Any]] = {}
+    files = None
     if recs is not None:
-        variants = _variant_lists(recs.to_pyarrow_table(columns=list(_COLUMNS)))
-    if pop is not None:
-        for row in pop.to_pyarrow_table(columns=list(_POPULAR_COLUMNS)).to_pylist():
-            popular[str(row[C.VARIANT])] = row
+        records = _add_actions(recs)
+        ids = {path: i for i, path in enumerate(sorted(records))}
+        variants = {v: lists for v, lists in _variants(read_files(recs, ids), names).items() if lists.count}
+        files = _table_files(recs, ids, records, len(ids))
     return Snapshot(
         table_version=recs.version() if recs is not None else None,
         popular_version=pop.version() if pop is not None else None,
-        variants=variants,
-        popular=popular,
-        loaded_at=time.time(),
+        variants=variants, popular=_read_popular(pop), loaded_at=time.time(), files=files,
     )
+
+
+def load_snapshot(lake: Lake, names: ItemNames | None = None) -> Snapshot:
+    """Read both serving tables at their latest versions (empty snapshot when not published)."""
+    return full_snapshot(lake.open(C.GOLD_RECOMMENDATIONS), lake.open(C.GOLD_POPULAR_ITEMS), names or ItemNames())
+
+
+class FullReadNeeded(Exception):  # control flow inside update_snapshot, never raised out of it
+    """The version cannot be applied incrementally; the message says why (it goes to the log)."""
+
+
+def _apply(variants: dict[str, VariantLists], names: ItemNames, *, removed_files: set[int],
+           removed: dict[str, list[str]], added: Any) -> dict[str, VariantLists]:
+    """`variants` with the rows of `removed_files` and the `removed` users (by variant) gone and
+    the Arrow rows `added` (with a variant column) replacing their users' rows."""
+    added_by_variant = split_variants(added) if added is not None else {}
+    out: dict[str, VariantLists] = {}
+    for variant in set(variants) | set(added_by_variant) | set(removed):
+        segment = build_segment(added_by_variant[variant], names) if variant in added_by_variant else None
+        lists = variants.get(variant)
+        if lists is None:
+            if segment is None:
+                continue
+            lists = VariantLists.of(segment, names)
+        else:
+            lists = lists.applied(removed_files=removed_files, removed_users=removed.get(variant, ()), added=segment)
+        if lists.count:
+            out[variant] = lists
+    return out
+
+
+def _change_feed_rows(recs: Any, since: int) -> tuple[dict[str, list[str]], Any]:
+    """The change feed of versions since+1..recs' version: (deleted users by variant, final new rows).
+
+    For each (variant, user) the last change counts: within one version an insert or update
+    comes after a delete of the same key (an overwrite deletes the old rows and inserts new ones).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    feed = pa.table(recs.load_cdf(starting_version=since + 1, ending_version=recs.version(),
+                                  columns=list(_COLUMNS)).read_all())
+    feed = feed.filter(pc.not_equal(feed["_change_type"], "update_preimage"))
+    if feed.num_rows == 0:
+        return {}, None
+    order = pc.if_else(pc.equal(feed["_change_type"], "delete"), 0, 1)
+    feed = feed.append_column("_order", order).sort_by(
+        [(C.VARIANT, "ascending"), (C.USER_ID, "ascending"), ("_commit_version", "ascending"), ("_order", "ascending")])
+    keys = pc.binary_join_element_wise(feed[C.VARIANT], feed[C.USER_ID], "\x1f").to_numpy(zero_copy_only=False)
+    last = np.ones(feed.num_rows, dtype=bool)
+    last[:-1] = keys[1:] != keys[:-1]
+    feed = feed.filter(pa.array(last))
+    deleted = feed.filter(pc.equal(feed["_change_type"], "delete"))
+    removed: dict[str, list[str]] = {}
+    for variant, user in zip(deleted[C.VARIANT].to_pylist(), deleted[C.USER_ID].to_pylist(), strict=True):
+        removed.setdefault(str(variant), []).append(str(user))
+    upserts = feed.filter(pc.not_equal(feed["_change_type"], "delete")).select(list(_COLUMNS))
+    return removed, upserts if upserts.num_rows else None
+
+
+def _incremental(snap: Snapshot, recs: Any, names: ItemNames) -> tuple[dict[str, VariantLists], TableFiles, str]:
+    """The variants and files at recs' version from `snap`'s, and how; FullReadNeeded when it cannot."""
+    old = snap.files
+    if old is None:
+        raise FullReadNeeded("no snapshot of the table yet")
+    version = recs.version()
+    if version < old.version:
+        raise FullReadNeeded(f"the table went back from v{old.version} to v{version} (recreated)")
+    now = _table_files(recs, {}, {}, old.next_id)
+    if (now.schema, now.partition_by) != (old.schema, old.partition_by):
+        raise FullReadNeeded("its schema or partitioning changed")
+    records = _add_actions(recs)
+    gone = [p for p in old.files if p not in records]
+    new = sorted(p for p in records if p not in old.files)
+    live = sum(lists.count for lists in snap.variants.values())
+    gone_rows = sum(max(0, old.records.get(p, -1)) for p in gone)
+    unknown = any(old.records.get(p, -1) < 0 for p in gone)  # no stats: judged by file count
+    if gone and ((unknown and len(gone) >= FULL_READ_SHARE * len(old.files))
+                 or (live and gone_rows >= FULL_READ_SHARE * live)):
+        raise FullReadNeeded(f"it removed {len(gone)} of {len(old.files)} data files ({gone_rows} rows of {live})")
+    next_id = old.next_id
+    ids = {p: i for p, i in old.files.items() if p in records}
+    for p in new:
+        ids[p] = next_id
+        next_id += 1
+    removed_files = {old.files[p] for p in gone}
+    if now.change_feed and old.change_feed:
+        try:
+            removed, added = _change_feed_rows(recs, old.version)
+        except Exception as exc:  # e.g. the commits of the range were cleaned up
+            if not old.files_exact:
+                raise FullReadNeeded(f"its change feed from v{old.version + 1} could not be read "
+                                     f"({first_line(exc)})") from exc
+            log.info("the change feed of %s from v%d could not be read (%s); applying its files instead",
+                     C.GOLD_RECOMMENDATIONS, old.version + 1, first_line(exc))
+        else:
+            variants = _apply(snap.variants, names, removed_files=set(), removed=removed, added=added)
+            files = replace(now, files=ids, records=records, next_id=next_id, files_exact=False)
+            return variants, files, f"change feed ({0 if added is None else added.num_rows} rows)"
+    if not old.files_exact:
+        raise FullReadNeeded("rows read from the change feed name no data file, and the feed is off now")
+    added = read_files(recs, {p: ids[p] for p in new}) if new else None
+    variants = _apply(snap.variants, names, removed_files=removed_files, removed={}, added=added)
+    files = replace(now, files=ids, records=records, next_id=next_id, files_exact=True)
+    rows = 0 if added is None else added.num_rows
+    return variants, files, f"files ({len(gone)} removed, {len(new)} added, {rows} rows read)"
+
+
+def update_snapshot(snap: Snapshot, recs: Any, pop: Any, names: ItemNames) -> tuple[Snapshot, str]:
+    """The snapshot at the versions of `recs` and `pop` (open DeltaTables or None), from `snap`.
+
+    Reads only what changed when it can (see the module docstring), else both tables whole;
+    returns the snapshot and how it was built ("full: <reason>" for a full read).
+    """
+    if recs is None:
+        return full_snapshot(None, pop, names), "full: no recommendations table"
+    if recs.version() == snap.table_version and snap.files is not None:
+        variants, files, how = snap.variants, snap.files, "unchanged"
+    else:
+        try:
+            variants, files, how = _incremental(snap, recs, names)
+        except FullReadNeeded as why:
+            return full_snapshot(recs, pop, names), f"full: {why}"
+        except Exception as exc:
+            log.warning("applying %s v%s incrementally failed (%s); reading it whole",
+                        C.GOLD_RECOMMENDATIONS, recs.version(), first_line(exc))
+            return full_snapshot(recs, pop, names), f"full: the incremental read failed ({first_line(exc)})"
+    pop_version = pop.version() if pop is not None else None
+    popular = snap.popular if pop_version == snap.popular_version else _read_popular(pop)
+    return Snapshot(table_version=recs.version(), popular_version=pop_version, variants=variants,
+                    popular=popular, loaded_at=time.time(), files=files), how
 
 
 def _iso(value: Any) -> str | None:
@@ -122,7 +329,7 @@ def render(snapshot: Snapshot, user_id: str, n: int, variant: str) -> dict[str, 
     if snapshot.table_version is None and snapshot.popular_version is None:
         raise NotPublishedError(f"{C.GOLD_RECOMMENDATIONS} is not published yet: run `clickrec publish`")
     lists = snapshot.variants.get(variant)
-    row = lists.row(user_id) if lists is not None else None
+    row = lists.row(user_id, n) if lists is not None else None
     if row is None:
         row = snapshot.popular.get(variant)
         if row is None and lists is None and variant == "champion" and snapshot.popular:
@@ -157,16 +364,32 @@ def render(snapshot: Snapshot, user_id: str, n: int, variant: str) -> dict[str, 
 
 
 class RecommendationReader:
-    """Holds the current Snapshot; `refresh` swaps in a new one when a Delta version changed."""
+    """Holds the current Snapshot; `refresh` brings it to the tables' newest versions.
 
-    def __init__(self, config: ClickrecConfig, *, load: bool = True) -> None:
+    Also what `/healthz` and `/metrics` report: reloads done (and how many were full reads),
+    failed attempts, and `fresh_at`, the last time (on `clock`) the snapshot was known to match
+    the newest versions of both tables. `clock` is injectable so tests control time.
+    """
+
+    def __init__(self, config: ClickrecConfig, *, load: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.lake = Lake.from_config(config)
+        self.clock = clock
+        self.names = ItemNames()
         self._lock = threading.Lock()  # one refresh at a time; lookups never take it
-        self._checked_at = 0.0
-        self.reloads = 0
-        self.current = load_snapshot(self.lake) if load else Snapshot(None, None)
-        self._checked_at = time.monotonic()
+        self.reloads = 0  # snapshots swapped in after a version change
+        self.full_reloads = 0  # of which read the tables whole
+        self.failures = 0  # version checks or reloads that raised
+        self.last_error: str | None = None
+        self.last_reload_seconds: float | None = None
+        self.current = load_snapshot(self.lake, self.names) if load else Snapshot(None, None)
+        self.latest_versions: tuple[int | None, int | None] = (self.current.table_version,
+                                                               self.current.popular_version)
+        started = clock()
+        self._checked_at = started
+        self._reloaded_at = float("-inf")  # the rate limit spaces reloads; the first one is not held
+        self.fresh_at = started
 
     def versions(self) -> tuple[int | None, int | None]:
         """The tables' latest Delta versions, read from their logs (cheap: no data files)."""
@@ -174,24 +397,63 @@ class RecommendationReader:
         pop = self.lake.open(C.GOLD_POPULAR_ITEMS)
         return (recs.version() if recs is not None else None, pop.version() if pop is not None else None)
 
+    def staleness(self) -> float:
+        """Seconds since the snapshot was last known to match both tables' newest versions."""
+        return max(0.0, self.clock() - self.fresh_at)
+
     def refresh(self) -> bool:
-        """Load a new snapshot if either table moved; True when it did."""
+        """Bring the snapshot to the tables' newest versions; True when a new one was swapped in.
+
+        Reloads at most once per serve.min_reload_seconds: a version that moves sooner waits
+        (and counts as stale meanwhile). SnapshotReloadError (counted in `failures`) when the
+        versions cannot be read or the new snapshot cannot be built; the old one stays.
+        """
         with self._lock:
-            self._checked_at = time.monotonic()
+            now = self.clock()
+            self._checked_at = now
             snap = self.current
-            if self.versions() == (snap.table_version, snap.popular_version):
+            try:
+                recs = self.lake.open(C.GOLD_RECOMMENDATIONS)
+                pop = self.lake.open(C.GOLD_POPULAR_ITEMS)
+            except Exception as exc:
+                self._failed(exc)
+                raise SnapshotReloadError(C.GOLD_RECOMMENDATIONS, "its latest version", exc) from exc
+            latest = (recs.version() if recs is not None else None, pop.version() if pop is not None else None)
+            self.latest_versions = latest
+            if latest == (snap.table_version, snap.popular_version):
+                self.fresh_at = now
                 return False
-            new = load_snapshot(self.lake)
+            if now - self._reloaded_at < self.config.serve.min_reload_seconds:
+                return False
+            self._reloaded_at = now
+            started = time.perf_counter()
+            try:
+                new, how = update_snapshot(snap, recs, pop, self.names)
+            except Exception as exc:
+                self._failed(exc)
+                raise SnapshotReloadError(C.GOLD_RECOMMENDATIONS, f"v{latest[0]} (popular v{latest[1]})",
+                                          exc) from exc
+            self.last_reload_seconds = time.perf_counter() - started
             self.current = new  # one reference assignment: atomic for readers
             self.reloads += 1
-            log.info("serving %s v%s, %s v%s", C.GOLD_RECOMMENDATIONS, new.table_version,
-                     C.GOLD_POPULAR_ITEMS, new.popular_version)
+            self.full_reloads += how.startswith("full")
+            self.fresh_at = now
+            log.info("serving %s v%s, %s v%s (%s, %.3f s)", C.GOLD_RECOMMENDATIONS, new.table_version,
+                     C.GOLD_POPULAR_ITEMS, new.popular_version, how, self.last_reload_seconds)
             return True
 
+    def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.last_error = first_line(exc)
+
     def maybe_refresh(self) -> None:
-        """Refresh when serve.poll_seconds have passed since the last check."""
-        if time.monotonic() - self._checked_at >= self.config.serve.poll_seconds:
-            self.refresh()
+        """Refresh when serve.poll_seconds have passed since the last check; a failure is logged
+        and counted, and the current snapshot keeps answering."""
+        if self.clock() - self._checked_at >= self.config.serve.poll_seconds:
+            try:
+                self.refresh()
+            except SnapshotReloadError:
+                log.exception("still serving %s v%s", C.GOLD_RECOMMENDATIONS, self.current.table_version)
 
     def recommendations(self, user_id: str, n: int = 10, variant: str = "champion") -> dict[str, Any]:
         """Validated lookup in the current snapshot (see `render`)."""
