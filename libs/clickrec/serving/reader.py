@@ -16,9 +16,10 @@ the next Snapshot from the current one and what the new version changed
   the two versions: the rows of removed files go, the rows of added files are read and replace
   their user's row;
 - a full read when neither applies, and said in the log with its reason: no snapshot yet, the
-  table's schema or partitioning changed, a version removed at least half the rows (an
-  overwrite), the change feed could not be read for the range (e.g. its log files were cleaned
-  up) and the rows' files are not known, or the incremental read failed.
+  table's schema or partitioning changed, the change feed could not be read for the range (e.g. its log files were cleaned
+  up) and the rows' files are not known, the new data files hold at least half of the table's
+  rows (FULL_READ_SHARE: an overwrite, or a MERGE that rewrote most of the table), or the
+  incremental read failed.
 
 The new snapshot replaces the reference in one assignment, so a reader thread sees the old
 snapshot or the new one, never a mix. gold/popular_items is tiny and read whole when it moves.
@@ -61,7 +62,9 @@ SCORE_DIGITS = 6
 _COLUMNS = (C.VARIANT, *ROW_COLUMNS)
 _POPULAR_COLUMNS = (C.VARIANT, C.ITEMS, C.MODEL_NAME, C.MODEL_VERSION, C.SOURCE, C.UPDATED_AT)
 CDF_PROPERTY = "delta.enableChangeDataFeed"
-# A version that removes at least this share of the live rows is read whole (an overwrite).
+# Without the change feed, a version whose new data files hold at least this share of the
+# table's rows (an overwrite, a MERGE that rewrote most files) is read whole: as much to read,
+# and one compact segment instead of a stack of mostly dead rows.
 FULL_READ_SHARE = 0.5
 
 
@@ -223,7 +226,11 @@ def _change_feed_rows(recs: Any, since: int) -> tuple[dict[str, list[str]], Any]
     import pyarrow.compute as pc
 
     feed = pa.table(recs.load_cdf(starting_version=since + 1, ending_version=recs.version(),
-                                  columns=list(_COLUMNS)).read_all())
+                                  columns=[*_COLUMNS, "_change_type", "_commit_version"]).read_all())
+    # in the table's types (delta-rs hands strings over as string_view)
+    schema = pa.schema(recs.schema().to_arrow())
+    feed = feed.cast(pa.schema([*(schema.field(c) for c in _COLUMNS), ("_change_type", pa.string()),
+                                ("_commit_version", pa.int64())]))
     feed = feed.filter(pc.not_equal(feed["_change_type"], "update_preimage"))
     if feed.num_rows == 0:
         return {}, None
@@ -256,12 +263,6 @@ def _incremental(snap: Snapshot, recs: Any, names: ItemNames) -> tuple[dict[str,
     records = _add_actions(recs)
     gone = [p for p in old.files if p not in records]
     new = sorted(p for p in records if p not in old.files)
-    live = sum(lists.count for lists in snap.variants.values())
-    gone_rows = sum(max(0, old.records.get(p, -1)) for p in gone)
-    unknown = any(old.records.get(p, -1) < 0 for p in gone)  # no stats: judged by file count
-    if gone and ((unknown and len(gone) >= FULL_READ_SHARE * len(old.files))
-                 or (live and gone_rows >= FULL_READ_SHARE * live)):
-        raise FullReadNeeded(f"it removed {len(gone)} of {len(old.files)} data files ({gone_rows} rows of {live})")
     next_id = old.next_id
     ids = {p: i for p, i in old.files.items() if p in records}
     for p in new:
@@ -283,6 +284,11 @@ def _incremental(snap: Snapshot, recs: Any, names: ItemNames) -> tuple[dict[str,
             return variants, files, f"change feed ({0 if added is None else added.num_rows} rows)"
     if not old.files_exact:
         raise FullReadNeeded("rows read from the change feed name no data file, and the feed is off now")
+    total = sum(max(0, r) for r in records.values())
+    to_read = sum(max(0, records[p]) for p in new)
+    if new and (to_read >= FULL_READ_SHARE * total if total else len(new) >= FULL_READ_SHARE * len(records)):
+        raise FullReadNeeded(f"its new data files hold {to_read} of its {total} rows "
+                             f"({len(new)} of {len(records)} files; e.g. an overwrite)")
     added = read_files(recs, {p: ids[p] for p in new}) if new else None
     variants = _apply(snap.variants, names, removed_files=removed_files, removed={}, added=added)
     files = replace(now, files=ids, records=records, next_id=next_id, files_exact=True)
@@ -416,8 +422,7 @@ class RecommendationReader:
                 recs = self.lake.open(C.GOLD_RECOMMENDATIONS)
                 pop = self.lake.open(C.GOLD_POPULAR_ITEMS)
             except Exception as exc:
-                self._failed(exc)
-                raise SnapshotReloadError(C.GOLD_RECOMMENDATIONS, "its latest version", exc) from exc
+                raise self._failed(SnapshotReloadError(C.GOLD_RECOMMENDATIONS, "its latest version", exc)) from exc
             latest = (recs.version() if recs is not None else None, pop.version() if pop is not None else None)
             self.latest_versions = latest
             if latest == (snap.table_version, snap.popular_version):
@@ -430,9 +435,8 @@ class RecommendationReader:
             try:
                 new, how = update_snapshot(snap, recs, pop, self.names)
             except Exception as exc:
-                self._failed(exc)
-                raise SnapshotReloadError(C.GOLD_RECOMMENDATIONS, f"v{latest[0]} (popular v{latest[1]})",
-                                          exc) from exc
+                raise self._failed(SnapshotReloadError(
+                    C.GOLD_RECOMMENDATIONS, f"v{latest[0]} (popular v{latest[1]})", exc)) from exc
             self.last_reload_seconds = time.perf_counter() - started
             self.current = new  # one reference assignment: atomic for readers
             self.reloads += 1
@@ -442,9 +446,10 @@ class RecommendationReader:
                      C.GOLD_POPULAR_ITEMS, new.popular_version, how, self.last_reload_seconds)
             return True
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, error: SnapshotReloadError) -> SnapshotReloadError:
         self.failures += 1
-        self.last_error = first_line(exc)
+        self.last_error = str(error)
+        return error
 
     def maybe_refresh(self) -> None:
         """Refresh when serve.poll_seconds have passed since the last check; a failure is logged
