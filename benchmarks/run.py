@@ -18,6 +18,7 @@ BENCHES: list[tuple[str, list[str], str]] = [
     ("benchmarks.confidence_bench", ["--events", "200000", "--thresholds", "2", "3", "5"], "confidence_bench"),
     ("benchmarks.publish_bench", ["--users", "20000", "--items", "4000", "--rank", "32", "--activity", "heavy"],
      "publish_bench"),
+    ("benchmarks.serving_bench", ["--users", "1000000", "--n", "10"], "serving_bench"),
     ("benchmarks.stream_bench", ["--rates", "100", "1000", "2000", "4000", "--seconds", "30"], "stream_bench"),
     ("benchmarks.stream_bench", ["--rates", "1000", "--seconds", "30", "--skip-pipeline", "--stack"],
      "stream_bench_stack"),
