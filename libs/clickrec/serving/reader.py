@@ -172,6 +172,8 @@ def _variants(rows: Any, names: ItemNames) -> dict[str, VariantLists]:
 
 def full_snapshot(recs: Any, pop: Any, names: ItemNames) -> Snapshot:
     """Both serving tables read whole at the versions `recs` and `pop` (open DeltaTables or None)."""
+    import pyarrow as pa
+
     variants: dict[str, VariantLists] = {}
     files = None
     if recs is not None:
@@ -179,11 +181,15 @@ def full_snapshot(recs: Any, pop: Any, names: ItemNames) -> Snapshot:
         ids = {path: i for i, path in enumerate(sorted(records))}
         variants = {v: lists for v, lists in _variants(read_files(recs, ids), names).items() if lists.count}
         files = _table_files(recs, ids, records, len(ids))
-    return Snapshot(
+    snap = Snapshot(
         table_version=recs.version() if recs is not None else None,
         popular_version=pop.version() if pop is not None else None,
         variants=variants, popular=_read_popular(pop), loaded_at=time.time(), files=files,
     )
+    # The whole-table Arrow read is several times the snapshot's size; Arrow's allocator keeps
+    # the freed pages unless asked (2.6 GiB of RSS instead of 0.7 at a million users x 2 variants).
+    pa.default_memory_pool().release_unused()
+    return snap
 
 
 def load_snapshot(lake: Lake, names: ItemNames | None = None) -> Snapshot:
