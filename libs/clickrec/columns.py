@@ -109,6 +109,15 @@ SILVER_USER_INDEX: Final = "silver/user_index"
 SILVER_ITEM_INDEX: Final = "silver/item_index"
 GOLD_RECOMMENDATIONS: Final = "gold/recommendations"
 GOLD_POPULAR_ITEMS: Final = "gold/popular_items"
+# Delta table properties a table gets when it is created, by whichever writer creates it first
+# (publish, or the stream before any publish; both create through clickrec.io.delta.create).
+# gold/recommendations keeps a change data feed, so `clickrec serve` reloads a new version from
+# its changed rows (clickrec.serving.reader); both engines write the feed on MERGE, UPDATE and
+# DELETE (Spark creates the table at writer version 7 with the changeDataFeed feature).
+CHANGE_DATA_FEED: Final = "delta.enableChangeDataFeed"
+TABLE_PROPERTIES: Final[dict[str, dict[str, str]]] = {
+    GOLD_RECOMMENDATIONS: {CHANGE_DATA_FEED: "true"},
+}
 ALL_TABLES: Final = (
     BRONZE_EVENTS,
     BRONZE_QUARANTINE,

@@ -428,9 +428,10 @@ class BatchProcessor:
                 if served is not None and served != model.version:
                     return None  # switched since this batch loaded its model
                 gold_dt = self.lake.open(C.GOLD_RECOMMENDATIONS)
-                if gold_dt is None:  # created by Spark, partitioned by variant like publish's
+                if gold_dt is None:  # created by Spark, like publish's: by variant, with a change feed
                     delta.merge_upsert(path, self.spark.createDataFrame(rows, GOLD_SCHEMA),
-                                       keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,))
+                                       keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
+                                       properties=C.TABLE_PROPERTIES[C.GOLD_RECOMMENDATIONS])
                     return len(rows)
                 # only lists that differ from what gold holds: a replayed batch commits nothing and
                 # `updated_at` keeps meaning "when this list last changed"

@@ -240,6 +240,7 @@ def publish(
                 rec_changes = conflicts.retry_on_conflict(
                     lambda _: delta.merge_changes(
                         rec_path, rows, keys=C.RECOMMENDATION_KEYS, partition_by=(C.VARIANT,),
+                        properties=C.TABLE_PROPERTIES[C.GOLD_RECOMMENDATIONS],
                         ignore_changes=(C.UPDATED_AT,), target_filter=f"t.`{C.VARIANT}` = '{alias}'",
                         # the stream's list from this same model folds in newer events: it stays
                         keep_where=f"t.`{C.SOURCE}` = '{C.SOURCE_STREAM}' AND {same_model}",

@@ -142,3 +142,45 @@ def test_fold_in_is_off_for_a_model_trained_explicit_or_nonnegative(spark: Spark
         version = register_model(spark, config, max_iter=2, params=params)
         processor.refresh_model()
         assert processor.model is None and processor.model_checked_version == version, params
+
+
+def test_gold_the_stream_creates_keeps_a_change_feed_the_service_reloads_from(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # Before any publish the stream creates gold (through Spark), with the same table
+    # properties as publish; its later delta-rs MERGEs write the change feed, and the service
+    # brings its snapshot forward from the feed rather than a file diff or a full read.
+    from clickrec.serving.reader import full_snapshot, update_snapshot
+    from clickrec.serving.snapshot import ItemNames
+
+    config = make_config(tmp_path, ingest={"data_docs": False}, publish={"n": 5})
+    lake = Lake.from_config(config)
+    source = tmp_path / "events.csv"
+    generate_clickstream(source, events=600, seed=14)
+    ingest(spark, config, input_path=str(source))
+    register_model(spark, config, max_iter=2, seed=1)
+    processor = BatchProcessor(spark, config)
+    processor.refresh_model()
+    items = [r[C.ITEM_IDX] for r in lake.read(spark, C.SILVER_INTERACTIONS)
+             .select(C.ITEM_IDX).distinct().limit(3).collect()]
+
+    def clicks(user: str, rating: float) -> pd.DataFrame:
+        return pd.DataFrame({C.USER_ID: [user] * 3, C.ITEM_IDX: items, C.RATING: [rating] * 3,
+                             C.PURCHASES: [0] * 3})
+
+    assert lake.open(C.GOLD_RECOMMENDATIONS) is None
+    assert processor.gold(clicks("first-user", 3.0), datetime(2026, 1, 1)) == 1  # Spark creates gold
+    created = lake.require(C.GOLD_RECOMMENDATIONS)
+    assert created.metadata().configuration.get(C.CHANGE_DATA_FEED) == "true"
+    assert "changeDataFeed" in (created.protocol().writer_features or [])
+    names = ItemNames()
+    snap = full_snapshot(created, None, names)
+
+    assert processor.gold(clicks("second-user", 5.0), datetime(2026, 1, 2)) == 1  # a delta-rs MERGE
+    recs = lake.require(C.GOLD_RECOMMENDATIONS)
+    assert recs.version() == created.version() + 1
+    after, how = update_snapshot(snap, recs, None, names)
+    assert how.startswith("change feed"), how
+    whole = full_snapshot(recs, None, ItemNames())
+    assert {u: after.variants["champion"].row(u) for u in ("first-user", "second-user")} == \
+        {u: whole.variants["champion"].row(u) for u in ("first-user", "second-user")}

@@ -77,7 +77,7 @@ class Clock:
 @pytest.mark.parametrize("change_feed", [False, True], ids=["file-diff", "change-feed"])
 def test_incremental_reload_equals_a_full_read_of_every_version(tmp_path: Path, change_feed: bool) -> None:
     uri = str(tmp_path / "recs")
-    config = {"delta.enableChangeDataFeed": "true"} if change_feed else None
+    config = dict(C.TABLE_PROPERTIES[C.GOLD_RECOMMENDATIONS]) if change_feed else None
     write_deltalake(uri, rows_table(batch_rows(range(0, 30), "challenger", 2)), partition_by=[C.VARIANT],
                     configuration=config)
     for start in range(0, 80, 10):  # several small data files: a change rewrites some of them only

@@ -8,7 +8,7 @@ a Spark DataFrame, there an open delta-rs DeltaTable and an Arrow table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -66,6 +66,7 @@ def merge_upsert(
     update_when: str | None = None,
     target_filter: str | None = None,
     partition_by: Sequence[str] = (),
+    properties: Mapping[str, str] | None = None,
 ) -> None:
     """Upsert `source_df` into the table at `path` by `keys`; create it on first write.
 
@@ -74,13 +75,13 @@ def merge_upsert(
     further limits which matched rows are updated, checked against the snapshot the MERGE
     writes to (e.g. "the source row is newer"); `target_filter` (SQL over t, e.g. a partition)
     narrows what the MERGE reads, so commits elsewhere in the table do not conflict with it.
-    `partition_by` applies when the table is created.
+    `partition_by` and the table `properties` apply when the table is created.
     """
     from delta.tables import DeltaTable
 
     spark = source_df.sparkSession
     if not table_exists(spark, path):
-        create(path, source_df, partition_by=partition_by)
+        create(path, source_df, partition_by=partition_by, properties=properties)
         return
     on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     if target_filter:
@@ -109,6 +110,7 @@ def merge_changes(
     delete_unmatched_where: str | None = None,
     keep_where: str | None = None,
     target_filter: str | None = None,
+    properties: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
     """Make the table at `path` hold `source_df`'s rows by `keys`, committing only differences.
 
@@ -120,7 +122,8 @@ def merge_changes(
     `keep_where` (SQL over t and s) keeps a matched target row even when it differs;
     `target_filter` (SQL over t, e.g. one partition) narrows what the MERGE reads, so commits
     elsewhere in the table do not conflict with it. Returns {"upserted", "deleted",
-    "committed"} as computed before the MERGE. Creates the table on first write.
+    "committed"} as computed before the MERGE. Creates the table on first write (with
+    `partition_by` and the table `properties`).
     """
     from delta.tables import DeltaTable
     from pyspark import StorageLevel
@@ -128,7 +131,7 @@ def merge_changes(
 
     spark = source_df.sparkSession
     if not table_exists(spark, path):
-        create(path, source_df, partition_by=partition_by)
+        create(path, source_df, partition_by=partition_by, properties=properties)
         return {"upserted": int(source_df.count()), "deleted": 0, "committed": 1}
     target_df = read_table(spark, path)
     value_cols = [c for c in source_df.columns if c not in keys]
@@ -173,9 +176,18 @@ def merge_changes(
     return {"upserted": upserted, "deleted": deleted, "committed": 1}
 
 
-def create(path: str, df: DataFrame, *, partition_by: Sequence[str] = ()) -> None:
-    """Create the table at `path` holding `df`; fails when a table is there already."""
+def create(path: str, df: DataFrame, *, partition_by: Sequence[str] = (),
+           properties: Mapping[str, str] | None = None) -> None:
+    """Create the table at `path` holding `df`; fails when a table is there already.
+
+    `properties` are Delta table properties (e.g. clickrec.columns.TABLE_PROPERTIES'), set in
+    the table's first commit: Delta takes `delta.*` writer options as table properties when it
+    creates a table, and raises the protocol a property needs (the change data feed: writer 7
+    with the changeDataFeed feature).
+    """
     writer = df.write.format("delta").mode("errorifexists")
+    for key, value in (properties or {}).items():
+        writer = writer.option(key, value)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)

@@ -4,7 +4,9 @@ A Spark Delta MERGE or append costs one to two seconds of fixed work (jobs, stat
 update) however few rows it touches; delta-rs does the same commit on a few hundred rows in
 tens of milliseconds. The stream's micro-batches touch few rows and must be fresh within
 seconds, so they read and write the existing tables here; the batch jobs keep Spark. Both
-write the same Delta protocol (the tables Spark creates are reader 1 / writer 2), and both
+write the same Delta protocol (the tables Spark creates are reader 1 / writer 2, and
+gold/recommendations writer 7 with the changeDataFeed feature: delta-rs writes its change
+files on MERGE, UPDATE and DELETE as Spark does), and both
 commit optimistically: a conflicting concurrent commit fails and is retried by the caller.
 Tables are created by the Spark jobs and opened with clickrec.io.lake.Lake.open, which gives
 the DeltaTable its storage options; writes through it use them (write_deltalake given a
