@@ -121,6 +121,48 @@ def test_incremental_reload_equals_a_full_read_of_every_version(tmp_path: Path, 
     assert how.startswith("change feed" if change_feed else "full: its new data files hold 10 of its 10 rows"), how
 
 
+def test_a_full_read_holds_one_record_batch_in_arrow_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    from clickrec.serving import reader
+
+    uri = str(tmp_path / "recs")
+    write_deltalake(uri, rows_table(batch_rows(range(0, 40), "champion", 1)), partition_by=[C.VARIANT])
+    write_deltalake(uri, rows_table(batch_rows(range(40, 100), "champion", 1)), mode="append")
+    write_deltalake(uri, rows_table(batch_rows(range(0, 25), "challenger", 2)), mode="append")
+    monkeypatch.setattr(reader, "BATCH_ROWS", 7)
+    sizes: list[int] = []
+
+    def counted(table: pa.Table, names: ItemNames) -> Any:
+        sizes.append(table.num_rows)
+        return build_segment(table, names)
+
+    monkeypatch.setattr(reader, "build_segment", counted)
+    snap = full_snapshot(DeltaTable(uri), None, ItemNames())
+    assert max(sizes) <= 7 and sum(sizes) == 125  # every row, never more than a batch at once
+    expected: dict[str, dict[str, Any]] = {}
+    for row in DeltaTable(uri).to_pyarrow_table().to_pylist():
+        expected.setdefault(row[C.VARIANT], {})[row[C.USER_ID]] = {
+            C.ITEMS: row[C.ITEMS], C.MODEL_NAME: row[C.MODEL_NAME], C.MODEL_VERSION: row[C.MODEL_VERSION],
+            C.SOURCE: row[C.SOURCE], C.UPDATED_AT: row[C.UPDATED_AT]}
+    assert dump(snap) == expected
+    lists = snap.variants["champion"]
+    assert len(lists.segments) == 1 and list(lists.segments[0].users) == sorted(expected["champion"])
+
+
+def test_a_user_in_several_parts_keeps_the_last_row() -> None:
+    from clickrec.serving.snapshot import SegmentBuilder
+
+    names = ItemNames()
+    builder = SegmentBuilder()
+    for version, users in ((1, range(0, 6)), (2, range(4, 9)), (3, range(8, 10))):
+        part = rows_table([(f"u{u}", "champion", [f"v{version}"], version, C.SOURCE_BATCH) for u in users])
+        builder.add(build_segment(part.drop_columns([C.VARIANT]), names))
+    lists = VariantLists.of(builder.build(), names)
+    assert lists.count == 10 and lists.users() == sorted(f"u{u}" for u in range(10))
+    assert [lists.row(f"u{u}")[C.MODEL_VERSION] for u in range(10)] == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3]  # type: ignore[index]
+    assert lists.row("u5")[C.ITEMS] == [{C.ITEM_ID: "v2", C.SCORE: 1.0, C.RANK: 1}]  # type: ignore[index]
+
+
 def test_a_schema_change_is_read_whole(tmp_path: Path) -> None:
     uri = str(tmp_path / "recs")
     write_deltalake(uri, rows_table(batch_rows(range(10), "champion", 1)), partition_by=[C.VARIANT])

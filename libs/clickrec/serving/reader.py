@@ -9,17 +9,17 @@ arrays: microseconds, no I/O.
 the next Snapshot from the current one and what the new version changed
 (`update_snapshot`):
 
-- with the change data feed on (`delta.enableChangeDataFeed`), the changed rows of the versions
-  in between (`DeltaTable.load_cdf`): deleted users go, inserted and updated rows replace their
-  user's row;
+- with the change data feed on (clickrec.columns.CHANGE_DATA_FEED, set when the table is
+  created), the changed rows of the versions in between (`DeltaTable.load_cdf`): deleted users
+  go, inserted and updated rows replace their user's row;
 - otherwise the difference of the table's active files (`DeltaTable.get_add_actions`) between
   the two versions: the rows of removed files go, the rows of added files are read and replace
   their user's row;
 - a full read when neither applies, and said in the log with its reason: no snapshot yet, the
-  table's schema or partitioning changed, the change feed could not be read for the range (e.g. its log files were cleaned
-  up) and the rows' files are not known, the new data files hold at least half of the table's
-  rows (FULL_READ_SHARE: an overwrite, or a MERGE that rewrote most of the table), or the
-  incremental read failed.
+  table's schema or partitioning changed, the change feed could not be read for the range
+  (e.g. its log files were cleaned up) and the rows' files are not known, the new data files
+  hold at least half of the table's rows (FULL_READ_SHARE: an overwrite, or a MERGE that
+  rewrote most of the table), or the incremental read failed.
 
 The new snapshot replaces the reference in one assignment, so a reader thread sees the old
 snapshot or the new one, never a mix. gold/popular_items is tiny and read whole when it moves.
@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -51,6 +51,7 @@ from clickrec.serving.snapshot import (
     FILE_ID,
     ROW_COLUMNS,
     ItemNames,
+    SegmentBuilder,
     VariantLists,
     build_segment,
     split_variants,
@@ -61,7 +62,8 @@ log = logging.getLogger(__name__)
 SCORE_DIGITS = 6
 _COLUMNS = (C.VARIANT, *ROW_COLUMNS)
 _POPULAR_COLUMNS = (C.VARIANT, C.ITEMS, C.MODEL_NAME, C.MODEL_VERSION, C.SOURCE, C.UPDATED_AT)
-CDF_PROPERTY = "delta.enableChangeDataFeed"
+# Rows per record batch of a full read: one batch at a time is in Arrow (see _read_variants).
+BATCH_ROWS = 65_536
 # Without the change feed, a version whose new data files hold at least this share of the
 # table's rows (an overwrite, a MERGE that rewrote most files) is read whole: as much to read,
 # and one compact segment instead of a stack of mostly dead rows.
@@ -136,26 +138,37 @@ def _table_files(dt: Any, files: dict[str, int], records: dict[str, int], next_i
     return TableFiles(
         version=dt.version(), schema=str(dt.schema().to_arrow()),
         partition_by=tuple(metadata.partition_columns), files=files, records=records, next_id=next_id,
-        change_feed=str(metadata.configuration.get(CDF_PROPERTY, "false")).lower() == "true",
+        change_feed=str(metadata.configuration.get(C.CHANGE_DATA_FEED, "false")).lower() == "true",
         files_exact=files_exact,
     )
 
 
-def read_files(dt: Any, paths: dict[str, int] | None) -> Any:
-    """_COLUMNS of the rows of the data files `paths` (path -> file id; None: every file), with FILE_ID."""
+def scan_files(dt: Any, paths: dict[str, int] | None) -> Iterator[Any]:
+    """_COLUMNS of the rows of the data files `paths` (path -> file id; None: every file), with
+    FILE_ID, as Arrow tables of at most BATCH_ROWS rows, read one at a time."""
     import numpy as np
     import pyarrow as pa
 
     dataset = dt.to_pyarrow_dataset()
     schema = pa.schema([dataset.schema.field(c) for c in _COLUMNS])
-    parts = []
     for fragment in dataset.get_fragments():
         if paths is not None and fragment.path not in paths:
             continue
-        part = fragment.to_table(columns=list(_COLUMNS), schema=dataset.schema).select(list(_COLUMNS)).cast(schema)
         file_id = paths[fragment.path] if paths is not None else 0
-        parts.append(part.append_column(FILE_ID, pa.array(np.full(part.num_rows, file_id, dtype=np.int32))))
+        for batch in fragment.to_batches(columns=list(_COLUMNS), schema=dataset.schema, batch_size=BATCH_ROWS,
+                                         batch_readahead=0, use_threads=False):
+            part = pa.Table.from_batches([batch]).select(list(_COLUMNS)).cast(schema)
+            yield part.append_column(FILE_ID, pa.array(np.full(part.num_rows, file_id, dtype=np.int32)))
+
+
+def read_files(dt: Any, paths: dict[str, int] | None) -> Any:
+    """scan_files' rows as one Arrow table (for the few files a new version added)."""
+    import pyarrow as pa
+
+    parts = list(scan_files(dt, paths))
     if not parts:
+        dataset = dt.to_pyarrow_dataset()
+        schema = pa.schema([dataset.schema.field(c) for c in _COLUMNS])
         return schema.empty_table().append_column(FILE_ID, pa.array([], pa.int32()))
     return pa.concat_tables(parts)
 
@@ -166,8 +179,24 @@ def _read_popular(pop: Any) -> dict[str, dict[str, Any]]:
     return {str(row[C.VARIANT]): row for row in pop.to_pyarrow_table(columns=list(_POPULAR_COLUMNS)).to_pylist()}
 
 
-def _variants(rows: Any, names: ItemNames) -> dict[str, VariantLists]:
-    return {v: VariantLists.of(build_segment(part, names), names) for v, part in split_variants(rows).items()}
+def _read_variants(recs: Any, ids: dict[str, int], names: ItemNames) -> dict[str, VariantLists]:
+    """Every row of gold/recommendations' data files `ids`, as VariantLists, one batch at a time.
+
+    Only one record batch is in Arrow at once: each becomes a compact segment per variant
+    right away, and the segments are merged at the end (SegmentBuilder), so the read's peak is
+    about twice the snapshot instead of the whole table in Arrow.
+    """
+    import pyarrow as pa
+
+    builders: dict[str, SegmentBuilder] = {}
+    for part in scan_files(recs, ids):
+        for variant, rows in split_variants(part).items():
+            builders.setdefault(variant, SegmentBuilder()).add(build_segment(rows, names))
+        # Arrow's allocator keeps freed pages unless asked: without this, the batches' memory
+        # stays in the process next to the snapshot
+        pa.default_memory_pool().release_unused()
+    variants = {v: VariantLists.of(b.build(), names) for v, b in builders.items()}
+    return {v: lists for v, lists in variants.items() if lists.count}
 
 
 def full_snapshot(recs: Any, pop: Any, names: ItemNames) -> Snapshot:
@@ -179,15 +208,13 @@ def full_snapshot(recs: Any, pop: Any, names: ItemNames) -> Snapshot:
     if recs is not None:
         records = _add_actions(recs)
         ids = {path: i for i, path in enumerate(sorted(records))}
-        variants = {v: lists for v, lists in _variants(read_files(recs, ids), names).items() if lists.count}
+        variants = _read_variants(recs, ids, names)
         files = _table_files(recs, ids, records, len(ids))
     snap = Snapshot(
         table_version=recs.version() if recs is not None else None,
         popular_version=pop.version() if pop is not None else None,
         variants=variants, popular=_read_popular(pop), loaded_at=time.time(), files=files,
     )
-    # The whole-table Arrow read is several times the snapshot's size; Arrow's allocator keeps
-    # the freed pages unless asked (2.6 GiB of RSS instead of 0.7 at a million users x 2 variants).
     pa.default_memory_pool().release_unused()
     return snap
 

@@ -218,6 +218,73 @@ def merge_segments(segments: Sequence[Segment], alive: Sequence[np.ndarray]) -> 
     return _gather([merged], [order])
 
 
+class SegmentBuilder:
+    """One sorted Segment from many small ones (the record batches of a full read), built
+    column by column.
+
+    A full read holds the batches' compact segments only, never the table in Arrow; `build`
+    concatenates one column at a time and drops that column's parts before the next, so its
+    peak is the parts plus about one column's copy. A user in several parts keeps the row of
+    the last part added (as build_segment keeps a user's last row).
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[Segment] = []
+
+    def add(self, segment: Segment) -> None:
+        if segment.num_rows:
+            self.parts.append(segment)
+
+    def build(self) -> Segment:
+        import pyarrow as pa
+
+        parts, self.parts = self.parts, []
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return _gather([], [])
+        users = np.concatenate([p.users for p in parts])
+        order = np.argsort(users, kind="stable")
+        users = users[order]
+        if len(users) > 1:
+            last = np.ones(len(users), dtype=bool)
+            last[:-1] = users[1:] != users[:-1]
+            if not last.all():
+                order, users = order[last], users[last]
+        # the items of row order[k]: its part's offsets, shifted by the items of the parts before
+        item_base = np.cumsum([0] + [len(p.item_codes) for p in parts[:-1]])
+        starts = np.concatenate([p.offsets[:-1] + base for p, base in zip(parts, item_base, strict=True)])[order]
+        lengths = np.concatenate([np.diff(p.offsets) for p in parts])[order]
+        offsets = np.zeros(len(order) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
+        del starts, lengths
+        meta_index: dict[tuple[Any, Any, Any], int] = {}
+        remapped = []
+        for p in parts:
+            remap = np.array([meta_index.setdefault(m, len(meta_index)) for m in p.metas], dtype=np.int32)
+            remapped.append(remap[p.meta_codes] if len(remap) else p.meta_codes)
+        meta_codes = np.concatenate(remapped)[order].astype(np.int32)
+        del remapped
+        file_ids = np.concatenate([p.file_ids for p in parts])[order]
+        stamp_type = parts[0].updated_at.type
+        updated_at = pa.concat_arrays([p.updated_at.cast(stamp_type) for p in parts]).take(
+            pa.array(order, type=pa.int64()))
+        # the flat columns, the bulk: each part's array is let go as soon as its column is built
+        columns = {name: [getattr(p, name) for p in parts] for name in ("item_codes", "scores", "ranks")}
+        del parts
+        built = {}
+        for name, arrays in columns.items():
+            whole = np.concatenate(arrays)
+            arrays.clear()
+            built[name] = whole[flat]
+            del whole
+        return Segment(users=users, offsets=offsets, item_codes=built["item_codes"], scores=built["scores"],
+                       ranks=built["ranks"], meta_codes=meta_codes,
+                       metas=tuple(sorted(meta_index, key=meta_index.__getitem__)),
+                       updated_at=updated_at, file_ids=file_ids)
+
+
 @dataclass(frozen=True)
 class VariantLists:
     """One variant's lists: a stack of segments (oldest first) and which of their rows are live."""
