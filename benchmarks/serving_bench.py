@@ -100,7 +100,7 @@ def write_gold(root: Path, users: int, n: int, change_feed: bool) -> dict[str, A
         for start in range(0, users, chunk):
             rows = gold_rows(start, min(chunk, users - start), variant, n, seed=v * 1000 + start)
             write_deltalake(uri, rows, mode="append", partition_by=[C.VARIANT],
-                            configuration={"delta.enableChangeDataFeed": "true"} if change_feed and first else None)
+                            configuration=C.TABLE_PROPERTIES[C.GOLD_RECOMMENDATIONS] if change_feed and first else None)
             first = False
     popular = gold_rows(0, len(VARIANTS), "champion", n, seed=7).drop_columns([C.USER_ID])
     popular = popular.set_column(popular.schema.get_field_index(C.VARIANT), C.VARIANT, [list(VARIANTS)])
