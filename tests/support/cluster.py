@@ -202,7 +202,7 @@ class E2EOverlay:
 def node_images() -> set[str]:
     """Image names the node reports (what the kubelet can start without pulling)."""
     node = kubectl_json("get", "nodes")["items"][0]
-    return {name for image in node["status"].get("images", []) for name in image.get("names", [])}
+    return {name for image in node["status"].get("images") or [] for name in image.get("names") or []}
 
 
 def api_server_url() -> str:
