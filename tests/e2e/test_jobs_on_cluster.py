@@ -71,12 +71,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for kind in ("scheduledsparkapplication", "sparkapplication"):  # a clean namespace
         kubectl("-n", NAMESPACE, "delete", kind, "--all", "--wait", timeout=300)
     gateway = lib_setting("POD_GATEWAY")
-    minio = start_minio(base, host=gateway)
-    kafka = start_kafka(base, host=gateway)
-    mlflow = start_mlflow(base, minio, host=gateway)
-    started: list[ServiceProcess] = [minio, kafka, mlflow]
+    started: list[ServiceProcess] = []
     patch = pytest.MonkeyPatch()
     try:
+        minio = start_minio(base, host=gateway)
+        started.append(minio)
+        kafka = start_kafka(base, host=gateway)
+        started.append(kafka)
+        mlflow = start_mlflow(base, minio, host=gateway)
+        started.append(mlflow)
         for key, value in minio.env.items():
             patch.setenv(key, value)
         overlay = E2EOverlay.write(base / "overlay", kafka=kafka, minio=minio, mlflow=mlflow,
