@@ -27,21 +27,18 @@ Prints one JSON object per measurement and returns the Markdown section for docs
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
-import random
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks.http_load import closed_loop, free_port, percentiles, user_ids, wait_healthy
 
 WORK = Path(".bench/publish")
 N = 10
@@ -65,10 +62,6 @@ def _config(root: Path) -> Any:
     ])
 
 
-def _percentiles(samples: list[float]) -> dict[str, float]:
-    qs = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"p50_ms": round(qs[49] * 1000, 3), "p99_ms": round(qs[98] * 1000, 3),
-            "mean_ms": round(statistics.fmean(samples) * 1000, 3), "samples": len(samples)}
 
 
 def write_silver(spark: Any, config: Any, users: int, items: int, activity: str = "uniform", seed: int = 42) -> int:
@@ -184,16 +177,8 @@ def time_top_n(spark: Any, config: Any) -> dict[str, Any]:
             "speedup": round(ref_s / fast_best, 2)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def _user_ids(users: int, count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [f"user-{rng.randrange(users)}" if rng.random() < 0.9 else f"stranger-{rng.randrange(10**6)}"
-            for _ in range(count)]
 
 
 def library_latency(config: Any, users: int, calls: int) -> dict[str, Any]:
@@ -203,33 +188,23 @@ def library_latency(config: Any, users: int, calls: int) -> dict[str, Any]:
     reader = RecommendationReader(config)
     load_s = time.monotonic() - t0
     samples = []
-    for uid in _user_ids(users, calls, 1):
+    for uid in user_ids(users, calls, 1):
         t = time.perf_counter()
         reader.recommendations(uid, n=N)
         samples.append(time.perf_counter() - t)
-    return {"kind": "library", "load_seconds": round(load_s, 2), **_percentiles(samples)}
+    return {"kind": "library", "load_seconds": round(load_s, 2), **percentiles(samples)}
 
 
 def http_latency(config_args: list[str], users: int, per_client: int, clients: tuple[int, ...] = (CLIENTS,)) -> list[dict[str, Any]]:
     """`clickrec serve` in its own process; for each count, that many keep-alive client threads."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "clickrec.cli", "serve", "--port", str(port), *config_args]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"clickrec serve did not come up: {server.stderr.read()[-2000:] if server.stderr else ''}")
-            time.sleep(0.2)
-        return [_load(port, users, per_client, c) for c in clients]
+        wait_healthy(port, server, timeout=120)
+        return [{"kind": "http", **closed_loop(port, users=users, per_client=per_client, clients=c, seed=100, n=N,
+                                                 timeout=10)}
+                for c in clients]
     finally:
         server.terminate()
         try:
@@ -238,36 +213,6 @@ def http_latency(config_args: list[str], users: int, per_client: int, clients: t
             server.kill()
 
 
-def _load(port: int, users: int, per_client: int, clients: int) -> dict[str, Any]:
-    """`clients` threads, one keep-alive connection each, `per_client` requests each."""
-    results: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[int] = [0] * clients
-    barrier = threading.Barrier(clients)
-
-    def client(i: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        ids = _user_ids(users, per_client, 100 + i)
-        barrier.wait()
-        for uid in ids:
-            t = time.perf_counter()
-            conn.request("GET", f"/v1/recommendations/{uid}?n={N}")
-            resp = conn.getresponse()
-            resp.read()
-            results[i].append(time.perf_counter() - t)
-            if resp.status != 200:
-                errors[i] += 1
-        conn.close()
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    t0 = time.monotonic()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.monotonic() - t0
-    samples = [s for r in results for s in r]
-    return {"kind": "http", "clients": clients, "errors": sum(errors),
-            "requests_per_second": round(len(samples) / wall, 1), **_percentiles(samples)}
 
 
 def spark_latency(spark: Any, config: Any, users: int, reads: int) -> dict[str, Any]:
@@ -278,12 +223,12 @@ def spark_latency(spark: Any, config: Any, users: int, reads: int) -> dict[str, 
 
     path = Lake.from_config(config).path(C.GOLD_RECOMMENDATIONS)
     samples = []
-    for uid in _user_ids(users, reads + 3, 7):
+    for uid in user_ids(users, reads + 3, 7):
         t = time.perf_counter()
         spark.read.format("delta").load(path).where(
             (F.col(C.USER_ID) == uid) & (F.col(C.VARIANT) == "champion")).collect()
         samples.append(time.perf_counter() - t)
-    return {"kind": "spark", **_percentiles(samples[3:])}  # the first 3 warm the JVM's caches
+    return {"kind": "spark", **percentiles(samples[3:])}  # the first 3 warm the JVM's caches
 
 
 def run(argv: list[str]) -> str:

@@ -32,13 +32,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.publish_bench import _free_port, _machine, _percentiles
+from benchmarks.http_load import closed_loop, free_port, wait_healthy
+from benchmarks.publish_bench import _machine
 
 WORK = Path(".bench/serving")
 CLIENTS = 16
@@ -173,54 +173,8 @@ def _rss(pid: int) -> dict[str, float]:
     return {k: round(int(fields[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
 
 
-def _wait_up(port: int, proc: subprocess.Popen[str], timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError(f"server on {port} did not come up: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-        time.sleep(0.2)
 
 
-def _load(port: int, users: int, per_client: int, seed: int) -> dict[str, Any]:
-    import random
-
-    results: list[list[float]] = [[] for _ in range(CLIENTS)]
-    errors = [0] * CLIENTS
-    barrier = threading.Barrier(CLIENTS)
-
-    def client(i: int) -> None:
-        rng = random.Random(seed + i)
-        ids = [f"user-{rng.randrange(users)}" if rng.random() < 0.9 else f"stranger-{rng.randrange(10**6)}"
-               for _ in range(per_client)]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        barrier.wait()
-        for uid in ids:
-            t = time.perf_counter()
-            conn.request("GET", f"/v1/recommendations/{uid}?n=10")
-            resp = conn.getresponse()
-            resp.read()
-            results[i].append(time.perf_counter() - t)
-            errors[i] += resp.status != 200
-        conn.close()
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
-    t0 = time.monotonic()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.monotonic() - t0
-    samples = [s for r in results for s in r]
-    return {"clients": CLIENTS, "errors": sum(errors), "requests_per_second": round(len(samples) / wall, 1),
-            **_percentiles(samples)}
 
 
 def bare_app() -> Any:
@@ -240,20 +194,21 @@ def bare_app() -> Any:
 
 
 def http_runs(root: Path, users: int, n: int, per_client: int) -> list[dict[str, Any]]:
-    port = _free_port()
+    load: dict[str, Any] = {"users": users, "per_client": per_client, "clients": CLIENTS, "n": n}
+    port = free_port()
     extra = ("serve.poll_seconds=0.5", "serve.min_reload_seconds=1")
     server = subprocess.Popen([sys.executable, "-m", "clickrec.cli", "serve", "--port", str(port),
                                *_lake_args(root, extra)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     out: list[dict[str, Any]] = []
     try:
         t0 = time.monotonic()
-        _wait_up(port, server)
+        wait_healthy(port, server, timeout=600)
         out.append({"kind": "serve_started", "seconds": round(time.monotonic() - t0, 1), **_rss(server.pid)})
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/v1/recommendations/user-1?n=10")
         body = conn.getresponse().read()
         conn.close()
-        out.append({"kind": "http", "case": "serve, idle", **_load(port, users, per_client, 100)})
+        out.append({"kind": "http", "case": "serve, idle", **closed_loop(port, seed=100, **load)})
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads of this one
         stop, commits = ctx.Event(), ctx.Value("i", 0)
         writer = ctx.Process(target=_writer, args=(str(root), users, n, stop, commits))
@@ -262,7 +217,7 @@ def http_runs(root: Path, users: int, n: int, per_client: int) -> list[dict[str,
             before = _version(port)
             while commits.value == 0 and writer.is_alive():  # committing before the clients start
                 time.sleep(0.1)
-            result = _load(port, users, per_client, 200)
+            result = closed_loop(port, seed=200, **load)
         finally:
             stop.set()
             writer.join(timeout=600)
@@ -275,14 +230,14 @@ def http_runs(root: Path, users: int, n: int, per_client: int) -> list[dict[str,
         server.wait(timeout=30)
     body_file = root / "body.json"
     body_file.write_bytes(body)
-    bare_port = _free_port()
+    bare_port = free_port()
     bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.serving_bench:bare_app", "--factory",
                              "--port", str(bare_port), "--log-level", "warning", "--no-access-log"],
                             env={**os.environ, BODY_ENV: str(body_file)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        _wait_up(bare_port, bare)
-        out.append({"kind": "http", "case": "bare uvicorn app, same body", **_load(bare_port, users, per_client, 100)})
+        wait_healthy(bare_port, bare, timeout=600)
+        out.append({"kind": "http", "case": "bare uvicorn app, same body", **closed_loop(bare_port, seed=100, **load)})
     finally:
         bare.terminate()
         bare.wait(timeout=30)
